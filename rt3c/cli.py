@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.table import Table
 
 from rt3c.errors import UserError, VerificationError
-from rt3c.progress import console, stdout
+from rt3c.progress import stdout
 
 app = typer.Typer(
     name="rt3c",
@@ -81,23 +80,28 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns (and exits with) the process exit code."""
     try:
         app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return _exit(exc.exit_code)
-    except click.ClickException as exc:  # usage errors: bad option, missing argument
-        exc.show()
-        return _exit(2)
-    except click.exceptions.Abort:
-        console.print("rt3c: interrupted")
+    except typer.Abort:
+        _error("interrupted")
         return _exit(130)
+    except typer.TyperException as exc:  # usage errors (bad option, missing argument) exit 2
+        exc.show()
+        return _exit(exc.exit_code)
     except UserError as exc:
-        console.print(f"rt3c: error: {exc}", markup=False)
+        _error(f"error: {exc}")
         return _exit(2)
     except (VerificationError, Exception) as exc:
         if os.environ.get("RT3C_DEBUG"):
             raise
-        console.print(f"rt3c: internal error: {type(exc).__name__}: {exc}", markup=False)
+        _error(f"internal error: {type(exc).__name__}: {exc}")
         return _exit(1)
     return _exit(0)
+
+
+def _error(message: str) -> None:
+    # Plain print, not rich: an error is one line however wide the terminal is.
+    print(f"rt3c: {message}", file=sys.stderr)
 
 
 def _exit(code: int) -> int:

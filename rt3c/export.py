@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -104,9 +105,26 @@ def map_initializers_to_params(
     return mapping
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_FAILED_NODE = re.compile(r"target=torch\.ops\.([\w.]+)")
+_SUMMARY_CAUSE = re.compile(r"## Exception summary\s*<class '[\w.]+'>: ([^\n]+)")
+
+
+def _export_failure(model_name: str, exc: Exception) -> UserError:
+    """One line naming the torch op the exporter could not convert, and why."""
+    text = _ANSI.sub("", str(exc))
+    node = _FAILED_NODE.search(text)
+    cause = _SUMMARY_CAUSE.search(text)
+    first_line = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
+    where = f" at op {node.group(1)}" if node else ""
+    return UserError(
+        f"--model {model_name}: torch.onnx.export failed{where}: {(cause.group(1) if cause else first_line).strip()}"
+    )
+
+
 def _torch_export(model: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> torch.onnx.ONNXProgram:
     wrapper = _TensorOutput(model.module).eval()
-    with quiet() as chatter, warnings.catch_warnings():
+    with quiet(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             return torch.onnx.export(
@@ -119,9 +137,7 @@ def _torch_export(model: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> torch
                 verbose=False,
             )
         except Exception as exc:  # the exporter raises many types; all mean "cannot export this model"
-            detail = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            hint = next((line for line in chatter.getvalue().splitlines() if "Unsupported" in line), "")
-            raise UserError(f"--model {model.name}: torch.onnx.export failed: {hint or detail}") from None
+            raise _export_failure(model.name, exc) from None
 
 
 def _versions() -> dict[str, str]:

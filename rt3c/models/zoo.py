@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,13 +142,19 @@ _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 def _from_factory(ref: str) -> LoadedModel:
     module_name, attr = ref.split(":")
+    # Like `python -m`, resolve the user's own modules from the working directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except ImportError as exc:
         raise UserError(f"--model {ref}: cannot import {module_name!r}: {exc}") from None
     except AttributeError:
         raise UserError(f"--model {ref}: module {module_name!r} has no attribute {attr!r}") from None
-    built = factory()
+    try:
+        built = factory()
+    except Exception as exc:  # the user's own code: report it as bad input, naming the factory
+        raise UserError(f"--model {ref}: the factory raised {type(exc).__name__}: {exc}") from None
     if isinstance(built, LoadedModel):
         return built
     if not isinstance(built, nn.Module):
