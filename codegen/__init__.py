@@ -1,0 +1,1 @@
+"""TVM code generation: sparse and dense kernels, and every other op the models use."""

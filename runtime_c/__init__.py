@@ -1,0 +1,1 @@
+"""jinja2 templates of the generated C runtime and the C project around it."""
