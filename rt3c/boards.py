@@ -1,0 +1,128 @@
+"""Board profiles: a target, its DVFS frequency levels with voltages, a power model, a battery, deadlines.
+
+Profiles are TOML files: the shipped ones live in `rt3c/boards/` (`rt3c boards` lists them) and
+`--board` also takes a path to the user's own. Keys (docs/BOARDS.md has the full reference):
+
+    name, description, target                 # target: host | aarch64 | cortex-m4 | cortex-m7
+    battery_joules                            # energy of one full charge
+    cycles_per_instruction = 1.0              # executed instructions -> cycles (qemu-counted latencies)
+    latency_ms                                # deadline for every level (optional if each level has one)
+    [power] capacitance_nf, static_watts      # P = C * f * V^2 + static
+    [[levels]] frequency_mhz, voltage, latency_ms (optional, overrides the board's)
+
+Levels are listed fastest first, like the plan's levels (densest first): plan level i runs at board level i.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from rt3c.errors import UserError
+
+TARGETS = ("host", "aarch64", "cortex-m4", "cortex-m7")
+BOARDS_DIR = Path(__file__).resolve().parent / "boards"
+
+
+@dataclass(frozen=True)
+class FrequencyLevel:
+    frequency_hz: float
+    voltage: float
+    deadline_s: float
+
+    @property
+    def frequency_khz(self) -> int:
+        return round(self.frequency_hz / 1e3)
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    target: str
+    battery_joules: float
+    cycles_per_instruction: float
+    capacitance_f: float
+    static_watts: float
+    levels: tuple[FrequencyLevel, ...]
+
+    def power_watts(self, level: int) -> float:
+        """Power drawn while computing at `level`: C * f * V^2 + static."""
+        lv = self.levels[level]
+        return self.capacitance_f * lv.frequency_hz * lv.voltage**2 + self.static_watts
+
+
+def shipped_boards() -> list[str]:
+    return sorted(path.stem for path in BOARDS_DIR.glob("*.toml"))
+
+
+def _number(
+    table: dict, key: str, where: str, *, positive: bool = True, default: float | None = None
+) -> float:
+    value = table.get(key, default)
+    if value is None:
+        raise UserError(f"{where}: missing key {key!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UserError(f"{where}: key {key!r} must be a number, got {value!r}")
+    if positive and value <= 0:
+        raise UserError(f"{where}: key {key!r} must be positive, got {value!r}")
+    if not positive and value < 0:
+        raise UserError(f"{where}: key {key!r} must not be negative, got {value!r}")
+    return float(value)
+
+
+def parse_board(data: dict, source: str) -> Board:
+    """Build a Board from parsed TOML, naming the key at fault in any error."""
+    for key in ("name", "target"):
+        if not isinstance(data.get(key), str):
+            raise UserError(f"{source}: missing or non-string key {key!r}")
+    if data["target"] not in TARGETS:
+        raise UserError(f"{source}: key 'target' is {data['target']!r}; expected one of {', '.join(TARGETS)}")
+    power = data.get("power")
+    if not isinstance(power, dict):
+        raise UserError(f"{source}: missing table [power]")
+    raw_levels = data.get("levels")
+    if not isinstance(raw_levels, list) or not raw_levels:
+        raise UserError(f"{source}: missing [[levels]] (at least one frequency level)")
+    board_deadline = data.get("latency_ms")
+    levels = []
+    for index, entry in enumerate(raw_levels):
+        where = f"{source}: levels[{index}]"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where}: must be a table")
+        deadline_ms = _number(entry, "latency_ms", where, default=board_deadline)
+        levels.append(
+            FrequencyLevel(
+                frequency_hz=_number(entry, "frequency_mhz", where) * 1e6,
+                voltage=_number(entry, "voltage", where),
+                deadline_s=deadline_ms / 1e3,
+            )
+        )
+    frequencies = [level.frequency_hz for level in levels]
+    if frequencies != sorted(frequencies, reverse=True) or len(set(frequencies)) != len(frequencies):
+        raise UserError(f"{source}: key 'frequency_mhz' of [[levels]] must strictly decrease (fastest first)")
+    return Board(
+        name=data["name"],
+        description=str(data.get("description", "")),
+        target=data["target"],
+        battery_joules=_number(data, "battery_joules", source),
+        cycles_per_instruction=_number(data, "cycles_per_instruction", source, default=1.0),
+        capacitance_f=_number(power, "capacitance_nf", f"{source}: [power]") * 1e-9,
+        static_watts=_number(power, "static_watts", f"{source}: [power]", positive=False, default=0.0),
+        levels=tuple(levels),
+    )
+
+
+def load_board(ref: str | Path) -> Board:
+    """A shipped board by name, or a TOML file by path."""
+    path = Path(ref)
+    if not path.suffix and str(ref) in shipped_boards():
+        path = BOARDS_DIR / f"{ref}.toml"
+    elif not path.is_file():
+        raise UserError(f"--board {ref}: no such board file or shipped board ({', '.join(shipped_boards())})")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    return parse_board(data, str(path))
