@@ -1,0 +1,143 @@
+"""Render a `Program` into a C project: API header, call sequence, weights, example main, build files."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+import rt3c
+from rt3c.runtime_c.program import Program, Tensor
+
+TEMPLATES = Path(__file__).resolve().parent / "templates" / "project"
+WEIGHTS_ALIGNMENT = 16
+
+
+@dataclass(frozen=True)
+class CTensor:
+    """A tensor as the templates see it: its index in the generated arrays and where its bytes live."""
+
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    c_type: str
+    dl_code: str
+    dl_bits: int
+    elements: int
+    nbytes: int
+    data_expr: str
+    offset: int = 0
+    file_offset: int = 0
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _c_identifier(name: str) -> str:
+    cleaned = "".join(char if char.isalnum() else "_" for char in name)
+    return cleaned if cleaned[:1].isalpha() else f"t_{cleaned}"
+
+
+def render_project(program: Program, out_dir: Path) -> dict[str, object]:
+    """Write rt3_model.h, rt3_model.c, rt3_weights.S and rt3_weights.bin into `out_dir`.
+
+    Returns what the build and the report need: the arena plan and the bytes of weights.
+    """
+    arena = program.plan_arena()
+    names = list(program.tensors)
+    index_of = {name: index for index, name in enumerate(names)}
+    file_offset = 0
+    tensors: list[CTensor] = []
+    blobs: list[tuple[int, bytes]] = []
+    for index, name in enumerate(names):
+        tensor: Tensor = program.tensors[name]
+        code, bits = tensor.dl_dtype
+        elements = int(np.prod(tensor.shape, dtype=np.int64))
+        if tensor.storage == "constant":
+            assert tensor.data is not None
+            file_offset = -(-file_offset // WEIGHTS_ALIGNMENT) * WEIGHTS_ALIGNMENT
+            payload = np.ascontiguousarray(tensor.data, dtype=tensor.dtype).tobytes()
+            blobs.append((file_offset, payload))
+            data_expr, offset, this_file_offset = f"(void *)rt3_const_{index}", 0, file_offset
+            file_offset += len(payload)
+        else:
+            offset = arena.offsets[name]
+            data_expr, this_file_offset = f"(void *)(rt3_arena + {offset})", 0
+        tensors.append(
+            CTensor(
+                index=index,
+                name=_c_identifier(name) if name in program.inputs + program.outputs else name,
+                shape=tensor.shape,
+                dtype=tensor.dtype,
+                c_type=tensor.c_type,
+                dl_code=code,
+                dl_bits=bits,
+                elements=elements,
+                nbytes=tensor.nbytes,
+                data_expr=data_expr,
+                offset=offset,
+                file_offset=this_file_offset,
+            )
+        )
+
+    # Distinct calls get one argument array each; level tables index into them.
+    calls: list[dict[str, object]] = []
+    call_index: dict[tuple[str, tuple[str, ...]], int] = {}
+    level_tables: list[list[int]] = [[] for _ in program.levels]
+    for per_level in program.steps:
+        for level, call in enumerate(per_level):
+            key = (call.symbol, call.args)
+            if key not in call_index:
+                call_index[key] = len(calls)
+                calls.append({"symbol": call.symbol, "args": [index_of[arg] for arg in call.args]})
+            level_tables[level].append(call_index[key])
+
+    context = {
+        "name": program.name,
+        "version": rt3c.__version__,
+        "target": "any",
+        "levels": program.levels,
+        "frequencies_khz": program.frequencies_khz,
+        "inputs": [tensors[index_of[name]] for name in program.inputs],
+        "outputs": [tensors[index_of[name]] for name in program.outputs],
+        "tensors": tensors,
+        "constants": [t for t in tensors if program.tensors[names[t.index]].storage == "constant"],
+        "symbols": sorted({str(call["symbol"]) for call in calls}),
+        "calls": calls,
+        "level_tables": level_tables,
+        "arena": arena,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    environment = _environment()
+    for template, output in (
+        ("rt3_model.h.j2", "rt3_model.h"),
+        ("rt3_model.c.j2", "rt3_model.c"),
+        ("rt3_weights.S.j2", "rt3_weights.S"),
+    ):
+        (out_dir / output).write_text(environment.get_template(template).render(context))
+    with (out_dir / "rt3_weights.bin").open("wb") as handle:
+        for offset, payload in blobs:
+            handle.write(b"\0" * (offset - handle.tell()))
+            handle.write(payload)
+    _copy_dlpack_header(out_dir)
+    return {"arena": arena, "weight_bytes": file_offset}
+
+
+def _copy_dlpack_header(out_dir: Path) -> None:
+    """DLTensor's definition, from the tvm-ffi wheel (Apache-2.0), so the project builds without TVM."""
+    import tvm_ffi
+
+    source = Path(tvm_ffi.__file__).resolve().parent / "include" / "dlpack" / "dlpack.h"
+    (out_dir / "dlpack").mkdir(exist_ok=True)
+    shutil.copyfile(source, out_dir / "dlpack" / "dlpack.h")
