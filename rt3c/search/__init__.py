@@ -1,0 +1,1 @@
+"""Search for pattern sets per DVFS level (RT3 §4)."""
