@@ -45,6 +45,25 @@ def models_command() -> None:
     stdout.print(table)
 
 
+@app.command("boards")
+def boards_command() -> None:
+    """List the shipped board profiles (`--board` also takes a TOML file of your own)."""
+    from rt3c.boards import load_board, shipped_boards
+
+    table = Table("name", "target", "levels (MHz @ V)", "deadline (ms)", "battery (kJ)", "description")
+    for name in shipped_boards():
+        board = load_board(name)
+        table.add_row(
+            name,
+            board.target,
+            ", ".join(f"{lv.frequency_hz / 1e6:g} @ {lv.voltage:g}" for lv in board.levels),
+            ", ".join(f"{lv.deadline_s * 1e3:g}" for lv in board.levels),
+            f"{board.battery_joules / 1e3:g}",
+            board.description,
+        )
+    stdout.print(table)
+
+
 @app.command("export")
 def export_command(
     model: ModelOption,

@@ -21,7 +21,7 @@ def run_cli(*args: str) -> int:
 def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli("--help") == 0
     commands = [command.name for command in app.registered_commands]
-    assert {"models", "export", "demo"} <= set(commands)
+    assert {"models", "boards", "export", "demo"} <= set(commands)
     for command in commands:
         assert run_cli(command, "--help") == 0
         assert "Usage" in capsys.readouterr().out
