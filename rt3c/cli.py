@@ -50,7 +50,7 @@ def boards_command() -> None:
     """List the shipped board profiles (`--board` also takes a TOML file of your own)."""
     from rt3c.boards import load_board, shipped_boards
 
-    table = Table("name", "target", "levels (MHz @ V)", "deadline (ms)", "battery (kJ)", "description")
+    table = Table("name", "target", "MHz @ V per level", "deadline ms", "battery kJ")
     for name in shipped_boards():
         board = load_board(name)
         table.add_row(
@@ -59,7 +59,6 @@ def boards_command() -> None:
             ", ".join(f"{lv.frequency_hz / 1e6:g} @ {lv.voltage:g}" for lv in board.levels),
             ", ".join(f"{lv.deadline_s * 1e3:g}" for lv in board.levels),
             f"{board.battery_joules / 1e3:g}",
-            board.description,
         )
     stdout.print(table)
 
