@@ -29,14 +29,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from rt3c.errors import UserError
+from rt3c.files import atomic_output
 
 PLAN_FORMAT = "rt3c-plan"
 PLAN_VERSION = 1
@@ -221,15 +220,8 @@ class Plan:
         """Validate, then write atomically (a failed save leaves no file behind)."""
         self.validate()
         text = json.dumps(self.to_json(), indent=1) + "\n"
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_output(Path(path)) as tmp:
+            tmp.write_text(text)
 
     @classmethod
     def from_json(cls, data: object, source: str = "plan") -> Plan:

@@ -1,0 +1,224 @@
+"""Passes that turn planned linear layers into `rt3c.SparseLinear` nodes, pick one level, or mask weights.
+
+- `EncodeSparseLinearPass(plan)`: every planned layer becomes one SparseLinear node per level over shared
+  initializers (block index, value buffer(s), per-level pattern ids), and the levels' outputs are joined
+  by `Gather(stack, rt3c_level)`, where `rt3c_level` is a graph input whose initializer makes level 0 the
+  default: onnxruntime runs any level by feeding it.
+- `SelectLevelPass(level)`: keep only `level`'s SparseLinear nodes (a single-level model).
+- `MaskWeightsPass(plan, level)`: the masked dense reference: each planned weight times its mask.
+- `RemoveUnusedPass`: drop nodes, initializers and functions that nothing uses any more.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes import InPlacePass, PassResult
+from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
+
+from rt3c.errors import UserError
+from rt3c.passes.linear_layers import LinearLayer, find_linear_layers
+from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE, OPSET, function_proto, node_attributes
+from rt3c.plan import Plan
+from rt3c.sparse_format import EncodedLayer, encode_layer, pack_pattern_ids, pattern_bits
+
+LEVEL_INPUT = "rt3c_level"
+LEVELS_METADATA_KEY = "rt3c.levels"
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(
+        name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype))
+    )
+    value.const_value = ir.tensor(array, name=name)
+    graph.register_initializer(value)
+    return value
+
+
+def _check_layers(model: ir.Model, plan: Plan, source: str) -> dict[str, LinearLayer]:
+    layers = find_linear_layers(model, source)
+    if not layers:
+        raise UserError(f"{source}: has no linear layer with a constant weight")
+    plan.check_shapes({name: layer.weight().shape for name, layer in layers.items()}, source)
+    return layers
+
+
+class EncodeSparseLinearPass(InPlacePass):
+    def __init__(self, plan: Plan, source: str) -> None:
+        super().__init__()
+        self.plan = plan
+        self.source = source
+
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
+        layers = _check_layers(model, self.plan, self.source)
+        opset = model.opset_imports.get("", 18)
+        if opset < 13:
+            raise UserError(f"{self.source}: opset {opset} is older than 13, which SparseLinear's body needs")
+        level_value = _initializer(graph, LEVEL_INPUT, np.array(0, dtype=np.int64))
+        graph.inputs.append(level_value)
+        zero_axis = _initializer(graph, "rt3c_axis0", np.array([0], dtype=np.int64))
+        for name, layer_plan in self.plan.layers.items():
+            layer = layers[name]
+            encoded = encode_layer(layer.weight(), layer_plan)
+            if not encoded.nested:
+                warnings.warn(
+                    f"plan layer {name}: masks are not nested across levels, so each level stores its own "
+                    f"values ({encoded.value_bytes()} bytes instead of {encoded.values[0].nbytes})",
+                    stacklevel=2,
+                )
+            self._replace(graph, layer, encoded, level_value, zero_axis)
+        model.opset_imports[DOMAIN] = OPSET
+        function = ir.serde.deserialize_function(function_proto(opset))
+        model.functions[function.identifier()] = function
+        model.metadata_props[LEVELS_METADATA_KEY] = ",".join(level.name for level in self.plan.levels)
+        return PassResult(model, modified=True)
+
+    def _replace(
+        self,
+        graph: ir.Graph,
+        layer: LinearLayer,
+        encoded: EncodedLayer,
+        level_value: ir.Value,
+        zero_axis: ir.Value,
+    ) -> None:
+        prefix = f"rt3c.{layer.name}"
+        row_ptr = _initializer(graph, f"{prefix}.tile_row_ptr", encoded.tile_row_ptr)
+        col = _initializer(graph, f"{prefix}.tile_col", encoded.tile_col)
+        buffers = [
+            _initializer(graph, f"{prefix}.values" + (f".{i}" if not encoded.nested else ""), values)
+            for i, values in enumerate(encoded.values)
+        ]
+        bias = layer.bias()
+        bias_value = _initializer(
+            graph,
+            f"{prefix}.bias",
+            bias if bias is not None else np.zeros(encoded.shape[0], dtype=np.float32),
+        )
+        pattern_ids: dict[bytes, ir.Value] = {}  # levels with equal ids share one initializer
+        outputs = []
+        for level, encoding in enumerate(encoded.levels):
+            table_size = len(encoding.pattern_table)
+            packed = pack_pattern_ids(encoding.tile_pattern, table_size)
+            key = packed.tobytes() + bytes([pattern_bits(table_size)])
+            if key not in pattern_ids:
+                pattern_ids[key] = _initializer(graph, f"{prefix}.tile_pattern.{len(pattern_ids)}", packed)
+            attributes = node_attributes(
+                layer=layer.name,
+                level=level,
+                shape=encoded.shape,
+                tile=encoded.tile,
+                grid=encoded.grid,
+                n_tiles=encoded.n_tiles,
+                pattern_table=encoding.pattern_table,
+                pattern_bits=pattern_bits(table_size),
+            )
+            node = ir.Node(
+                DOMAIN,
+                OP_TYPE,
+                [layer.activation, row_ptr, col, pattern_ids[key], buffers[encoding.buffer], bias_value],
+                ir.convenience.convert_attributes(attributes),
+                name=f"{prefix}.L{level}",
+            )
+            node.outputs[0].name = f"{prefix}.L{level}.out"
+            graph.insert_before(layer.node, node)
+            unsqueeze = ir.Node(
+                "", "Unsqueeze", [node.outputs[0], zero_axis], name=f"{prefix}.L{level}.stack"
+            )
+            graph.insert_before(layer.node, unsqueeze)
+            outputs.append(unsqueeze.outputs[0])
+        concat = ir.Node(
+            "", "Concat", outputs, ir.convenience.convert_attributes({"axis": 0}), name=f"{prefix}.levels"
+        )
+        select = ir.Node(
+            "",
+            "Gather",
+            [concat.outputs[0], level_value],
+            ir.convenience.convert_attributes({"axis": 0}),
+            name=f"{prefix}.select",
+        )
+        graph.insert_before(layer.node, concat)
+        graph.insert_before(layer.node, select)
+        old_output = layer.output
+        select.outputs[0].shape, select.outputs[0].type = old_output.shape, old_output.type
+        ir.convenience.replace_all_uses_with(old_output, select.outputs[0])
+        if old_output in graph.outputs:
+            graph.outputs[graph.outputs.index(old_output)] = select.outputs[0]
+            select.outputs[0].name = old_output.name
+            old_output.name = f"{old_output.name}.dense"
+        for node in (layer.add, layer.node):
+            if node is not None:
+                graph.remove(node, safe=True)
+
+
+def sparse_linear_nodes(graph: ir.Graph) -> list[ir.Node]:
+    return [node for node in graph if node.domain == DOMAIN and node.op_type == OP_TYPE]
+
+
+class SelectLevelPass(InPlacePass):
+    """Keep one level: each layer's `select` Gather is replaced by that level's SparseLinear output."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
+        levels = model.metadata_props.get(LEVELS_METADATA_KEY, "").split(",")
+        if LEVEL_INPUT not in graph.initializers:
+            raise UserError(f"model {graph.name}: has no levels to select (is it an all-levels rt3c model?)")
+        if not 0 <= self.level < len(levels):
+            raise UserError(
+                f"--level {self.level}: the model has levels 0..{len(levels) - 1} ({', '.join(levels)})"
+            )
+        for node in sparse_linear_nodes(graph):
+            if node.attributes["level"].value != self.level:
+                continue
+            stack = next(iter(node.outputs[0].uses())).node
+            concat = next(iter(stack.outputs[0].uses())).node
+            select = next(iter(concat.outputs[0].uses())).node
+            chosen = node.outputs[0]
+            if select.outputs[0] in graph.outputs:
+                graph.outputs[graph.outputs.index(select.outputs[0])] = chosen
+                name = select.outputs[0].name
+                select.outputs[0].name = f"{name}.select"
+                chosen.name = name
+            chosen.shape, chosen.type = select.outputs[0].shape, select.outputs[0].type
+            ir.convenience.replace_all_uses_with(select.outputs[0], chosen)
+        level_value = graph.initializers[LEVEL_INPUT]
+        graph.inputs.remove(level_value)
+        model.metadata_props[LEVELS_METADATA_KEY] = levels[self.level]
+        return PassResult(model, modified=True)
+
+
+class MaskWeightsPass(InPlacePass):
+    """The reference an encoding must equal: every planned weight multiplied by its mask at `level`."""
+
+    def __init__(self, plan: Plan, level: int, source: str) -> None:
+        super().__init__()
+        self.plan = plan
+        self.level = level
+        self.source = source
+
+    def call(self, model: ir.Model) -> PassResult:
+        layers = _check_layers(model, self.plan, self.source)
+        for name, layer_plan in self.plan.layers.items():
+            layer = layers[name]
+            stored = layer.weight_value.const_value.numpy()
+            mask = layer_plan.mask(self.level)
+            masked = stored * (mask if layer.weight_is_out_in else mask.T)
+            layer.weight_value.const_value = ir.tensor(
+                masked.astype(stored.dtype), name=layer.weight_value.name
+            )
+        return PassResult(model, modified=True)
+
+
+class RemoveUnusedPass(InPlacePass):
+    """Drop what no output depends on any more (the dense weights, unselected levels, helper constants)."""
+
+    def call(self, model: ir.Model) -> PassResult:
+        result = RemoveUnusedNodesPass()(model)
+        result = RemoveUnusedFunctionsPass()(result)
+        return RemoveUnusedOpsetsPass()(result)

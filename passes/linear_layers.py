@@ -1,0 +1,114 @@
+"""Find the linear layers of an exported model: a weight initializer multiplied into an activation.
+
+Matched forms (any batch/sequence rank of X):
+- `MatMul(X, W)` with W an initializer `[in, out]`, optionally followed by `Add(_, b)` with b a constant `[out]`;
+- `Gemm(X, W, b?)` with `transB=1` (W `[out, in]`) or `transB=0` (W `[in, out]`), alpha = beta = 1, no transA.
+Each layer gets its torch parameter name from the `rt3c.weights` metadata that `rt3c export` writes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from rt3c.errors import UserError
+from rt3c.export import WEIGHTS_METADATA_KEY
+
+
+@dataclass
+class LinearLayer:
+    name: str
+    """Torch parameter name of the weight."""
+    node: ir.Node
+    """The MatMul or Gemm."""
+    add: ir.Node | None
+    """The Add that applies the bias after a MatMul, if any."""
+    activation: ir.Value
+    weight_value: ir.Value
+    bias_value: ir.Value | None
+    weight_is_out_in: bool
+
+    @property
+    def output(self) -> ir.Value:
+        return (self.add or self.node).outputs[0]
+
+    def weight(self) -> np.ndarray:
+        """float32 `[out, in]` (torch orientation)."""
+        array = self.weight_value.const_value.numpy()
+        return np.ascontiguousarray(array if self.weight_is_out_in else array.T, dtype=np.float32)
+
+    def bias(self) -> np.ndarray | None:
+        return None if self.bias_value is None else self.bias_value.const_value.numpy().astype(np.float32)
+
+
+def weight_names(model: ir.Model, source: str) -> dict[str, str]:
+    """Initializer name -> torch parameter name, from the export metadata."""
+    raw = model.metadata_props.get(WEIGHTS_METADATA_KEY)
+    if raw is None:
+        raise UserError(
+            f"{source}: no '{WEIGHTS_METADATA_KEY}' metadata; export the model with `rt3c export`"
+        )
+    return {init: entry["param"] for init, entry in json.loads(raw).items()}
+
+
+def _constant(value: ir.Value | None) -> bool:
+    return value is not None and value.const_value is not None
+
+
+def _bias_add(node: ir.Node, out_features: int) -> tuple[ir.Node, ir.Value] | None:
+    uses = list(node.outputs[0].uses())
+    if len(uses) != 1 or uses[0].node.op_type != "Add" or uses[0].node.domain not in ("", "ai.onnx"):
+        return None
+    add = uses[0].node
+    other = add.inputs[1 - uses[0].idx]
+    if _constant(other) and tuple(other.const_value.shape) == (out_features,):
+        return add, other
+    return None
+
+
+def find_linear_layers(model: ir.Model, source: str) -> dict[str, LinearLayer]:
+    """Every linear layer of `model` whose weight maps to a torch parameter, by that parameter's name."""
+    names = weight_names(model, source)
+    layers: dict[str, LinearLayer] = {}
+    for node in model.graph:
+        if (
+            node.domain not in ("", "ai.onnx")
+            or node.op_type not in ("MatMul", "Gemm")
+            or len(node.inputs) < 2
+        ):
+            continue
+        activation, weight = node.inputs[0], node.inputs[1]
+        if not _constant(weight) or weight.name not in names or len(weight.const_value.shape) != 2:
+            continue
+        if _constant(activation):
+            continue
+        bias_value, add = None, None
+        if node.op_type == "MatMul":
+            out_in = False
+            found = _bias_add(node, weight.const_value.shape[1])
+            if found:
+                add, bias_value = found
+        else:
+            attributes = {name: attr.value for name, attr in node.attributes.items()}
+            if (
+                attributes.get("transA", 0)
+                or attributes.get("alpha", 1.0) != 1.0
+                or attributes.get("beta", 1.0) != 1.0
+            ):
+                continue
+            out_in = bool(attributes.get("transB", 0))
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                out_features = weight.const_value.shape[0 if out_in else 1]
+                if not _constant(node.inputs[2]) or tuple(node.inputs[2].const_value.shape) != (
+                    out_features,
+                ):
+                    continue
+                bias_value = node.inputs[2]
+        name = names[weight.name]
+        if name in layers:
+            raise UserError(f"{source}: weight {name} is used by more than one linear layer (tied weights)")
+        layers[name] = LinearLayer(name, node, add, activation, weight, bias_value, out_in)
+    return layers

@@ -1,0 +1,180 @@
+"""The `rt3c.SparseLinear` op: its attributes, and a model-local ONNX function that implements it.
+
+    Y = X @ W^T + bias,  W [out, in] rebuilt from the encoded arrays of docs/FORMAT.md
+
+Inputs: X (float32 [..., in]), tile_row_ptr ([R+1]), tile_col ([T]), tile_pattern (packed uint8),
+values (float32 [T, width]), bias (float32 [out]). The function body is the reference implementation, in
+standard ops only, so onnxruntime runs an encoded model as it is; the kernels of `rt3c.codegen` replace it
+with code that never materialises W. Every layer-specific number is a node attribute; the body reads them
+through attribute references, so one function serves every layer and level.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+DOMAIN = "rt3c"
+OP_TYPE = "SparseLinear"
+OPSET = 1
+INPUTS = ("X", "tile_row_ptr", "tile_col", "tile_pattern", "values", "bias")
+
+INT_ATTRIBUTES = (
+    "level",
+    "out_features",
+    "in_features",
+    "tile_rows",
+    "tile_cols",
+    "grid_rows",
+    "grid_cols",
+    "n_tiles",
+    "nnz",
+    "n_patterns",
+    "pattern_bits",
+)
+
+
+def node_attributes(
+    *,
+    layer: str,
+    level: int,
+    shape: tuple[int, int],
+    tile: tuple[int, int],
+    grid: tuple[int, int],
+    n_tiles: int,
+    pattern_table: np.ndarray,
+    pattern_bits: int,
+) -> dict[str, object]:
+    """Attributes of one SparseLinear node (one layer at one level)."""
+    return {
+        "layer": layer,
+        "level": level,
+        "out_features": shape[0],
+        "in_features": shape[1],
+        "tile_rows": tile[0],
+        "tile_cols": tile[1],
+        "grid_rows": grid[0],
+        "grid_cols": grid[1],
+        "n_tiles": n_tiles,
+        "nnz": int(pattern_table.shape[1]),
+        "n_patterns": int(pattern_table.shape[0]),
+        "pattern_bits": pattern_bits,
+        # The masks, as in-tile positions in value order: row p holds pattern p's `nnz` positions.
+        "pattern_table": [int(v) for v in pattern_table.reshape(-1)],
+    }
+
+
+def _ref_constant(output: str, attribute: str, kind: str) -> onnx.NodeProto:
+    node = helper.make_node("Constant", [], [output])
+    node.attribute.append(helper.make_attribute_ref(kind, _ATTR_TYPES[kind], ref_attr_name=attribute))
+    return node
+
+
+_ATTR_TYPES = {"value_int": onnx.AttributeProto.INT, "value_ints": onnx.AttributeProto.INTS}
+
+
+def _const(output: str, values: list[int]) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [output], value_ints=values)
+
+
+def function_proto(opset: int) -> onnx.FunctionProto:
+    """The reference body of SparseLinear, in standard ops of the model's `opset` (13 or later)."""
+    n = helper.make_node
+    nodes = [
+        # Each integer attribute as a scalar (name_s) and as a 1-D tensor of one element (name).
+        *(_ref_constant(f"{name}_s", name, "value_int") for name in INT_ATTRIBUTES if name != "level"),
+        *(n("Unsqueeze", [f"{name}_s", "zero"], [name]) for name in INT_ATTRIBUTES if name != "level"),
+        _ref_constant("table_flat", "pattern_table", "value_ints"),
+        _const("zero", [0]),
+        _const("one", [1]),
+        _const("minus_one", [-1]),
+        n("Cast", ["tile_row_ptr"], ["row_ptr"], to=TensorProto.INT64),
+        n("Cast", ["tile_col"], ["col"], to=TensorProto.INT64),
+        # Pattern ids: id t sits in byte t / per_byte at bit (t % per_byte) * bits.
+        n("Range", ["zero_s", "n_tiles_s", "one_s"], ["t"]),
+        n("Squeeze", ["zero"], ["zero_s"]),
+        n("Squeeze", ["one"], ["one_s"]),
+        _const("eight", [8]),
+        n("Div", ["eight", "pattern_bits"], ["per_byte"]),
+        n("Div", ["t", "per_byte"], ["byte_index"]),
+        n("Gather", ["tile_pattern", "byte_index"], ["bytes"], axis=0),
+        n("Mod", ["t", "per_byte"], ["slot"]),
+        n("Mul", ["slot", "pattern_bits"], ["shift64"]),
+        n("Cast", ["shift64"], ["shift"], to=TensorProto.UINT8),
+        n("BitShift", ["bytes", "shift"], ["shifted"], direction="RIGHT"),
+        n("Cast", ["shifted"], ["shifted64"], to=TensorProto.INT64),
+        n("BitShift", ["one_u", "bits_u"], ["limit_u"], direction="LEFT"),
+        n("Cast", ["one"], ["one_u"], to=TensorProto.UINT64),
+        n("Cast", ["pattern_bits"], ["bits_u"], to=TensorProto.UINT64),
+        n("Cast", ["limit_u"], ["limit"], to=TensorProto.INT64),
+        n("Mod", ["shifted64", "limit"], ["ids"]),
+        # Positions of each tile's values: pattern_table[ids] -> [T, nnz].
+        n("Concat", ["n_patterns", "nnz"], ["table_shape"], axis=0),
+        n("Reshape", ["table_flat", "table_shape"], ["table"]),
+        n("Gather", ["table", "ids"], ["positions"], axis=0),
+        # Tile row of each tile: how many row ends are at or before it.
+        n("Slice", ["row_ptr", "one", "grid_rows_plus_one"], ["row_ends"]),
+        n("Add", ["grid_rows", "one"], ["grid_rows_plus_one"]),
+        n("Unsqueeze", ["t", "one"], ["t_column"]),
+        n("LessOrEqual", ["row_ends", "t_column"], ["ended"]),
+        n("Cast", ["ended"], ["ended64"], to=TensorProto.INT64),
+        n("ReduceSum", ["ended64", "one"], ["tile_row"], keepdims=0),
+        # Flat index of each value in the padded [R*rows, C*cols] weight.
+        n("Div", ["positions", "tile_cols"], ["in_tile_row"]),
+        n("Mod", ["positions", "tile_cols"], ["in_tile_col"]),
+        n("Unsqueeze", ["tile_row", "one"], ["tile_row_c"]),
+        n("Unsqueeze", ["col", "one"], ["col_c"]),
+        n("Mul", ["tile_row_c", "tile_rows"], ["row_base"]),
+        n("Add", ["row_base", "in_tile_row"], ["row"]),
+        n("Mul", ["col_c", "tile_cols"], ["col_base"]),
+        n("Add", ["col_base", "in_tile_col"], ["column"]),
+        n("Mul", ["grid_cols", "tile_cols"], ["padded_in"]),
+        n("Mul", ["row", "padded_in"], ["row_offset"]),
+        n("Add", ["row_offset", "column"], ["flat"]),
+        n("Reshape", ["flat", "minus_one_pair"], ["scatter_index"]),
+        _const("minus_one_pair", [-1, 1]),
+        # This level's values: the prefix of each tile's row of the value buffer.
+        n("Slice", ["values", "zero", "nnz", "one"], ["level_values"]),
+        n("Reshape", ["level_values", "minus_one"], ["updates"]),
+        n("Mul", ["grid_rows", "tile_rows"], ["padded_out"]),
+        n("Mul", ["padded_out", "padded_in"], ["padded_size"]),
+        n(
+            "ConstantOfShape",
+            ["padded_size"],
+            ["zeros"],
+            value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]),
+        ),
+        n("ScatterND", ["zeros", "scatter_index", "updates"], ["dense_flat"]),
+        n("Concat", ["padded_out", "padded_in"], ["padded_shape"], axis=0),
+        n("Reshape", ["dense_flat", "padded_shape"], ["padded_weight"]),
+        n("Concat", ["out_features", "in_features"], ["weight_end"], axis=0),
+        _const("zero_pair", [0, 0]),
+        n("Slice", ["padded_weight", "zero_pair", "weight_end"], ["weight"]),
+        n("Transpose", ["weight"], ["weight_t"], perm=[1, 0]),
+        n("MatMul", ["X", "weight_t"], ["product"]),
+        n("Add", ["product", "bias"], ["Y"]),
+    ]
+    return helper.make_function(
+        DOMAIN,
+        OP_TYPE,
+        list(INPUTS),
+        ["Y"],
+        _topological(nodes, set(INPUTS)),
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=[*INT_ATTRIBUTES, "pattern_table", "layer"],
+    )
+
+
+def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """Order the body so every node follows its producers (the list above reads top-down by purpose)."""
+    ordered, pending, known = [], list(nodes), set(available)
+    while pending:
+        ready = [node for node in pending if all(name in known for name in node.input if name)]
+        if not ready:
+            raise AssertionError(f"SparseLinear body has a cycle or a missing value near {pending[0].output}")
+        for node in ready:
+            ordered.append(node)
+            known.update(node.output)
+            pending.remove(node)
+    return ordered
