@@ -81,6 +81,144 @@ def export_command(
     typer.echo(f"{result.sidecar_path}")
 
 
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected comma-separated numbers") from None
+
+
+def _tile(text: str) -> tuple[int, int]:
+    rows, _, cols = text.lower().partition("x")
+    if not (rows.isdigit() and cols.isdigit()) or int(rows) < 1 or int(cols) < 1:
+        raise UserError(f"--tile {text!r}: expected ROWSxCOLS with positive integers, e.g. 4x4")
+    return int(rows), int(cols)
+
+
+@app.command("plan")
+def plan_command(
+    model: Annotated[Path, typer.Argument(help="Exported model.onnx (from `rt3c export`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Plan file to write (JSON).")],
+    levels: Annotated[int, typer.Option("--levels", help="Number of DVFS levels.")] = 3,
+    sparsity: Annotated[str, typer.Option("--sparsity", help="Per level, densest first.")] = "0.5,0.7,0.8",
+    tile: Annotated[
+        str, typer.Option("--tile", help="Tile ROWSxCOLS over the torch [out, in] weight.")
+    ] = "4x4",
+    patterns: Annotated[int, typer.Option("--patterns", help="Patterns per set (k).")] = 8,
+    block_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--block-ratio", help="Fraction of tiles BP removes (default: half of level 0's sparsity)."
+        ),
+    ] = None,
+    board: Annotated[
+        str | None, typer.Option("--board", help="Board whose frequencies the levels get.")
+    ] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option("--layers", help="Regex of torch weight names (default: all but the output layer)."),
+    ] = None,
+) -> None:
+    """One-shot plan: magnitude block pruning, then nested pattern sets per level (no training)."""
+    from rt3c.encode import plan_model
+
+    sparsities = _floats(sparsity, "--sparsity")
+    if len(sparsities) != levels:
+        raise UserError(f"--sparsity {sparsity!r}: {len(sparsities)} values for --levels {levels}")
+    frequencies = None
+    if board is not None:
+        from rt3c.boards import load_board
+
+        board_levels = load_board(board).levels
+        if len(board_levels) != levels:
+            raise UserError(
+                f"--board {board}: has {len(board_levels)} frequency levels, --levels is {levels}"
+            )
+        frequencies = [level.frequency_khz for level in board_levels]
+    plan = plan_model(
+        model,
+        out,
+        sparsities=sparsities,
+        tile=_tile(tile),
+        patterns=patterns,
+        block_ratio=block_ratio,
+        frequencies_khz=frequencies,
+        layers=layers,
+    )
+    achieved = ", ".join(f"{plan.sparsity(level):.3f}" for level in range(len(plan.levels)))
+    typer.echo(f"{out}  ({len(plan.layers)} layers; sparsity per level: {achieved})")
+
+
+@app.command("encode")
+def encode_command(
+    model: Annotated[Path, typer.Argument(help="Exported model.onnx.")],
+    plan: Annotated[Path, typer.Option("--plan", "-p", help="Plan file (rt3c plan / rt3c prune).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Encoded model to write (.rt3.onnx).")],
+    level: Annotated[
+        int | None, typer.Option("--level", help="Keep only this level (default: all levels).")
+    ] = None,
+) -> None:
+    """Encode planned layers as rt3c.SparseLinear (block index + pattern ids), verified with onnxruntime."""
+    from rt3c.encode import encode_model
+
+    result = encode_model(model, plan, out, level)
+    diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
+    typer.echo(f"{result.path}  (max |encoded - masked dense| per level: {diffs})")
+
+
+@app.command("inspect")
+def inspect_command(
+    model: Annotated[Path, typer.Argument(help="Encoded model (.rt3.onnx).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Per layer and level: sparsity, value and index bytes, against dense and CSR (int32) storage."""
+    import json
+
+    from rt3c.inspect_model import inspect_model
+
+    report = inspect_model(model)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=1))
+        return
+    table = Table(
+        "layer", "lvl", "shape", "tile", "sparsity", "values B", "index B", "index/values", "dense B", "CSR B"
+    )
+    for row in report.rows:
+        table.add_row(
+            row.layer,
+            str(row.level),
+            f"{row.shape[0]}x{row.shape[1]}",
+            f"{row.tile[0]}x{row.tile[1]}",
+            f"{row.sparsity:.3f}",
+            str(row.value_bytes),
+            str(row.index_bytes),
+            f"{row.index_bytes / row.value_bytes:.3f}",
+            str(row.dense_bytes),
+            str(row.csr_bytes),
+        )
+    for level, total in report.level_totals().items():
+        table.add_row(
+            "[b]total[/b]",
+            str(level),
+            "",
+            "",
+            f"{total['sparsity']:.3f}",
+            str(int(total["value_bytes"])),
+            str(int(total["index_bytes"])),
+            f"{total['index_over_value']:.3f}",
+            str(int(total["dense_bytes"])),
+            str(int(total["csr_bytes"])),
+        )
+    stdout.print(table)
+    stored = report.stored_value_bytes + report.stored_index_bytes
+    one_level = report.level_totals()[0]
+    stdout.print(
+        f"stored: {report.stored_value_bytes} value + {report.stored_index_bytes} index bytes = {stored} "
+        f"({stored / (one_level['value_bytes'] + one_level['index_bytes']):.3f}x level 0 alone, "
+        f"{stored / one_level['dense_bytes']:.3f}x dense)"
+    )
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo makes.")] = Path(

@@ -1,0 +1,99 @@
+"""`rt3c inspect`: what an encoded model stores, per layer and level, against dense and CSR storage.
+
+Per (layer, level): the level's sparsity, the value bytes it reads (its prefix of each tile's values), the
+index bytes it reads (block index plus its pattern ids), and what the same weights cost dense (fp32) and as
+CSR with int32 column indices and row pointers. `stored` totals count what the file really holds: shared
+value buffers and shared pattern ids once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rt3c.encode import read_encoded_layers
+from rt3c.sparse_format import EncodedLayer, pack_pattern_ids
+
+FLOAT_BYTES = 4
+INT32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class LayerLevelRow:
+    layer: str
+    level: int
+    shape: tuple[int, int]
+    tile: tuple[int, int]
+    sparsity: float
+    value_bytes: int
+    index_bytes: int
+    dense_bytes: int
+    csr_bytes: int
+
+
+@dataclass(frozen=True)
+class Report:
+    rows: list[LayerLevelRow]
+    stored_value_bytes: int
+    stored_index_bytes: int
+
+    def level_totals(self) -> dict[int, dict[str, float]]:
+        totals: dict[int, dict[str, float]] = {}
+        for row in self.rows:
+            total = totals.setdefault(
+                row.level, {"value_bytes": 0, "index_bytes": 0, "dense_bytes": 0, "csr_bytes": 0}
+            )
+            for key in total:
+                total[key] += getattr(row, key)
+        for total in totals.values():
+            total["index_over_value"] = (
+                total["index_bytes"] / total["value_bytes"] if total["value_bytes"] else 0.0
+            )
+            total["sparsity"] = 1 - total["value_bytes"] / total["dense_bytes"]
+        return totals
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "layers": [asdict(row) for row in self.rows],
+            "levels": self.level_totals(),
+            "stored": {"value_bytes": self.stored_value_bytes, "index_bytes": self.stored_index_bytes},
+        }
+
+
+def _kept_inside(layer: EncodedLayer, level: int) -> int:
+    """Weights this level keeps inside the layer's shape (edge tiles also store zero padding)."""
+    encoding = layer.levels[level]
+    positions = encoding.pattern_table[encoding.tile_pattern].astype(np.int64)  # [T, nnz]
+    rows = layer.tile_rows()[:, None] * layer.tile[0] + positions // layer.tile[1]
+    cols = layer.tile_col.astype(np.int64)[:, None] * layer.tile[1] + positions % layer.tile[1]
+    return int(((rows < layer.shape[0]) & (cols < layer.shape[1])).sum())
+
+
+def _level_row(layer: EncodedLayer, level: int) -> LayerLevelRow:
+    encoding = layer.levels[level]
+    kept = layer.n_tiles * encoding.nnz
+    rows, cols = layer.shape
+    ids = pack_pattern_ids(encoding.tile_pattern, len(encoding.pattern_table))
+    return LayerLevelRow(
+        layer=layer.name,
+        level=level,
+        shape=layer.shape,
+        tile=layer.tile,
+        sparsity=1 - _kept_inside(layer, level) / (rows * cols),
+        value_bytes=kept * FLOAT_BYTES,
+        index_bytes=layer.tile_row_ptr.nbytes + layer.tile_col.nbytes + ids.nbytes,
+        dense_bytes=rows * cols * FLOAT_BYTES,
+        csr_bytes=kept * (FLOAT_BYTES + INT32_BYTES) + (rows + 1) * INT32_BYTES,
+    )
+
+
+def inspect_model(path: Path) -> Report:
+    layers = read_encoded_layers(path)
+    rows = [_level_row(layer, level) for layer in layers.values() for level in range(len(layer.levels))]
+    return Report(
+        rows,
+        stored_value_bytes=sum(layer.value_bytes() for layer in layers.values()),
+        stored_index_bytes=sum(layer.index_bytes() for layer in layers.values()),
+    )
