@@ -141,16 +141,22 @@ class EncodeSparseLinearPass(InPlacePass):
         )
         graph.insert_before(layer.node, concat)
         graph.insert_before(layer.node, select)
-        old_output = layer.output
-        select.outputs[0].shape, select.outputs[0].type = old_output.shape, old_output.type
-        ir.convenience.replace_all_uses_with(old_output, select.outputs[0])
-        if old_output in graph.outputs:
-            graph.outputs[graph.outputs.index(old_output)] = select.outputs[0]
-            select.outputs[0].name = old_output.name
-            old_output.name = f"{old_output.name}.dense"
+        old_output, new_output = layer.output, select.outputs[0]
+        new_output.shape, new_output.type = old_output.shape, old_output.type
+        _take_over(graph, old_output, new_output)
         for node in (layer.add, layer.node):
             if node is not None:
                 graph.remove(node, safe=True)
+
+
+def _take_over(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
+    """Make every user of `old` use `new`; a graph output keeps its name, so the model's interface stays."""
+    if old.is_graph_output():
+        name = old.name
+        old.name = f"{name}.replaced"
+        graph.outputs[graph.outputs.index(old)] = new
+        new.name = name
+    ir.convenience.replace_all_uses_with(old, new)
 
 
 def sparse_linear_nodes(graph: ir.Graph) -> list[ir.Node]:
@@ -180,13 +186,8 @@ class SelectLevelPass(InPlacePass):
             concat = next(iter(stack.outputs[0].uses())).node
             select = next(iter(concat.outputs[0].uses())).node
             chosen = node.outputs[0]
-            if select.outputs[0] in graph.outputs:
-                graph.outputs[graph.outputs.index(select.outputs[0])] = chosen
-                name = select.outputs[0].name
-                select.outputs[0].name = f"{name}.select"
-                chosen.name = name
             chosen.shape, chosen.type = select.outputs[0].shape, select.outputs[0].type
-            ir.convenience.replace_all_uses_with(select.outputs[0], chosen)
+            _take_over(graph, select.outputs[0], chosen)
         level_value = graph.initializers[LEVEL_INPUT]
         graph.inputs.remove(level_value)
         model.metadata_props[LEVELS_METADATA_KEY] = levels[self.level]

@@ -233,23 +233,10 @@ class Plan:
             )
         try:
             levels = [Level(str(level["name"]), level.get("frequency_khz")) for level in data["levels"]]
-            layers = {
-                name: LayerPlan(
-                    name=name,
-                    shape=(int(entry["shape"][0]), int(entry["shape"][1])),
-                    tile=(int(entry["tile"][0]), int(entry["tile"][1])),
-                    levels=[
-                        LayerLevel(
-                            patterns=np.stack([_pattern_from_text(text, name) for text in lv["patterns"]]),
-                            tile_patterns=np.stack([_row_from_text(text, name) for text in lv["tiles"]]),
-                        )
-                        for lv in entry["levels"]
-                    ],
-                )
-                for name, entry in data["layers"].items()
-            }
-        except (KeyError, TypeError, IndexError, ValueError) as exc:
+            layer_entries = dict(data["layers"])
+        except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{source}: malformed plan ({type(exc).__name__}: {exc})") from None
+        layers = {name: _layer_from_json(name, entry, source) for name, entry in layer_entries.items()}
         plan = cls(levels, layers, data.get("model"), dict(data.get("metadata") or {}))
         try:
             plan.validate()
@@ -267,6 +254,29 @@ class Plan:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_json(data, str(path))
+
+
+def _layer_from_json(name: str, entry: dict, source: str) -> LayerPlan:
+    where = f"{source}: plan layer {name}"
+    try:
+        tile = (int(entry["tile"][0]), int(entry["tile"][1]))
+        levels = []
+        for index, level in enumerate(entry["levels"]):
+            patterns = [_pattern_from_text(text, name) for text in level["patterns"]]
+            for number, pattern in enumerate(patterns):
+                if pattern.shape != tile:
+                    raise ValueError(
+                        f"level {index} pattern {number} is {pattern.shape[0]}x{pattern.shape[1]}, the tile is {tile[0]}x{tile[1]}"
+                    )
+            rows = [_row_from_text(text, name) for text in level["tiles"]]
+            if len({len(row) for row in rows}) > 1:
+                raise ValueError(
+                    f"level {index}: tile rows have different lengths (tile grid is not rectangular)"
+                )
+            levels.append(LayerLevel(np.stack(patterns), np.stack(rows)))
+        return LayerPlan(name, (int(entry["shape"][0]), int(entry["shape"][1])), tile, levels)
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise UserError(f"{where}: malformed ({type(exc).__name__}: {exc})") from None
 
 
 def _pattern_to_text(pattern: np.ndarray) -> str:

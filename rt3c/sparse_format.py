@@ -167,7 +167,8 @@ def encode_layer(weight: np.ndarray, plan: LayerPlan) -> EncodedLayer:
         full_chain, full_index = np.unique(chains, axis=0, return_inverse=True)
         full_index = full_index.reshape(-1)
         orders = [_chain_order([flat_sets[lv][chain[lv]] for lv in range(n_levels)]) for chain in full_chain]
-        order_of_tile = np.array(orders, dtype=np.int64).reshape(len(orders), -1)[full_index]
+        densest_nnz = plan.levels[0].nonzeros_per_tile
+        order_of_tile = np.array(orders, dtype=np.int64).reshape(len(orders), densest_nnz)[full_index]
         values = [np.take_along_axis(tile_values, order_of_tile, axis=1).astype(np.float32)]
         levels = []
         for level in range(n_levels):
