@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ALIGNMENT = 16
+# TVM kernels assume 64-byte aligned buffers (its kAllocAlignment) and emit aligned vector loads.
+ALIGNMENT = 64
 
 
 @dataclass(frozen=True)

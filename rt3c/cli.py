@@ -219,6 +219,31 @@ def inspect_command(
     )
 
 
+@app.command("compile")
+def compile_command(
+    model: Annotated[Path, typer.Argument(help="Encoded model (.rt3.onnx from `rt3c encode`, all levels).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the C project (must not exist or be empty).")
+    ],
+    target: Annotated[
+        str, typer.Option("--target", "-t", help="host, aarch64, cortex-m4 or cortex-m7.")
+    ] = "host",
+    plan: Annotated[
+        Path | None,
+        typer.Option("--plan", "-p", help="The plan, for the levels' frequencies (rt3_on_frequency)."),
+    ] = None,
+) -> None:
+    """Generate TVM kernels and the C runtime, build, and verify every level against onnxruntime."""
+    from rt3c.compile import compile_model
+
+    result = compile_model(model, out, target_name=target, plan_path=plan)
+    diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
+    typer.echo(
+        f"{result.out_dir}  (arena {result.arena_bytes} B, lower bound {result.arena_lower_bound} B; "
+        f"weights {result.weight_bytes} B; max |C - onnxruntime| per level: {diffs})"
+    )
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo makes.")] = Path(

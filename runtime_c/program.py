@@ -75,6 +75,8 @@ class Program:
     outputs: list[str]
     steps: list[list[Call]]
     """One entry per step; each holds one Call per level (the same Call where levels do not differ)."""
+    workspace_bytes: int = 0
+    """Scratch the kernels may request through TVMBackendAllocWorkspace (0: none)."""
     writes: list[tuple[str, ...]] = field(default_factory=list)
     """Per step, the tensors it writes (the others it only reads); filled by `add_step`."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import rt3c
 from rt3c.runtime_c.program import Program, Tensor
 
 TEMPLATES = Path(__file__).resolve().parent / "templates" / "project"
-WEIGHTS_ALIGNMENT = 16
+WEIGHTS_ALIGNMENT = 64  # see rt3c.arena.ALIGNMENT
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
         "calls": calls,
         "level_tables": level_tables,
         "arena": arena,
+        "workspace_bytes": program.workspace_bytes,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     environment = _environment()
@@ -124,6 +126,7 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
         ("rt3_model.h.j2", "rt3_model.h"),
         ("rt3_model.c.j2", "rt3_model.c"),
         ("rt3_weights.S.j2", "rt3_weights.S"),
+        ("main.c.j2", "main.c"),
     ):
         (out_dir / output).write_text(environment.get_template(template).render(context))
     with (out_dir / "rt3_weights.bin").open("wb") as handle:
@@ -141,3 +144,38 @@ def _copy_dlpack_header(out_dir: Path) -> None:
     source = Path(tvm_ffi.__file__).resolve().parent / "include" / "dlpack" / "dlpack.h"
     (out_dir / "dlpack").mkdir(exist_ok=True)
     shutil.copyfile(source, out_dir / "dlpack" / "dlpack.h")
+
+
+def render_build_files(
+    program: Program, build_dir: Path, target: object, kernel_file: str, sources_dir: Path
+) -> None:
+    """Write the Makefile that builds `sources_dir`'s project for `target` in `build_dir`."""
+    sources = Path(os.path.relpath(sources_dir, build_dir))
+    kernel_include = ""
+    if kernel_file.endswith(".c"):
+        kernel_include = f" -I$(SRC)/{TVM_HEADERS_DIR}"
+        _copy_tvm_headers(sources_dir)
+    context = {
+        "name": program.name,
+        "target": target,
+        "ar": target.cc.replace("gcc", "ar") if target.cc.endswith("gcc") else "ar",
+        "sources_dir": str(sources),
+        "kernel_file": kernel_file,
+        "kernel_include": kernel_include,
+        "startup": None,
+    }
+    (build_dir / "Makefile").write_text(_environment().get_template("Makefile.j2").render(context))
+
+
+TVM_HEADERS_DIR = "tvm_include"
+
+
+def _copy_tvm_headers(out_dir: Path) -> None:
+    """The headers TVM's C target includes, from the tvm and tvm-ffi wheels (Apache-2.0)."""
+    import tvm
+    import tvm_ffi
+
+    destination = out_dir / TVM_HEADERS_DIR
+    for package in (tvm_ffi, tvm):
+        include = Path(package.__file__).resolve().parent / "include"
+        shutil.copytree(include, destination, dirs_exist_ok=True)

@@ -1,0 +1,152 @@
+"""Every standard ONNX op, lowered to TIR through TVM's own ONNX importer, one node at a time.
+
+A node becomes a one-node ONNX model (its constant inputs as initializers, so shape-defining inputs
+such as Reshape's are known), which `relax.frontend.onnx.from_onnx` imports with TVM's ONNX semantics;
+`LegalizeOps`, `FuseOps` and `FuseTIR` turn it into PrimFuncs and a Relax `main` that calls them. That
+main is read back as a short list of kernel calls over named tensors. The C runtime then needs no math
+of its own, and a node TVM cannot import is a UserError naming the node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import tvm
+from onnx import helper
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+
+from rt3c.errors import UserError
+
+SUPPORTED_OPS = frozenset(
+    {
+        "Add", "And", "Cast", "Concat", "Div", "Equal", "Erf", "Expand", "Flatten", "Gather", "GatherElements",
+        "GatherND", "Gelu", "Gemm", "Greater", "IsNaN", "LayerNormalization", "Less", "MatMul", "Max", "Min",
+        "Mul", "Neg", "Not", "Or", "Pow", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Sigmoid", "Slice",
+        "Softmax", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze", "Where",
+    }
+)  # fmt: skip
+
+
+@dataclass
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass
+class LoweredNode:
+    functions: dict[str, tvm.tirx.PrimFunc] = field(default_factory=dict)
+    calls: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)
+    """(kernel symbol, argument tensor names inputs first, the tensor the call writes)."""
+    temporaries: dict[str, TensorInfo] = field(default_factory=dict)
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _identifier(text: str) -> str:
+    return re.sub(r"\W", "_", text)
+
+
+def _value_info(name: str, info: TensorInfo) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(
+        name, helper.np_dtype_to_tensor_dtype(np.dtype(info.dtype)), list(info.shape)
+    )
+
+
+def lower_node(
+    node: onnx.NodeProto,
+    prefix: str,
+    tensors: dict[str, TensorInfo],
+    constants: dict[str, np.ndarray],
+    opset: int,
+) -> LoweredNode:
+    """Kernels and calls computing `node`; kernel symbols start with `prefix`."""
+    where = f"node {node.name or node.output[0]} ({node.op_type})"
+    if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS:
+        raise UserError(f"{where}: op is not supported by rt3c's code generator (supported: docs/KERNELS.md)")
+    inputs = [name for name in node.input if name]
+    initializers = [
+        onnx.numpy_helper.from_array(constants[name], name) for name in inputs if name in constants
+    ]
+    graph = helper.make_graph(
+        [node],
+        "one_node",
+        [_value_info(name, tensors[name]) for name in inputs if name not in constants],
+        [_value_info(name, tensors[name]) for name in node.output],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            module = from_onnx(model, opset=opset, keep_params_in_input=True)
+            module = relax.transform.LegalizeOps()(module)
+            module = relax.transform.AnnotateTIROpPattern()(module)
+            module = relax.transform.FuseOps()(module)
+            module = relax.transform.FuseTIR()(module)
+            module = relax.transform.DeadCodeElimination()(module)
+    except Exception as exc:  # TVM raises TVMError, ValueError, ... for ops or attributes it cannot import
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise UserError(f"{where}: TVM cannot compile it ({first})") from None
+    # from_onnx sanitises names; its parameters are the graph inputs, then the initializers, in order.
+    parameter_names = [name for name in inputs if name not in constants] + [
+        init.name for init in initializers
+    ]
+    return _read_main(module, node, prefix, where, parameter_names)
+
+
+def _read_main(
+    module: tvm.IRModule, node: onnx.NodeProto, prefix: str, where: str, parameter_names: list[str]
+) -> LoweredNode:
+    main = module["main"]
+    lowered = LoweredNode()
+    if len(main.params) != len(parameter_names):
+        raise UserError(
+            f"{where}: TVM's import has {len(main.params)} parameters, expected {len(parameter_names)}"
+        )
+    names: dict[relax.Var, str] = dict(zip(main.params, parameter_names, strict=True))
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    body = main.body
+    for block in body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Var) and value in names:  # an alias
+                names[binding.var] = names[value]
+                continue
+            if not (isinstance(value, relax.Call) and value.op == call_tir):
+                raise UserError(f"{where}: TVM lowered it to {type(value).__name__}, which rt3c cannot call")
+            global_var, arguments = value.args[0], value.args[1]
+            symbol = _identifier(f"{prefix}_{global_var.name_hint}")
+            lowered.functions[symbol] = module[global_var].with_attr("global_symbol", symbol)
+            argument_names = []
+            for argument in arguments.fields:
+                if isinstance(argument, tvm.ir.expr.Constant):
+                    constant_name = f"{prefix}.const{len(lowered.constants)}"
+                    lowered.constants[constant_name] = argument.value.numpy()
+                    argument_names.append(constant_name)
+                else:
+                    argument_names.append(names[argument])
+            output = f"{prefix}.t{len(lowered.temporaries)}"
+            tensor_type = binding.var.ty
+            shape = tuple(int(d) for d in tensor_type.shape.values)
+            lowered.temporaries[output] = TensorInfo(shape, str(tensor_type.dtype))
+            names[binding.var] = output
+            lowered.calls.append((symbol, (*argument_names, output), output))
+    result = names[body.body]
+    if result in lowered.temporaries:  # the last call writes the node's output directly
+        lowered.temporaries.pop(result)
+        _rename(lowered, result, node.output[0])
+    else:  # the node is an alias of one of its inputs (an Identity-like op): copy nothing, call nothing
+        raise UserError(f"{where}: lowers to no computation; rt3c expects such nodes folded away")
+    return lowered
+
+
+def _rename(lowered: LoweredNode, old: str, new: str) -> None:
+    lowered.calls = [
+        (symbol, tuple(new if arg == old else arg for arg in args), new if out == old else out)
+        for symbol, args, out in lowered.calls
+    ]

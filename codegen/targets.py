@@ -1,0 +1,140 @@
+"""The targets rt3c compiles for: TVM target, C toolchain, and how to run a program built for it.
+
+- `host`: x86_64 Linux, LLVM with explicit mtriple and mcpu (TVM's `mcpu=native` falls back to generic).
+- `aarch64`: Cortex-A Linux, LLVM with NEON, statically linked, run under qemu-aarch64.
+- `cortex-m4` / `cortex-m7`: bare metal, TVM's C target compiled by arm-none-eabi-gcc with the hard-float
+  ABI, run under qemu-system-arm (mps2-an386 / mps2-an500) with semihosting.
+Kernels never need the TVM runtime: asserts are off and the generated code calls no runtime function.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import tvm
+
+from rt3c.errors import UserError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    kernel_output: str
+    """"object" (LLVM object file) or "c" (C source, compiled with the project)."""
+    cc: str
+    cflags: tuple[str, ...]
+    ldflags: tuple[str, ...] = ()
+    run_prefix: tuple[str, ...] = ()
+    tools: dict[str, str] = field(default_factory=dict)
+    """Executables this target needs -> the Debian package that provides each."""
+
+    @cached_property
+    def tvm_target(self) -> tvm.target.Target:
+        if self.name == "host":
+            cpu = tvm.target.codegen.llvm_get_system_cpu()
+            return tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": cpu})
+        if self.name == "aarch64":
+            return tvm.target.Target(
+                {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
+            )
+        return tvm.target.Target({"kind": "c"})
+
+    def check_tools(self) -> None:
+        for tool, package in self.tools.items():
+            if shutil.which(tool) is None:
+                raise UserError(
+                    f"--target {self.name}: {tool} not found; install it with `apt-get install {package}`"
+                )
+
+
+WARNINGS = ("-Wall", "-Wextra", "-Werror")
+_M_COMMON = ("-mthumb", "-mfloat-abi=hard", "-O2", "-std=c99", "-ffunction-sections", "-fdata-sections")
+
+TARGETS = {
+    "host": Target("host", "object", "gcc", ("-O2", "-std=c99"), ("-lm",), (), {"gcc": "gcc"}),
+    "aarch64": Target(
+        "aarch64",
+        "object",
+        "aarch64-linux-gnu-gcc",
+        ("-O2", "-std=c99"),
+        ("-static", "-lm"),
+        ("qemu-aarch64",),
+        {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu", "qemu-aarch64": "qemu-user"},
+    ),
+    "cortex-m4": Target(
+        "cortex-m4",
+        "c",
+        "arm-none-eabi-gcc",
+        ("-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", *_M_COMMON),
+        ("--specs=rdimon.specs", "-Wl,--gc-sections", "-lm"),
+        ("qemu-system-arm", "-M", "mps2-an386"),
+        {
+            "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
+            "qemu-system-arm": "qemu-system-arm",
+        },
+    ),
+    "cortex-m7": Target(
+        "cortex-m7",
+        "c",
+        "arm-none-eabi-gcc",
+        ("-mcpu=cortex-m7", "-mfpu=fpv5-d16", *_M_COMMON),
+        ("--specs=rdimon.specs", "-Wl,--gc-sections", "-lm"),
+        ("qemu-system-arm", "-M", "mps2-an500"),
+        {
+            "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
+            "qemu-system-arm": "qemu-system-arm",
+        },
+    ),
+}
+
+
+def get_target(name: str) -> Target:
+    if name not in TARGETS:
+        raise UserError(f"--target {name}: unknown target; choose one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+_EXTENT = re.compile(r"T\.int(?:32|64)\((\d+)\)|\b(\d+)\b")
+_DTYPE = re.compile(r"^\s*,\s*\"(\w+)\"")
+
+
+def _allocations(script: str) -> list[tuple[int, str]]:
+    """(elements, dtype) of every `alloc_buffer((shape...), dtype?)` in TVMScript text."""
+    found = []
+    for line in script.splitlines():
+        if "alloc_buffer((" not in line:
+            continue
+        rest = line.split("alloc_buffer((", 1)[1]
+        depth, end = 1, 0
+        while depth and end < len(rest):
+            depth += {"(": 1, ")": -1}.get(rest[end], 0)
+            end += 1
+        elements = 1
+        for wrapped, bare in _EXTENT.findall(rest[: end - 1]):
+            elements *= int(wrapped or bare)
+        dtype = _DTYPE.match(rest[end:])
+        found.append((elements, dtype.group(1) if dtype else "float32"))  # TVMScript omits the default dtype
+    return found
+
+
+def workspace_bytes(func: tvm.tirx.PrimFunc) -> int:
+    """An upper bound of the workspace a kernel asks for: all its intermediate buffers, each 64-aligned.
+
+    TVM keeps small intermediates on the stack and asks `TVMBackendAllocWorkspace` for the others; the
+    runtime serves them from a static scratch area sized by the largest bound over all kernels.
+    """
+    total = 0
+    for elements, dtype in _allocations(func.script()):
+        bits = 8 if dtype == "bool" else int(re.sub(r"\D", "", dtype) or 8)
+        total += -(-(elements * bits // 8) // 64) * 64
+    return total
+
+
+def build_kernels(functions: dict[str, tvm.tirx.PrimFunc], target: Target) -> tvm.runtime.Module:
+    """Compile PrimFuncs into one module with no runtime dependencies (asserts off)."""
+    module = tvm.IRModule({name: func.with_attr("global_symbol", name) for name, func in functions.items()})
+    with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
+        return tvm.compile(module, target=target.tvm_target).mod

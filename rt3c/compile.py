@@ -1,0 +1,309 @@
+"""Stage 3: encoded ONNX -> kernels -> a C project, built and verified level by level.
+
+Entry point: `compile_model` (the `rt3c compile` command). The level-0 graph is the skeleton: constant
+subgraphs are folded, every other node is lowered to TVM kernels (`rt3c.codegen.onnx_ops`), and every
+SparseLinear node gets one kernel per level (`rt3c.codegen.sparse_kernel`) reading the same weights. The
+result is a `Program` that `rt3c.runtime_c` renders; the host build then runs every level on a seeded
+input and must match onnxruntime on the encoded model of that level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import tvm
+import tvm_ffi
+
+from rt3c.codegen.onnx_ops import TensorInfo, lower_node
+from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
+from rt3c.codegen.targets import Target, build_kernels, get_target, workspace_bytes
+from rt3c.encode import deterministic_feeds, load_onnx, read_encoded_layers
+from rt3c.errors import UserError, VerificationError
+from rt3c.export import run_onnx
+from rt3c.passes.encode import LEVEL_INPUT, LEVELS_METADATA_KEY, RemoveUnusedPass, SelectLevelPass
+from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE
+from rt3c.plan import Plan
+from rt3c.progress import step
+from rt3c.runtime_c.program import Call, Program, Tensor
+from rt3c.runtime_c.project import render_build_files, render_project
+
+TOLERANCE = 1e-4
+
+
+def _level_model(encoded: ir.Model, level: int) -> onnx.ModelProto:
+    model = ir.serde.deserialize_model(ir.serde.serialize_model(encoded))
+    if LEVEL_INPUT in model.graph.initializers:
+        SelectLevelPass(level)(model)
+        RemoveUnusedPass()(model)
+    return ir.serde.serialize_model(model)
+
+
+def _all_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every value of the graph on `feeds`, by onnxruntime: shapes, dtypes and constants in one run."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    known = {o.name for o in exposed.graph.output}
+    for node in exposed.graph.node:
+        for name in node.output:
+            if name and name not in known:
+                exposed.graph.output.append(onnx.ValueInfoProto(name=name))
+                known.add(name)
+    with tempfile.TemporaryDirectory(prefix="rt3c-values-") as tmp:
+        path = Path(tmp) / "exposed.onnx"
+        onnx.save(exposed, path)
+        results = run_onnx(path, feeds)
+    values = {output.name: result for output, result in zip(exposed.graph.output, results, strict=True)}
+    values.update({init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer})
+    values.update(feeds)
+    return values
+
+
+def _constant_names(model: onnx.ModelProto) -> set[str]:
+    """Initializers, and outputs of nodes that depend on nothing else (folded at compile time)."""
+    constants = {init.name for init in model.graph.initializer}
+    for node in model.graph.node:
+        if all(name in constants for name in node.input if name) and node.domain != DOMAIN:
+            constants.update(node.output)
+    return constants
+
+
+@dataclass
+class CompiledProgram:
+    program: Program
+    functions: dict[str, tvm.tirx.PrimFunc]
+
+
+def lower_model(encoded_path: Path, plan: Plan | None = None) -> CompiledProgram:
+    """The Program of an encoded model: tensors, kernels, one call list per level."""
+    encoded = load_onnx(encoded_path)
+    level_names = encoded.metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
+    layers = read_encoded_layers(encoded_path)
+    skeleton = _level_model(encoded, 0)
+    opset = next(o.version for o in skeleton.opset_import if o.domain in ("", "ai.onnx"))
+    feeds = deterministic_feeds(skeleton)
+    values = _all_values(skeleton, feeds)
+    constants = _constant_names(skeleton)
+    infos = {
+        name: TensorInfo(tuple(int(d) for d in array.shape), str(array.dtype))
+        for name, array in values.items()
+    }
+
+    graph_inputs = [i.name for i in skeleton.graph.input if i.name not in constants]
+    graph_outputs = [o.name for o in skeleton.graph.output]
+    tensors: dict[str, Tensor] = {}
+    for name in graph_inputs:
+        tensors[name] = Tensor(name, infos[name].shape, infos[name].dtype, "input")
+    for name in graph_outputs:
+        tensors[name] = Tensor(name, infos[name].shape, infos[name].dtype, "output")
+
+    def use(name: str) -> str:
+        if name not in tensors:
+            storage = "constant" if name in constants else "activation"
+            data = values[name] if storage == "constant" else None
+            tensors[name] = Tensor(name, infos[name].shape, infos[name].dtype, storage, data)
+        return name
+
+    n_levels = len(level_names)
+    program = Program(
+        name=encoded.metadata_props.get("rt3c.source", encoded_path.stem),
+        levels=level_names,
+        frequencies_khz=[level.frequency_khz for level in plan.levels] if plan else [None] * n_levels,
+        tensors=tensors,
+        inputs=graph_inputs,
+        outputs=graph_outputs,
+        steps=[],
+    )
+    functions: dict[str, tvm.tirx.PrimFunc] = {}
+    by_hash: dict[int, str] = {}
+
+    def add_function(symbol: str, func: tvm.tirx.PrimFunc) -> str:
+        # Identical kernels (the same op on the same shapes) are compiled once.
+        key = tvm_ffi.structural_hash(func.without_attr("global_symbol"))
+        if key not in by_hash:
+            by_hash[key] = symbol
+            functions[symbol] = func
+        return by_hash[key]
+
+    constant_by_digest: dict[str, str] = {}
+
+    def add_constant(name: str, array: np.ndarray) -> str:
+        digest = hashlib.sha1(
+            array.tobytes() + str(array.dtype).encode() + str(array.shape).encode()
+        ).hexdigest()
+        if digest not in constant_by_digest:
+            constant_by_digest[digest] = name
+            tensors[name] = Tensor(name, tuple(array.shape), str(array.dtype), "constant", array)
+        return constant_by_digest[digest]
+
+    for index, node in enumerate(skeleton.graph.node):
+        if all(name in constants for name in node.output):
+            continue
+        if node.domain == DOMAIN and node.op_type == OP_TYPE:
+            layer_name = next(a.s.decode() for a in node.attribute if a.name == "layer")
+            layer = layers[layer_name]
+            x, y = use(node.input[0]), use(node.output[0])
+            rows = int(np.prod(infos[x].shape[:-1]))
+            bias = values[node.input[5]]
+            calls = []
+            for level in range(n_levels):
+                symbol = f"sparse_{index}_L{level}"
+                kernel = sparse_linear_kernel(symbol, layer, level, rows)
+                symbol = add_function(symbol, kernel)
+                arguments = [
+                    add_constant(f"rt3c.{layer_name}.arg{i}.L{level}", array)
+                    for i, array in enumerate(kernel_arguments(layer, level, bias))
+                ]
+                calls.append(Call(symbol, (x, *arguments, y)))
+            program.add_step(calls, (y,))
+            continue
+        lowered = lower_node(
+            node, f"op{index}_{node.op_type.lower()}", infos, {n: values[n] for n in constants}, opset
+        )
+        for name, info in lowered.temporaries.items():
+            infos[name] = info
+        for name, array in lowered.constants.items():
+            values[name] = array
+            constants.add(name)
+            infos[name] = TensorInfo(tuple(array.shape), str(array.dtype))
+        for symbol, arguments, written in lowered.calls:
+            symbol = add_function(symbol, lowered.functions[symbol])
+            call = Call(symbol, tuple(use(name) for name in arguments))
+            program.add_step([call] * n_levels, (written,))
+    program.workspace_bytes = max((workspace_bytes(func) for func in functions.values()), default=0)
+    return CompiledProgram(program, functions)
+
+
+def _run_binary(target: Target, binary: Path, args: list[str], cwd: Path) -> None:
+    command = [*target.run_prefix, str(binary), *args] if target.name != "host" else [str(binary), *args]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
+    if result.returncode != 0:
+        raise VerificationError(
+            f"{binary} {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()[:500]}"
+        )
+
+
+def run_level(
+    project: Path, target: Target, level: int, inputs: list[np.ndarray], outputs: list[Tensor]
+) -> list[np.ndarray]:
+    """Run the built example program of `project` at `level` on `inputs` (in the program's input order)."""
+    with tempfile.TemporaryDirectory(prefix="rt3c-run-", dir=project) as tmp:
+        tmp_path = Path(tmp)
+        args = [str(level)]
+        for array in inputs:
+            path = tmp_path / f"in.{len(args)}.bin"
+            path.write_bytes(np.ascontiguousarray(array).tobytes())
+            args.append(str(path))
+        out_paths = [tmp_path / f"out.{i}.bin" for i in range(len(outputs))]
+        args.extend(str(p) for p in out_paths)
+        _run_binary(target, project / "rt3_main", args, project)
+        return [
+            np.frombuffer(p.read_bytes(), dtype=t.dtype).reshape(t.shape)
+            for p, t in zip(out_paths, outputs, strict=True)
+        ]
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    out_dir: Path
+    max_abs_diff: list[float]
+    arena_bytes: int
+    arena_lower_bound: int
+    weight_bytes: int
+
+
+def compile_model(
+    encoded_path: Path, out_dir: Path, *, target_name: str = "host", plan_path: Path | None = None
+) -> CompileResult:
+    """Lower, generate C, build for `target_name` and the host, and verify every level on the host build."""
+    target = get_target(target_name)
+    target.check_tools()
+    host = get_target("host")
+    plan = Plan.load(plan_path) if plan_path else None
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"--out {out_dir}: exists and is not empty")
+    with step("lower the model to TVM kernels"):
+        compiled = lower_model(encoded_path, plan)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent if str(out_dir.parent) else ".")
+    )
+    try:
+        with step(f"generate the C project and compile {len(compiled.functions)} kernels"):
+            info = render_project(compiled.program, staging)
+            check_dir = staging if target.name == "host" else staging / "host-check"
+            builds = [(target, staging)] + ([] if target.name == "host" else [(host, check_dir)])
+            for build_target, build_dir in builds:
+                build_dir.mkdir(exist_ok=True)
+                kernels = build_kernels(compiled.functions, build_target)
+                kernel_file = "kernels.o" if build_target.kernel_output == "object" else "kernels.c"
+                if build_target.kernel_output == "object":
+                    kernels.write_to_file(str(build_dir / kernel_file))
+                else:
+                    (build_dir / kernel_file).write_text(kernels.inspect_source())
+                render_build_files(
+                    compiled.program, build_dir, build_target, kernel_file, sources_dir=staging
+                )
+                _make(build_dir)
+        with step(f"verify {len(compiled.program.levels)} levels of the host build against onnxruntime"):
+            diffs = verify_project(encoded_path, check_dir, host, compiled.program)
+        if check_dir != staging:
+            shutil.rmtree(check_dir)
+        (staging / "rt3c-build.json").write_text(
+            json.dumps(
+                {"target": target.name, "levels": compiled.program.levels, "max_abs_diff": diffs}, indent=1
+            )
+        )
+        staging.rename(out_dir) if not out_dir.exists() else _move_into(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    arena = info["arena"]
+    return CompileResult(out_dir, diffs, arena.size, arena.lower_bound, info["weight_bytes"])
+
+
+def _move_into(staging: Path, out_dir: Path) -> None:
+    for item in staging.iterdir():
+        item.rename(out_dir / item.name)
+    staging.rmdir()
+
+
+def _make(build_dir: Path) -> None:
+    result = subprocess.run(
+        ["make", "-s", "rt3_main"], cwd=build_dir, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise VerificationError(
+            f"building {build_dir} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
+
+
+def verify_project(encoded_path: Path, build_dir: Path, target: Target, program: Program) -> list[float]:
+    encoded = load_onnx(encoded_path)
+    diffs = []
+    for level in range(len(program.levels)):
+        reference = _level_model(encoded, level)
+        feeds = deterministic_feeds(reference)
+        with tempfile.TemporaryDirectory(prefix="rt3c-ref-") as tmp:
+            path = Path(tmp) / "level.onnx"
+            onnx.save(reference, path)
+            expected = run_onnx(path, feeds)
+        got = run_level(
+            build_dir,
+            target,
+            level,
+            [feeds[name] for name in program.inputs],
+            [program.tensors[name] for name in program.outputs],
+        )
+        diff = max(float(np.max(np.abs(g - e))) for g, e in zip(got, expected, strict=True))
+        if not diff <= TOLERANCE:
+            raise VerificationError(f"level {level}: the C build differs from onnxruntime by {diff:.3g}")
+        diffs.append(diff)
+    return diffs
