@@ -59,7 +59,9 @@ def main() -> None:
             for level, encoding in enumerate(encoded.levels):
                 kept = encoded.n_tiles * encoding.nnz
                 value[level] += kept * 4
-                index[level] += block_index + pack_pattern_ids(encoding.tile_pattern, len(encoding.pattern_table)).nbytes
+                index[level] += (
+                    block_index + pack_pattern_ids(encoding.tile_pattern, len(encoding.pattern_table)).nbytes
+                )
                 csr[level] += kept * 8 + (encoded.shape[0] + 1) * 4
         table.add_row(
             f"{tile[0]}x{tile[1]}",
