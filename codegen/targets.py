@@ -30,6 +30,19 @@ class Target:
     run_prefix: tuple[str, ...] = ()
     tools: dict[str, str] = field(default_factory=dict)
     """Executables this target needs -> the Debian package that provides each."""
+    board: str | None = None
+    """The qemu machine a bare-metal target runs on (its startup file and linker script are generated)."""
+
+    def command(self, binary: str, args: list[str]) -> list[str]:
+        """How to run `binary args...` built for this target on this machine."""
+        if self.board is None:
+            return [*self.run_prefix, binary, *args]
+        # Bare metal: the program's command line reaches it through semihosting.
+        arguments = ",".join(f"arg={part}" for part in [binary, *args])
+        return [
+            "qemu-system-arm", "-M", self.board, "-nographic", "-monitor", "none", "-serial", "none",
+            "-semihosting-config", f"enable=on,target=native,{arguments}", "-kernel", binary,
+        ]  # fmt: skip
 
     @cached_property
     def tvm_target(self) -> tvm.target.Target:
@@ -53,40 +66,40 @@ class Target:
 WARNINGS = ("-Wall", "-Wextra", "-Werror")
 _M_COMMON = ("-mthumb", "-mfloat-abi=hard", "-O2", "-std=c99", "-ffunction-sections", "-fdata-sections")
 
+_M_TOOLS = {
+    "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
+    "qemu-system-arm": "qemu-system-arm",
+}
+_M_LDFLAGS = ("--specs=rdimon.specs", "-Wl,--gc-sections", "-lm")
+
 TARGETS = {
-    "host": Target("host", "object", "gcc", ("-O2", "-std=c99"), ("-lm",), (), {"gcc": "gcc"}),
+    "host": Target("host", "object", "gcc", ("-O2", "-std=c99"), ldflags=("-lm",), tools={"gcc": "gcc"}),
     "aarch64": Target(
         "aarch64",
         "object",
         "aarch64-linux-gnu-gcc",
         ("-O2", "-std=c99"),
-        ("-static", "-lm"),
-        ("qemu-aarch64",),
-        {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu", "qemu-aarch64": "qemu-user"},
+        ldflags=("-static", "-lm"),
+        run_prefix=("qemu-aarch64",),
+        tools={"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu", "qemu-aarch64": "qemu-user"},
     ),
     "cortex-m4": Target(
         "cortex-m4",
         "c",
         "arm-none-eabi-gcc",
         ("-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", *_M_COMMON),
-        ("--specs=rdimon.specs", "-Wl,--gc-sections", "-lm"),
-        ("qemu-system-arm", "-M", "mps2-an386"),
-        {
-            "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
-            "qemu-system-arm": "qemu-system-arm",
-        },
+        ldflags=_M_LDFLAGS,
+        tools=_M_TOOLS,
+        board="mps2-an386",
     ),
     "cortex-m7": Target(
         "cortex-m7",
         "c",
         "arm-none-eabi-gcc",
         ("-mcpu=cortex-m7", "-mfpu=fpv5-d16", *_M_COMMON),
-        ("--specs=rdimon.specs", "-Wl,--gc-sections", "-lm"),
-        ("qemu-system-arm", "-M", "mps2-an500"),
-        {
-            "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
-            "qemu-system-arm": "qemu-system-arm",
-        },
+        ldflags=_M_LDFLAGS,
+        tools=_M_TOOLS,
+        board="mps2-an500",
     ),
 }
 

@@ -244,6 +244,27 @@ def compile_command(
     )
 
 
+@app.command("run")
+def run_command(
+    project: Annotated[Path, typer.Argument(help="A C project made by `rt3c compile`.")],
+    level: Annotated[int, typer.Option("--level", "-l", help="The level to run.")] = 0,
+    inputs: Annotated[
+        list[Path], typer.Option("--input", "-i", help="One .npy per model input, in order.")
+    ] = [],  # noqa: B006
+    output: Annotated[Path | None, typer.Option("--output", help="Save the first output as .npy.")] = None,
+) -> None:
+    """Run a compiled model: natively (host), under qemu-aarch64, or on qemu-system-arm (Cortex-M)."""
+    import numpy as np
+
+    from rt3c.compile import run_project
+
+    results = run_project(project, level, inputs)
+    for name, array in results.items():
+        typer.echo(f"{name} {list(array.shape)}: {np.array2string(array.reshape(-1)[:16], precision=6)}")
+    if output is not None:
+        np.save(output, next(iter(results.values())))
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo makes.")] = Path(

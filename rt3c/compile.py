@@ -183,8 +183,11 @@ def lower_model(encoded_path: Path, plan: Plan | None = None) -> CompiledProgram
 
 
 def _run_binary(target: Target, binary: Path, args: list[str], cwd: Path) -> None:
-    command = [*target.run_prefix, str(binary), *args] if target.name != "host" else [str(binary), *args]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
+    command = target.command(str(binary), args)
+    try:
+        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
+    except subprocess.TimeoutExpired:
+        raise VerificationError(f"{binary} {' '.join(args)}: no answer within 600 s") from None
     if result.returncode != 0:
         raise VerificationError(
             f"{binary} {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()[:500]}"
@@ -256,9 +259,27 @@ def compile_model(
             diffs = verify_project(encoded_path, check_dir, host, compiled.program)
         if check_dir != staging:
             shutil.rmtree(check_dir)
+            runner = target.board or " ".join(target.run_prefix)
+            with step(
+                f"verify {len(compiled.program.levels)} levels of the {target.name} build under {runner}"
+            ):
+                target_diffs = verify_project(encoded_path, staging, target, compiled.program)
+            diffs = [max(a, b) for a, b in zip(diffs, target_diffs, strict=True)]
+        program = compiled.program
         (staging / "rt3c-build.json").write_text(
             json.dumps(
-                {"target": target.name, "levels": compiled.program.levels, "max_abs_diff": diffs}, indent=1
+                {
+                    "target": target.name,
+                    "levels": program.levels,
+                    "inputs": [_tensor_json(program.tensors[name]) for name in program.inputs],
+                    "outputs": [_tensor_json(program.tensors[name]) for name in program.outputs],
+                    "max_abs_diff": diffs,
+                    "arena_bytes": info["arena"].size,
+                    "arena_lower_bound": info["arena"].lower_bound,
+                    "weight_bytes": info["weight_bytes"],
+                    "workspace_bytes": program.workspace_bytes,
+                },
+                indent=1,
             )
         )
         staging.rename(out_dir) if not out_dir.exists() else _move_into(staging, out_dir)
@@ -267,6 +288,41 @@ def compile_model(
         raise
     arena = info["arena"]
     return CompileResult(out_dir, diffs, arena.size, arena.lower_bound, info["weight_bytes"])
+
+
+def _tensor_json(tensor: Tensor) -> dict[str, object]:
+    return {"name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype}
+
+
+def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.ndarray]:
+    """Run a compiled project's example program (natively or under qemu) on .npy inputs."""
+    manifest_path = project / "rt3c-build.json"
+    if not manifest_path.is_file():
+        raise UserError(f"{project}: not an rt3c project (no rt3c-build.json); make one with `rt3c compile`")
+    manifest = json.loads(manifest_path.read_text())
+    target = get_target(manifest["target"])
+    target.check_tools()
+    if not 0 <= level < len(manifest["levels"]):
+        raise UserError(f"--level {level}: the model has levels 0..{len(manifest['levels']) - 1}")
+    if len(inputs) != len(manifest["inputs"]):
+        names = ", ".join(t["name"] for t in manifest["inputs"])
+        raise UserError(
+            f"--input: the model takes {len(manifest['inputs'])} inputs ({names}), got {len(inputs)}"
+        )
+    arrays = []
+    for path, spec in zip(inputs, manifest["inputs"], strict=True):
+        try:
+            array = np.load(path)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--input {path}: cannot read a .npy array ({exc})") from None
+        if list(array.shape) != spec["shape"]:
+            raise UserError(
+                f"--input {path}: shape {list(array.shape)}, {spec['name']} needs {spec['shape']}"
+            )
+        arrays.append(array.astype(spec["dtype"]))
+    outputs = [Tensor(t["name"], tuple(t["shape"]), t["dtype"], "output") for t in manifest["outputs"]]
+    results = run_level(project, target, level, arrays, outputs)
+    return {tensor.name: result for tensor, result in zip(outputs, results, strict=True)}
 
 
 def _move_into(staging: Path, out_dir: Path) -> None:

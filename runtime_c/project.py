@@ -164,6 +164,11 @@ def render_build_files(
         "kernel_include": kernel_include,
         "startup": None,
     }
+    if target.board is not None:
+        context["startup"] = {"source": "startup.c", "linker_script": "mps2.ld"}
+        shutil.copyfile(TEMPLATES / "cortex_m" / "startup.c", sources_dir / "startup.c")
+        linker = _environment().get_template("cortex_m/mps2.ld.j2").render(board=target.board)
+        (sources_dir / "mps2.ld").write_text(linker)
     (build_dir / "Makefile").write_text(_environment().get_template("Makefile.j2").render(context))
 
 

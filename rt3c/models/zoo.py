@@ -175,6 +175,10 @@ def load_model(ref: str) -> LoadedModel:
         return ZOO[ref].build()
     path = Path(ref)
     if path.exists():
+        from rt3c.prune.checkpoint import is_checkpoint, load_checkpoint
+
+        if is_checkpoint(path):  # written by `rt3c prune`
+            return load_checkpoint(path)
         if not path.is_dir() or not (path / "config.json").is_file():
             raise UserError(f"--model {ref}: not a model directory (no config.json)")
         return _load_hf_classifier(str(path), path)

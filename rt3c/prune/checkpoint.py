@@ -1,0 +1,65 @@
+"""A pruned model on disk: a directory with a manifest naming the base model and the trained weights.
+
+`rt3c.models.load_model` resolves such a directory (so `rt3c export --model DIR` works after prune):
+it loads the base model (a zoo name or an absolute model path) and then the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rt3c.errors import UserError
+from rt3c.models.base import LoadedModel
+
+MANIFEST = "rt3c-checkpoint.json"
+CHECKPOINT_FORMAT = "rt3c-checkpoint"
+WEIGHTS = "weights.pt"
+
+
+def save_checkpoint(directory: Path, base_model: str, module: nn.Module, metadata: dict) -> None:
+    """Write the checkpoint directory whole or not at all (built next to it, then renamed into place)."""
+    directory = Path(directory)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        torch.save(module.state_dict(), staging / WEIGHTS)
+        manifest = {"format": CHECKPOINT_FORMAT, "base_model": base_model, "weights": WEIGHTS, **metadata}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def is_checkpoint(directory: Path) -> bool:
+    return (Path(directory) / MANIFEST).is_file()
+
+
+def load_checkpoint(directory: Path) -> LoadedModel:
+    from rt3c.models.zoo import load_model
+
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        base_model = manifest["base_model"]
+        weights_file = directory / manifest["weights"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{directory / MANIFEST}: not a valid rt3c checkpoint manifest ({exc})") from None
+    if manifest.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{directory / MANIFEST}: format is {manifest.get('format')!r}, not {CHECKPOINT_FORMAT}")
+    model = load_model(base_model)
+    try:
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+        model.module.load_state_dict(state)
+    except (OSError, RuntimeError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{weights_file}: does not fit base model {base_model}: {first_line}") from None
+    return dataclasses.replace(model, name=str(directory), module=model.module.eval())

@@ -1,0 +1,349 @@
+"""`rt3c prune`: dense baseline -> reweighted group lasso -> hard block prune + masked fine-tune ->
+pattern sets per level -> joint fine-tuning of all levels on one set of weights -> checkpoint, plan, eval.
+
+Every stage leaves a file in `OUT/stages/`; a rerun with the same settings skips the finished stages
+(resume). The dense baseline is also cached across runs (`$RT3C_CACHE`, default `~/.cache/rt3c`), keyed
+by model, data and training settings. A BP block is one plan tile (see docs/PRUNING.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rt3c.datasets import Dataset, load_dataset
+from rt3c.errors import UserError
+from rt3c.files import atomic_output
+from rt3c.models import load_model
+from rt3c.models.base import LoadedModel
+from rt3c.plan import LayerPlan, Level, Plan
+from rt3c.progress import step
+from rt3c.prune.checkpoint import save_checkpoint
+from rt3c.prune.lasso import ReweightedGroupLasso
+from rt3c.prune.training import Masks, TrainSettings, evaluate, train
+from rt3c.sparsify import (
+    block_prune,
+    check_sparsities,
+    default_block_ratio,
+    nnz_for_levels,
+    one_shot_plan,
+    pattern_sets,
+)
+
+# The encoder's linear layers: HF BERT-style `...encoder.layer.N...` and rt3-lm's `layers.N...`.
+DEFAULT_LAYERS = r"(^|\.)(encoder\.layer|layers)\.\d+\..*\.weight$"
+STAGES = ("dense", "lasso", "block", "patterns", "joint")
+
+
+@dataclass
+class PruneConfig:
+    model: str
+    data: str
+    out: Path
+    sparsities: list[float]
+    tile: tuple[int, int] = (4, 4)
+    patterns: int = 8
+    block_ratio: float | None = None
+    layer_ratios: dict[str, float] = field(default_factory=dict)  # regex -> BP ratio, first match wins
+    layers: str = DEFAULT_LAYERS
+    frequencies_khz: list[int] | None = None
+    max_len: int = 64
+    batch_size: int = 32
+    dense_steps: int = 300
+    dense_lr: float = 5e-5
+    lasso_steps: int = 150
+    lasso_lr: float = 1e-4
+    lasso_strength: float = 1e-5
+    lasso_epsilon: float = 1e-3
+    reweight_every: int = 50
+    finetune_steps: int = 100
+    finetune_lr: float = 3e-5
+    joint_steps: int = 120
+    joint_lr: float = 3e-5
+    level_weights: list[float] | None = None
+    seed: int = 0
+
+    def settings(self) -> dict:
+        """What the stage files depend on (everything but the output directory)."""
+        values = dataclasses.asdict(self)
+        values.pop("out")
+        return json.loads(json.dumps(values))
+
+
+@dataclass
+class PruneResult:
+    checkpoint: Path
+    plan_path: Path
+    eval_path: Path
+    plan: Plan
+    evaluation: dict
+
+
+def select_layers(model: LoadedModel, pattern: str, tile: tuple[int, int]) -> dict[str, torch.nn.Parameter]:
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise UserError(f"--layers {pattern!r}: not a regular expression ({exc})") from None
+    linear_weights = {
+        f"{name}.weight" if name else "weight": module.weight
+        for name, module in model.module.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+    chosen = {name: weight for name, weight in linear_weights.items() if regex.search(name)}
+    if not chosen:
+        raise UserError(f"--layers {pattern!r}: matches no linear layer weight of {model.name}")
+    for name, weight in chosen.items():
+        if tile[0] > weight.shape[0] or tile[1] > weight.shape[1]:
+            raise UserError(
+                f"--tile {tile[0]}x{tile[1]}: larger than layer {name} {list(weight.shape)}; "
+                "a tile may be padded but not exceed the weight"
+            )
+    return chosen
+
+
+def _block_ratios(config: PruneConfig, names: list[str]) -> dict[str, float]:
+    base = default_block_ratio(config.sparsities) if config.block_ratio is None else config.block_ratio
+    ratios = {}
+    for name in names:
+        ratios[name] = next(
+            (ratio for regex, ratio in config.layer_ratios.items() if re.search(regex, name)), base
+        )
+        if not 0.0 <= ratios[name] <= config.sparsities[0]:
+            raise UserError(
+                f"block ratio {ratios[name]} for layer {name}: must be in [0, the densest level's "
+                f"sparsity {config.sparsities[0]}]"
+            )
+    return ratios
+
+
+def check_config(config: PruneConfig) -> None:
+    check_sparsities(config.sparsities)
+    if min(config.tile) < 1:
+        raise UserError(f"--tile {config.tile[0]}x{config.tile[1]}: both sides must be positive")
+    for regex, ratio in config.layer_ratios.items():
+        if not 0.0 <= ratio < 1.0:
+            raise UserError(f"--layer-ratio {regex}={ratio}: ratios must be in [0, 1)")
+    if config.block_ratio is not None and not 0.0 <= config.block_ratio < 1.0:
+        raise UserError(f"--block-ratio {config.block_ratio}: must be in [0, 1)")
+    if config.level_weights is not None and len(config.level_weights) != len(config.sparsities):
+        raise UserError(f"--level-weights: {len(config.level_weights)} values for {len(config.sparsities)} levels")
+    if config.frequencies_khz is not None and len(config.frequencies_khz) != len(config.sparsities):
+        raise UserError(f"frequencies: {len(config.frequencies_khz)} values for {len(config.sparsities)} levels")
+
+
+class _Stages:
+    """The stage files in `OUT/stages/`, valid only for the settings recorded next to them."""
+
+    def __init__(self, out: Path, settings: dict) -> None:
+        self.directory = out / "stages"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        recorded = self.directory / "settings.json"
+        if recorded.is_file() and json.loads(recorded.read_text()) != settings:
+            for stage in STAGES:  # other settings: earlier stages are stale, start over
+                self.path(stage).unlink(missing_ok=True)
+        recorded.write_text(json.dumps(settings, indent=1) + "\n")
+
+    def path(self, stage: str) -> Path:
+        return self.directory / f"{stage}.pt"
+
+    def load(self, stage: str) -> dict | None:
+        path = self.path(stage)
+        return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+
+    def save(self, stage: str, payload: dict) -> None:
+        with atomic_output(self.path(stage)) as tmp:
+            torch.save(payload, tmp)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("RT3C_CACHE", Path.home() / ".cache" / "rt3c"))
+
+
+def _dense_baseline(model: LoadedModel, data: Dataset, config: PruneConfig) -> None:
+    """Fine-tune (or train) the dense model, or load it from the cache."""
+    base_ref = config.model if not Path(config.model).exists() else str(Path(config.model).resolve())
+    key = json.dumps(
+        [base_ref, config.data, config.max_len, config.batch_size, config.dense_steps, config.dense_lr, config.seed]
+    )
+    cached = _cache_dir() / "dense" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    if cached.is_file():
+        model.module.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
+        return
+    settings = TrainSettings(config.dense_steps, config.dense_lr, config.batch_size, config.seed)
+    train(model, data.train, settings, "dense baseline")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(cached) as tmp:
+        torch.save(model.module.state_dict(), tmp)
+
+
+def _masks_from_plan(plan: Plan, level: int) -> Masks:
+    return {name: torch.from_numpy(layer.mask(level).copy()) for name, layer in plan.layers.items()}
+
+
+def _numpy_weights(weights: dict[str, torch.nn.Parameter]) -> dict[str, np.ndarray]:
+    return {name: weight.detach().numpy().astype(np.float64) for name, weight in weights.items()}
+
+
+def _evaluate_levels(model: LoadedModel, data: Dataset, plan: Plan, dense: dict) -> list[dict]:
+    rows = []
+    for level in range(len(plan.levels)):
+        metrics = evaluate(model, data.test, _masks_from_plan(plan, level))
+        rows.append(
+            {
+                "level": plan.levels[level].name,
+                "sparsity": plan.sparsity(level),
+                "layer_sparsity": {name: layer.sparsity(level) for name, layer in plan.layers.items()},
+                **metrics,
+                "accuracy_change": metrics["accuracy"] - dense["accuracy"],
+                **(
+                    {"perplexity_change": metrics["perplexity"] - dense["perplexity"]}
+                    if "perplexity" in metrics
+                    else {}
+                ),
+            }
+        )
+    return rows
+
+
+def prune_model(config: PruneConfig) -> PruneResult:
+    """Run (or resume) every stage; write `OUT/checkpoint/`, `OUT/plan.json` and `OUT/eval.json`."""
+    check_config(config)
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    model = load_model(config.model)
+    weights = select_layers(model, config.layers, config.tile)
+    ratios = _block_ratios(config, list(weights))
+    with step(f"loading {config.data} for {model.name}"):
+        data = load_dataset(config.data, model, config.max_len)
+    torch.manual_seed(config.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = _stages = _Stages(out, config.settings())
+    levels = [
+        Level(f"L{i}", config.frequencies_khz[i] if config.frequencies_khz else None)
+        for i in range(len(config.sparsities))
+    ]
+
+    def settings(steps: int, lr: float) -> TrainSettings:
+        return TrainSettings(steps, lr, config.batch_size, config.seed)
+
+    # 1. Dense baseline.
+    saved = stages.load("dense")
+    if saved is None:
+        _dense_baseline(model, data, config)
+        stages.save("dense", {"state": model.module.state_dict()})
+    else:
+        model.module.load_state_dict(saved["state"])
+    with step("evaluating the dense baseline and one-shot pruning"):
+        dense = evaluate(model, data.test)
+        one_shot = one_shot_plan(
+            _numpy_weights(weights), levels, config.sparsities, config.tile, config.patterns,
+            default_block_ratio(config.sparsities) if config.block_ratio is None else config.block_ratio,
+        )
+        one_shot_rows = _evaluate_levels(model, data, one_shot, dense)
+
+    # 2. Reweighted group lasso.
+    saved = _stages.load("lasso")
+    if saved is None:
+        lasso = ReweightedGroupLasso(weights, config.tile, config.lasso_strength, config.lasso_epsilon)
+        train(
+            model, data.train, settings(config.lasso_steps, config.lasso_lr), "group lasso",
+            penalty=lasso,
+            every_step=lambda i: lasso.refresh() if (i + 1) % config.reweight_every == 0 else None,
+        )
+        stages.save("lasso", {"state": model.module.state_dict()})
+    else:
+        model.module.load_state_dict(saved["state"])
+
+    # 3. Hard block prune at each layer's percentile of tile norms, then masked fine-tuning.
+    saved = stages.load("block")
+    if saved is None:
+        kept_tiles = {
+            name: block_prune(weight, config.tile, ratios[name]) for name, weight in _numpy_weights(weights).items()
+        }
+        block_masks = {name: torch.from_numpy(_expand(kept, config.tile, weights[name].shape)) for name, kept in kept_tiles.items()}
+        train(model, data.train, settings(config.finetune_steps, config.finetune_lr), "masked fine-tune", keep=block_masks)
+        stages.save("block", {"state": model.module.state_dict(), "kept_tiles": kept_tiles})
+    else:
+        model.module.load_state_dict(saved["state"])
+        kept_tiles = saved["kept_tiles"]
+
+    # 4. Pattern sets per level from the BP model's magnitudes.
+    saved = stages.load("patterns")
+    if saved is None:
+        plan = _pattern_plan(config, weights, kept_tiles, levels, ratios, model.name)
+        stages.save("patterns", {"plan": plan.to_json()})
+    else:
+        plan = Plan.from_json(saved["plan"], "stages/patterns.pt")
+
+    # 5. Joint fine-tuning of all levels on the shared weights.
+    level_masks = [_masks_from_plan(plan, level) for level in range(len(levels))]
+    saved = stages.load("joint")
+    if saved is None:
+        train(
+            model, data.train, settings(config.joint_steps, config.joint_lr), "joint fine-tune",
+            level_masks=level_masks, level_weights=config.level_weights, keep=level_masks[0],
+        )
+        stages.save("joint", {"state": model.module.state_dict()})
+    else:
+        model.module.load_state_dict(saved["state"])
+
+    with step("evaluating every level"):
+        evaluation = {
+            "model": config.model,
+            "data": config.data,
+            "metric": "perplexity" if model.kind == "language-model" else "accuracy",
+            "dense": dense,
+            "levels": _evaluate_levels(model, data, plan, dense),
+            "one_shot": one_shot_rows,
+            "settings": config.settings(),
+        }
+    base_ref = config.model if not Path(config.model).exists() else str(Path(config.model).resolve())
+    checkpoint = out / "checkpoint"
+    save_checkpoint(checkpoint, base_ref, model.module, {"plan": "../plan.json", "data": config.data})
+    plan_path, eval_path = out / "plan.json", out / "eval.json"
+    plan.save(plan_path)
+    with atomic_output(eval_path) as tmp:
+        tmp.write_text(json.dumps(evaluation, indent=1) + "\n")
+    return PruneResult(checkpoint, plan_path, eval_path, plan, evaluation)
+
+
+def _expand(kept_tiles: np.ndarray, tile: tuple[int, int], shape: torch.Size) -> np.ndarray:
+    """bool `shape`: the tile mask blown up to weights, padding cropped."""
+    full = np.repeat(np.repeat(kept_tiles, tile[0], axis=0), tile[1], axis=1)
+    return np.ascontiguousarray(full[: shape[0], : shape[1]])
+
+
+def _pattern_plan(
+    config: PruneConfig,
+    weights: dict[str, torch.nn.Parameter],
+    kept_tiles: dict[str, np.ndarray],
+    levels: list[Level],
+    ratios: dict[str, float],
+    model_name: str,
+) -> Plan:
+    layers = {}
+    for name, weight in _numpy_weights(weights).items():
+        nnz = nnz_for_levels(config.sparsities, ratios[name], config.tile)
+        layers[name] = LayerPlan(
+            name,
+            (weight.shape[0], weight.shape[1]),
+            config.tile,
+            pattern_sets(weight, kept_tiles[name], config.tile, config.patterns, nnz),
+        )
+    plan = Plan(
+        levels,
+        layers,
+        model_name,
+        {"planner": "rt3c prune (reweighted group lasso BP, magnitude PP, joint fine-tune)", "block_ratios": ratios},
+    )
+    plan.validate()
+    return plan
