@@ -265,6 +265,59 @@ def run_command(
         np.save(output, next(iter(results.values())))
 
 
+@app.command("prune")
+def prune_command(
+    model: ModelOption,
+    data: Annotated[str, typer.Option("--data", help="rotten-tomatoes, hamlet or synthetic.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for stages, checkpoint, plan, eval.")],
+    levels: Annotated[int, typer.Option("--levels", help="Number of DVFS levels.")] = 3,
+    sparsity: Annotated[str, typer.Option("--sparsity", help="Per level, densest first.")] = "0.6,0.7,0.8",
+    tile: Annotated[str, typer.Option("--tile", help="Tile (= BP block) ROWSxCOLS over [out, in].")] = "4x4",
+    patterns: Annotated[int, typer.Option("--patterns", help="Patterns per set (k).")] = 8,
+    block_ratio: Annotated[
+        float | None, typer.Option("--block-ratio", help="Tiles BP removes (default: half of level 0's).")
+    ] = None,
+    layer_ratio: Annotated[
+        list[str], typer.Option("--layer-ratio", help="REGEX=RATIO: BP ratio for matching layers.")
+    ] = [],  # noqa: B006
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="Regex of torch weight names (default: encoder linears).")
+    ] = None,
+    steps: Annotated[
+        str, typer.Option("--steps", help="Steps for dense,lasso,finetune,joint training.")
+    ] = "300,150,100,120",
+    lasso_strength: Annotated[float, typer.Option("--lasso-strength", help="Group lasso λ.")] = 1e-5,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 32,
+) -> None:
+    """Prune with training: group lasso BP, PP per level, joint fine-tuning; resumable."""
+    from rt3c.prune.pipeline import DEFAULT_LAYERS, PruneConfig, prune_model
+    from rt3c.prune.report import print_evaluation
+
+    sparsities = _floats(sparsity, "--sparsity")
+    if len(sparsities) != levels:
+        raise UserError(f"--sparsity {sparsity!r}: {len(sparsities)} values for --levels {levels}")
+    step_counts = [int(s) for s in _floats(steps, "--steps")]
+    if len(step_counts) != 4 or min(step_counts) < 0:
+        raise UserError(f"--steps {steps!r}: expected four counts >= 0 (dense,lasso,finetune,joint)")
+    ratios = {}
+    for item in layer_ratio:
+        regex, _, ratio = item.rpartition("=")
+        ratios[regex] = _floats(ratio, "--layer-ratio")[0] if regex and ratio else None
+        if ratios[regex] is None:
+            raise UserError(f"--layer-ratio {item!r}: expected REGEX=RATIO")
+    dense_steps, lasso_steps, finetune_steps, joint_steps = step_counts
+    result = prune_model(
+        PruneConfig(
+            model=model, data=data, out=out, sparsities=sparsities, tile=_tile(tile), patterns=patterns,
+            block_ratio=block_ratio, layer_ratios=ratios, layers=layers or DEFAULT_LAYERS,
+            batch_size=batch_size, dense_steps=dense_steps, lasso_steps=lasso_steps,
+            lasso_strength=lasso_strength, finetune_steps=finetune_steps, joint_steps=joint_steps,
+        )
+    )
+    print_evaluation(result.evaluation)
+    typer.echo(f"{result.checkpoint}\n{result.plan_path}\n{result.eval_path}")
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo makes.")] = Path(

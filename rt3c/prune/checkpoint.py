@@ -54,7 +54,9 @@ def load_checkpoint(directory: Path) -> LoadedModel:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{directory / MANIFEST}: not a valid rt3c checkpoint manifest ({exc})") from None
     if manifest.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{directory / MANIFEST}: format is {manifest.get('format')!r}, not {CHECKPOINT_FORMAT}")
+        raise UserError(
+            f"{directory / MANIFEST}: format is {manifest.get('format')!r}, not {CHECKPOINT_FORMAT}"
+        )
     model = load_model(base_model)
     try:
         state = torch.load(weights_file, map_location="cpu", weights_only=True)

@@ -47,5 +47,6 @@ class ReweightedGroupLasso:
 
     def __call__(self) -> torch.Tensor:
         return self.strength * sum(
-            (tile_norms(weight, self.tile) * self.reweights[name]).sum() for name, weight in self.weights.items()
+            (tile_norms(weight, self.tile) * self.reweights[name]).sum()
+            for name, weight in self.weights.items()
         )

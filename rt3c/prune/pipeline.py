@@ -134,9 +134,13 @@ def check_config(config: PruneConfig) -> None:
     if config.block_ratio is not None and not 0.0 <= config.block_ratio < 1.0:
         raise UserError(f"--block-ratio {config.block_ratio}: must be in [0, 1)")
     if config.level_weights is not None and len(config.level_weights) != len(config.sparsities):
-        raise UserError(f"--level-weights: {len(config.level_weights)} values for {len(config.sparsities)} levels")
+        raise UserError(
+            f"--level-weights: {len(config.level_weights)} values for {len(config.sparsities)} levels"
+        )
     if config.frequencies_khz is not None and len(config.frequencies_khz) != len(config.sparsities):
-        raise UserError(f"frequencies: {len(config.frequencies_khz)} values for {len(config.sparsities)} levels")
+        raise UserError(
+            f"frequencies: {len(config.frequencies_khz)} values for {len(config.sparsities)} levels"
+        )
 
 
 class _Stages:
@@ -171,7 +175,15 @@ def _dense_baseline(model: LoadedModel, data: Dataset, config: PruneConfig) -> N
     """Fine-tune (or train) the dense model, or load it from the cache."""
     base_ref = config.model if not Path(config.model).exists() else str(Path(config.model).resolve())
     key = json.dumps(
-        [base_ref, config.data, config.max_len, config.batch_size, config.dense_steps, config.dense_lr, config.seed]
+        [
+            base_ref,
+            config.data,
+            config.max_len,
+            config.batch_size,
+            config.dense_steps,
+            config.dense_lr,
+            config.seed,
+        ]
     )
     cached = _cache_dir() / "dense" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if cached.is_file():
@@ -226,7 +238,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
         data = load_dataset(config.data, model, config.max_len)
     torch.manual_seed(config.seed)
     out.mkdir(parents=True, exist_ok=True)
-    stages = _stages = _Stages(out, config.settings())
+    stages = _Stages(out, config.settings())
     levels = [
         Level(f"L{i}", config.frequencies_khz[i] if config.frequencies_khz else None)
         for i in range(len(config.sparsities))
@@ -245,17 +257,24 @@ def prune_model(config: PruneConfig) -> PruneResult:
     with step("evaluating the dense baseline and one-shot pruning"):
         dense = evaluate(model, data.test)
         one_shot = one_shot_plan(
-            _numpy_weights(weights), levels, config.sparsities, config.tile, config.patterns,
+            _numpy_weights(weights),
+            levels,
+            config.sparsities,
+            config.tile,
+            config.patterns,
             default_block_ratio(config.sparsities) if config.block_ratio is None else config.block_ratio,
         )
         one_shot_rows = _evaluate_levels(model, data, one_shot, dense)
 
     # 2. Reweighted group lasso.
-    saved = _stages.load("lasso")
+    saved = stages.load("lasso")
     if saved is None:
         lasso = ReweightedGroupLasso(weights, config.tile, config.lasso_strength, config.lasso_epsilon)
         train(
-            model, data.train, settings(config.lasso_steps, config.lasso_lr), "group lasso",
+            model,
+            data.train,
+            settings(config.lasso_steps, config.lasso_lr),
+            "group lasso",
             penalty=lasso,
             every_step=lambda i: lasso.refresh() if (i + 1) % config.reweight_every == 0 else None,
         )
@@ -267,10 +286,20 @@ def prune_model(config: PruneConfig) -> PruneResult:
     saved = stages.load("block")
     if saved is None:
         kept_tiles = {
-            name: block_prune(weight, config.tile, ratios[name]) for name, weight in _numpy_weights(weights).items()
+            name: block_prune(weight, config.tile, ratios[name])
+            for name, weight in _numpy_weights(weights).items()
         }
-        block_masks = {name: torch.from_numpy(_expand(kept, config.tile, weights[name].shape)) for name, kept in kept_tiles.items()}
-        train(model, data.train, settings(config.finetune_steps, config.finetune_lr), "masked fine-tune", keep=block_masks)
+        block_masks = {
+            name: torch.from_numpy(_expand(kept, config.tile, weights[name].shape))
+            for name, kept in kept_tiles.items()
+        }
+        train(
+            model,
+            data.train,
+            settings(config.finetune_steps, config.finetune_lr),
+            "masked fine-tune",
+            keep=block_masks,
+        )
         stages.save("block", {"state": model.module.state_dict(), "kept_tiles": kept_tiles})
     else:
         model.module.load_state_dict(saved["state"])
@@ -289,8 +318,13 @@ def prune_model(config: PruneConfig) -> PruneResult:
     saved = stages.load("joint")
     if saved is None:
         train(
-            model, data.train, settings(config.joint_steps, config.joint_lr), "joint fine-tune",
-            level_masks=level_masks, level_weights=config.level_weights, keep=level_masks[0],
+            model,
+            data.train,
+            settings(config.joint_steps, config.joint_lr),
+            "joint fine-tune",
+            level_masks=level_masks,
+            level_weights=config.level_weights,
+            keep=level_masks[0],
         )
         stages.save("joint", {"state": model.module.state_dict()})
     else:
@@ -343,7 +377,10 @@ def _pattern_plan(
         levels,
         layers,
         model_name,
-        {"planner": "rt3c prune (reweighted group lasso BP, magnitude PP, joint fine-tune)", "block_ratios": ratios},
+        {
+            "planner": "rt3c prune (reweighted group lasso BP, magnitude PP, joint fine-tune)",
+            "block_ratios": ratios,
+        },
     )
     plan.validate()
     return plan

@@ -83,7 +83,7 @@ def train(
     re-applied to the weights after every step, so pruned weights stay exactly zero."""
     module = model.module
     levels = level_masks or [{}]
-    weights = level_weights or [1.0] * len(levels)
+    weights = level_weights or [1.0 / len(levels)] * len(levels)
     parameters = dict(module.named_parameters())
     optimizer = torch.optim.AdamW(module.parameters(), lr=settings.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / max(settings.steps, 1))
@@ -100,7 +100,10 @@ def train(
                 order, position = torch.randperm(len(split), generator=generator), 0
             inputs, targets = split.batch(order[position : position + settings.batch_size])
             position += settings.batch_size
-            loss = sum(w * loss_of(run(module, inputs, masks), targets) for w, masks in zip(weights, levels))
+            loss = sum(
+                w * loss_of(run(module, inputs, masks), targets)
+                for w, masks in zip(weights, levels, strict=True)
+            )
             total = loss + penalty() if penalty is not None else loss
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -113,7 +116,7 @@ def train(
                 apply_masks(module, keep)
             if every_step is not None:
                 every_step(step)
-            progress.update(task, advance=1, loss=float(loss))
+            progress.update(task, advance=1, loss=float(loss.detach()))
     module.eval()
 
 

@@ -1,0 +1,165 @@
+"""rt3c prune on bert-tiny and a synthetic task: group lasso, exact BP ratios, nested levels, masks that
+hold through training, a plan and checkpoint the rest of the toolchain accepts, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rt3c.cli import main
+from rt3c.datasets import load_dataset
+from rt3c.models import load_model
+from rt3c.plan import Plan
+from rt3c.prune.lasso import ReweightedGroupLasso, tile_norms
+from rt3c.prune.pipeline import PruneConfig, PruneResult, prune_model, select_layers
+from rt3c.prune.training import TrainSettings, evaluate, run, train
+
+SMALL_STEPS = {"dense_steps": 150, "lasso_steps": 40, "finetune_steps": 40, "joint_steps": 40}
+SPARSITIES = [0.5, 0.65, 0.8]
+FFN_RATIO = 0.375
+
+
+def run_cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PruneConfig, PruneResult]]:
+    config = PruneConfig(
+        model="bert-tiny",
+        data="synthetic",
+        out=tmp_path_factory.mktemp("prune") / "out",
+        sparsities=SPARSITIES,
+        layer_ratios={r"intermediate": FFN_RATIO},
+        lasso_strength=1e-3,
+        **SMALL_STEPS,
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RT3C_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield config, prune_model(config)
+
+
+def test_group_lasso_shrinks_the_targeted_groups() -> None:
+    def trained_norms(strength: float) -> tuple[float, float]:
+        model = load_model("bert-tiny")
+        data = load_dataset("synthetic", model)
+        weights = select_layers(model, r"layer\.0\.intermediate", (4, 4))
+        penalty = ReweightedGroupLasso(weights, (4, 4), strength, 1e-3)
+        train(model, data.train, TrainSettings(30, 1e-3), "lasso", penalty=penalty)
+        with torch.no_grad():
+            target = weights["bert.encoder.layer.0.intermediate.dense.weight"]
+            other = dict(model.module.named_parameters())["bert.encoder.layer.1.intermediate.dense.weight"]
+            return float(tile_norms(target, (4, 4)).sum()), float(tile_norms(other, (4, 4)).sum())
+
+    plain_target, plain_other = trained_norms(0.0)
+    lasso_target, lasso_other = trained_norms(1e-3)
+    assert lasso_target < 0.7 * plain_target
+    assert lasso_other == pytest.approx(plain_other, rel=0.1)  # untargeted layers barely change
+
+
+def test_hard_prune_hits_the_requested_ratios_exactly(pruned) -> None:
+    _, result = pruned
+    for name, layer in result.plan.layers.items():
+        ratio = FFN_RATIO if "intermediate" in name else SPARSITIES[0] / 2
+        kept = layer.kept_tiles
+        assert kept.size - kept.sum() == round(ratio * kept.size), name
+
+
+def test_masks_are_nested_and_levels_increase_in_sparsity(pruned) -> None:
+    _, result = pruned
+    assert result.plan.is_nested()
+    achieved = [result.plan.sparsity(level) for level in range(3)]
+    assert achieved == sorted(achieved) and len(set(achieved)) == 3
+    assert all(abs(a - s) < 0.04 for a, s in zip(achieved, SPARSITIES, strict=True))
+
+
+def test_fine_tuning_never_revives_pruned_weights(pruned) -> None:
+    _, result = pruned
+    model = load_model(str(result.checkpoint))
+    weights = dict(model.module.named_parameters())
+    for name, layer in result.plan.layers.items():
+        assert not torch.any(weights[name].detach()[~torch.from_numpy(layer.mask(0))] != 0), name
+        assert torch.count_nonzero(weights[name]) > 0
+
+
+def test_plan_and_checkpoint_fit_the_model(pruned) -> None:
+    _, result = pruned
+    plan = Plan.load(result.plan_path)
+    model = load_model("bert-tiny")
+    shapes = {name: tuple(p.shape) for name, p in model.module.named_parameters() if p.ndim == 2}
+    plan.check_shapes(shapes, "bert-tiny")
+    assert all(".encoder.layer." in name for name in plan.layers)
+    # The checkpoint loads through the zoo resolver and computes what the pruned module computed.
+    reloaded = load_model(str(result.checkpoint))
+    inputs = model.example_inputs(2, 8)
+    data = load_dataset("synthetic", reloaded)
+    evaluation = json.loads(result.eval_path.read_text())
+    assert (
+        evaluate(reloaded, data.test, _plan_masks(plan, 0))["accuracy"] == evaluation["levels"][0]["accuracy"]
+    )
+    assert run(reloaded.module, inputs).shape == (2, 2)
+
+
+def _plan_masks(plan: Plan, level: int) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(layer.mask(level).copy()) for name, layer in plan.layers.items()}
+
+
+def test_tiny_model_keeps_its_accuracy(pruned) -> None:
+    _, result = pruned
+    evaluation = result.evaluation
+    assert evaluation["dense"]["accuracy"] > 0.75  # the task was learnt
+    for row in evaluation["levels"]:
+        assert row["accuracy"] >= evaluation["dense"]["accuracy"] - 0.05, row["level"]
+    assert len(evaluation["one_shot"]) == 3
+
+
+def test_a_rerun_resumes_from_the_finished_stages(pruned) -> None:
+    config, result = pruned
+    stage_files = sorted((Path(config.out) / "stages").glob("*.pt"))
+    assert [f.stem for f in stage_files] == sorted(["dense", "lasso", "block", "patterns", "joint"])
+    before = {f: f.stat().st_mtime_ns for f in stage_files}
+    again = prune_model(config)
+    assert {f: f.stat().st_mtime_ns for f in stage_files} == before
+    assert again.evaluation["levels"] == result.evaluation["levels"]
+
+
+def test_cli_prune_writes_checkpoint_plan_and_table(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("RT3C_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    code = run_cli(
+        "prune", "--model", "bert-tiny", "--data", "synthetic", "--out", str(out),
+        "--sparsity", "0.5,0.6,0.7", "--steps", "20,5,5,5", "--layer-ratio", "query=0.1",
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "one-shot" in printed and "L2" in printed
+    plan = Plan.load(out / "plan.json")
+    query = plan.layers["bert.encoder.layer.0.attention.self.query.weight"]
+    assert np.mean(~query.kept_tiles) == pytest.approx(0.1, abs=1 / query.kept_tiles.size)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "imdb"], "unknown dataset"),
+        (["--data", "synthetic", "--layers", "no_such_layer"], "matches no linear layer"),
+        (["--data", "synthetic", "--sparsity", "0.5,0.7,1.2"], "[0, 1)"),
+        (["--data", "synthetic", "--sparsity", "0.7,0.5,0.8"], "increase in sparsity"),
+        (["--data", "synthetic", "--block-ratio", "-0.1"], "--block-ratio"),
+        (["--data", "synthetic", "--layer-ratio", "query=1.5"], "[0, 1)"),
+        (["--data", "synthetic", "--tile", "128x4"], "larger than layer"),
+        (["--data", "hamlet"], "language model"),
+    ],
+)
+def test_bad_input_exits_2_without_output(tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    out = tmp_path / "out"
+    assert run_cli("prune", "--model", "bert-tiny", "--out", str(out), "--steps", "1,1,1,1", *args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
