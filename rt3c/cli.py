@@ -221,7 +221,9 @@ def inspect_command(
 
 @app.command("compile")
 def compile_command(
-    model: Annotated[Path, typer.Argument(help="Encoded model (.rt3.onnx from `rt3c encode`, all levels).")],
+    model: Annotated[
+        Path, typer.Argument(help="Exported model.onnx with --plan, an encoded .rt3.onnx, or a dense model.")
+    ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for the C project (must not exist or be empty).")
     ],
@@ -308,10 +310,21 @@ def prune_command(
     dense_steps, lasso_steps, finetune_steps, joint_steps = step_counts
     result = prune_model(
         PruneConfig(
-            model=model, data=data, out=out, sparsities=sparsities, tile=_tile(tile), patterns=patterns,
-            block_ratio=block_ratio, layer_ratios=ratios, layers=layers or DEFAULT_LAYERS,
-            batch_size=batch_size, dense_steps=dense_steps, lasso_steps=lasso_steps,
-            lasso_strength=lasso_strength, finetune_steps=finetune_steps, joint_steps=joint_steps,
+            model=model,
+            data=data,
+            out=out,
+            sparsities=sparsities,
+            tile=_tile(tile),
+            patterns=patterns,
+            block_ratio=block_ratio,
+            layer_ratios=ratios,
+            layers=layers or DEFAULT_LAYERS,
+            batch_size=batch_size,
+            dense_steps=dense_steps,
+            lasso_steps=lasso_steps,
+            lasso_strength=lasso_strength,
+            finetune_steps=finetune_steps,
+            joint_steps=joint_steps,
         )
     )
     print_evaluation(result.evaluation)

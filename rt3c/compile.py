@@ -26,7 +26,7 @@ import tvm_ffi
 from rt3c.codegen.onnx_ops import TensorInfo, lower_node
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
 from rt3c.codegen.targets import Target, build_kernels, get_target, workspace_bytes
-from rt3c.encode import deterministic_feeds, load_onnx, read_encoded_layers
+from rt3c.encode import deterministic_feeds, encode_model, load_onnx, read_encoded_layers
 from rt3c.errors import UserError, VerificationError
 from rt3c.export import run_onnx
 from rt3c.passes.encode import LEVEL_INPUT, LEVELS_METADATA_KEY, RemoveUnusedPass, SelectLevelPass
@@ -86,7 +86,7 @@ def lower_model(encoded_path: Path, plan: Plan | None = None) -> CompiledProgram
     """The Program of an encoded model: tensors, kernels, one call list per level."""
     encoded = load_onnx(encoded_path)
     level_names = encoded.metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
-    layers = read_encoded_layers(encoded_path)
+    layers = read_encoded_layers(encoded_path, required=False)
     skeleton = _level_model(encoded, 0)
     opset = next(o.version for o in skeleton.opset_import if o.domain in ("", "ai.onnx"))
     feeds = deterministic_feeds(skeleton)
@@ -183,7 +183,7 @@ def lower_model(encoded_path: Path, plan: Plan | None = None) -> CompiledProgram
 
 
 def _run_binary(target: Target, binary: Path, args: list[str], cwd: Path) -> None:
-    command = target.command(str(binary), args)
+    command = target.command(str(binary) if target.board else str(cwd / binary), args)
     try:
         result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
     except subprocess.TimeoutExpired:
@@ -198,16 +198,18 @@ def run_level(
     project: Path, target: Target, level: int, inputs: list[np.ndarray], outputs: list[Tensor]
 ) -> list[np.ndarray]:
     """Run the built example program of `project` at `level` on `inputs` (in the program's input order)."""
-    with tempfile.TemporaryDirectory(prefix="rt3c-run-", dir=project) as tmp:
-        tmp_path = Path(tmp)
+    # Paths relative to the project: semihosting passes at most a short command line to bare metal.
+    with tempfile.TemporaryDirectory(prefix="run-", dir=project) as tmp:
+        tmp_path = Path(tmp).relative_to(project)
         args = [str(level)]
         for array in inputs:
-            path = tmp_path / f"in.{len(args)}.bin"
-            path.write_bytes(np.ascontiguousarray(array).tobytes())
+            path = tmp_path / f"in{len(args)}.bin"
+            (project / path).write_bytes(np.ascontiguousarray(array).tobytes())
             args.append(str(path))
-        out_paths = [tmp_path / f"out.{i}.bin" for i in range(len(outputs))]
+        out_paths = [tmp_path / f"out{i}.bin" for i in range(len(outputs))]
         args.extend(str(p) for p in out_paths)
-        _run_binary(target, project / "rt3_main", args, project)
+        _run_binary(target, Path("rt3_main"), args, project)
+        out_paths = [project / p for p in out_paths]
         return [
             np.frombuffer(p.read_bytes(), dtype=t.dtype).reshape(t.shape)
             for p, t in zip(out_paths, outputs, strict=True)
@@ -226,15 +228,29 @@ class CompileResult:
 def compile_model(
     encoded_path: Path, out_dir: Path, *, target_name: str = "host", plan_path: Path | None = None
 ) -> CompileResult:
-    """Lower, generate C, build for `target_name` and the host, and verify every level on the host build."""
+    """Lower, generate C, build for `target_name` (and the host), and verify every level of both builds.
+
+    `encoded_path` is an encoded model (`rt3c encode`), or an exported model with `plan_path` (encoded
+    here), or a dense model (compiled as one level).
+    """
     target = get_target(target_name)
     target.check_tools()
-    host = get_target("host")
     plan = Plan.load(plan_path) if plan_path else None
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"--out {out_dir}: exists and is not empty")
-    with step("lower the model to TVM kernels"):
-        compiled = lower_model(encoded_path, plan)
+    with tempfile.TemporaryDirectory(prefix="rt3c-compile-") as scratch:
+        if plan_path is not None and not read_encoded_layers(encoded_path, required=False):
+            # An exported model and its plan: run the encoding passes first (they verify every level).
+            encoded_path = encode_model(encoded_path, plan_path, Path(scratch) / "model.rt3.onnx").path
+        with step("lower the model to TVM kernels"):
+            compiled = lower_model(encoded_path, plan)
+        return _generate_and_verify(compiled, encoded_path, out_dir, target)
+
+
+def _generate_and_verify(
+    compiled: CompiledProgram, encoded_path: Path, out_dir: Path, target: Target
+) -> CompileResult:
+    host = get_target("host")
     staging = Path(
         tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent if str(out_dir.parent) else ".")
     )

@@ -192,14 +192,14 @@ def plan_model(
     return plan
 
 
-def read_encoded_layers(path: Path) -> dict[str, EncodedLayer]:
+def read_encoded_layers(path: Path, required: bool = True) -> dict[str, EncodedLayer]:
     """The encoded layers of an rt3c model (all levels, or the one it keeps), by torch parameter name."""
     model = load_onnx(path)
     graph = model.graph
     by_layer: dict[str, list[ir.Node]] = {}
     for node in sparse_linear_nodes(graph):
         by_layer.setdefault(node.attributes["layer"].value, []).append(node)
-    if not by_layer:
+    if not by_layer and required:
         raise UserError(f"{path}: has no rt3c.SparseLinear node; encode it with `rt3c encode`")
     layers = {}
     for name, nodes in by_layer.items():

@@ -60,7 +60,9 @@ def _kept_magnitude(magnitudes: np.ndarray, rankings: np.ndarray, nnz_per_level:
     return sum(magnitudes @ _masks_from_rankings(rankings, nnz).T.astype(np.float64) for nnz in nnz_per_level)
 
 
-def _initial_rankings(magnitudes: np.ndarray, patterns: int, densest: int) -> np.ndarray:
+def _initial_rankings(
+    magnitudes: np.ndarray, patterns: int, densest: int, ranking_values: np.ndarray
+) -> np.ndarray:
     """The `patterns` most frequent top-`densest` masks, each ranked by the magnitude of its tiles."""
     n_positions = magnitudes.shape[1]
     top_masks = _masks_from_rankings(np.argsort(-magnitudes, axis=1, kind="stable"), densest)
@@ -69,9 +71,9 @@ def _initial_rankings(magnitudes: np.ndarray, patterns: int, densest: int) -> np
     order = np.argsort(-counts, kind="stable")[:patterns]
     rankings = []
     for family in order:
-        members = magnitudes[inverse == family].sum(axis=0)
-        # Inside the mask first (by magnitude), then the rest (by magnitude).
-        score = members + unique[family] * (members.max(initial=0.0) + 1.0)
+        members = ranking_values[inverse == family].sum(axis=0)
+        # Inside the mask first (by ranking value), then the rest (by ranking value).
+        score = members + unique[family] * (2.0 * np.abs(members).max(initial=0.0) + 1.0)
         rankings.append(np.argsort(-score, kind="stable"))
     overall = np.argsort(-magnitudes.sum(axis=0), kind="stable")
     while len(rankings) < patterns:  # fewer distinct masks than families: shifted copies of the overall order
@@ -85,8 +87,12 @@ def pattern_sets(
     tile: tuple[int, int],
     patterns: int,
     nnz_per_level: list[int],
+    signed_ranking: bool = False,
 ) -> list[LayerLevel]:
-    """One `LayerLevel` per entry of `nnz_per_level` (non-increasing nonzeros per tile, densest first)."""
+    """One `LayerLevel` per entry of `nnz_per_level` (non-increasing nonzeros per tile, densest first).
+
+    `signed_ranking` ranks a family's positions by the signed sum of its tiles' weights, as RT3's
+    reference code does (opposite signs cancel; measured in docs/PRUNING.md), instead of magnitudes."""
     n_positions = tile[0] * tile[1]
     if any(not 1 <= nnz <= n_positions for nnz in nnz_per_level):
         raise UserError(
@@ -98,12 +104,13 @@ def pattern_sets(
         raise UserError(f"--patterns {patterns}: must be between 1 and 36")
     tiles = _tiles(weight, tile)
     magnitudes = np.abs(tiles[kept_tiles])  # [T, positions]
+    ranking_values = tiles[kept_tiles] if signed_ranking else magnitudes
     if len(magnitudes):
-        rankings = _initial_rankings(magnitudes, patterns, nnz_per_level[0])
+        rankings = _initial_rankings(magnitudes, patterns, nnz_per_level[0], ranking_values)
         for _ in range(FIT_ITERATIONS):
             assignment = np.argmax(_kept_magnitude(magnitudes, rankings, nnz_per_level), axis=1)
             for family in range(patterns):
-                members = magnitudes[assignment == family]
+                members = ranking_values[assignment == family]
                 if len(members):
                     # Stable sort on the previous ranking's order keeps ties where they were.
                     previous = rankings[family]
@@ -150,6 +157,7 @@ def one_shot_plan(
     patterns: int,
     block_ratio: float | None = None,
     model: str | None = None,
+    signed_ranking: bool = False,
 ) -> Plan:
     """Magnitude BP, then magnitude pattern families, for every layer in `weights` (torch `[out, in]`)."""
     check_sparsities(sparsities)
@@ -167,7 +175,10 @@ def one_shot_plan(
     for name, weight in weights.items():
         kept = block_prune(weight, tile, ratio)
         layers[name] = LayerPlan(
-            name, (weight.shape[0], weight.shape[1]), tile, pattern_sets(weight, kept, tile, patterns, nnz)
+            name,
+            (weight.shape[0], weight.shape[1]),
+            tile,
+            pattern_sets(weight, kept, tile, patterns, nnz, signed_ranking),
         )
     plan = Plan(
         levels, layers, model, {"planner": "one-shot magnitude", "block_ratio": ratio, "nnz_per_tile": nnz}

@@ -163,3 +163,21 @@ def test_bad_input_exits_2_without_output(tmp_path: Path, capsys, args: list[str
     assert run_cli("prune", "--model", "bert-tiny", "--out", str(out), "--steps", "1,1,1,1", *args) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_signed_sum_ranking_loses_weights_whose_signs_cancel() -> None:
+    from rt3c.sparsify import pattern_sets
+
+    # Position 0 is large with alternating signs across tiles (its signed sum is zero); position 1 is
+    # small and positive. One pattern keeping one weight per tile: magnitudes keep position 0.
+    rng = np.random.default_rng(0)
+    weight = rng.normal(0.0, 0.01, (16, 2))
+    weight[0::2, 0] = 1.0
+    weight[1::2, 0] = -1.0
+    weight[:, 1] = 0.1
+    kept = np.ones((16, 1), dtype=bool)
+    magnitude, signed = (
+        pattern_sets(weight, kept, (1, 2), 1, [1], signed_ranking=flag)[0] for flag in (False, True)
+    )
+    assert magnitude.patterns[0].tolist() == [[True, False]]
+    assert signed.patterns[0].tolist() == [[False, True]]

@@ -69,6 +69,7 @@ class PruneConfig:
     joint_steps: int = 120
     joint_lr: float = 3e-5
     level_weights: list[float] | None = None
+    signed_ranking: bool = False  # RT3 reference's signed-sum pattern ranking, for measurement
     seed: int = 0
 
     def settings(self) -> dict:
@@ -225,6 +226,28 @@ def _evaluate_levels(model: LoadedModel, data: Dataset, plan: Plan, dense: dict)
     return rows
 
 
+def evaluate_one_shot(
+    model: LoadedModel,
+    data: Dataset,
+    weights: dict[str, torch.nn.Parameter],
+    config: PruneConfig,
+    levels: list[Level],
+    dense: dict,
+    signed_ranking: bool,
+) -> list[dict]:
+    """The test metrics per level of the one-shot plan (magnitude BP and PP, no retraining)."""
+    plan = one_shot_plan(
+        _numpy_weights(weights),
+        levels,
+        config.sparsities,
+        config.tile,
+        config.patterns,
+        default_block_ratio(config.sparsities) if config.block_ratio is None else config.block_ratio,
+        signed_ranking=signed_ranking,
+    )
+    return _evaluate_levels(model, data, plan, dense)
+
+
 def prune_model(config: PruneConfig) -> PruneResult:
     """Run (or resume) every stage; write `OUT/checkpoint/`, `OUT/plan.json` and `OUT/eval.json`."""
     check_config(config)
@@ -256,15 +279,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
         model.module.load_state_dict(saved["state"])
     with step("evaluating the dense baseline and one-shot pruning"):
         dense = evaluate(model, data.test)
-        one_shot = one_shot_plan(
-            _numpy_weights(weights),
-            levels,
-            config.sparsities,
-            config.tile,
-            config.patterns,
-            default_block_ratio(config.sparsities) if config.block_ratio is None else config.block_ratio,
-        )
-        one_shot_rows = _evaluate_levels(model, data, one_shot, dense)
+        one_shot_rows = evaluate_one_shot(model, data, weights, config, levels, dense, config.signed_ranking)
 
     # 2. Reweighted group lasso.
     saved = stages.load("lasso")
@@ -371,7 +386,7 @@ def _pattern_plan(
             name,
             (weight.shape[0], weight.shape[1]),
             config.tile,
-            pattern_sets(weight, kept_tiles[name], config.tile, config.patterns, nnz),
+            pattern_sets(weight, kept_tiles[name], config.tile, config.patterns, nnz, config.signed_ranking),
         )
     plan = Plan(
         levels,

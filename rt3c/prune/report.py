@@ -7,7 +7,7 @@ from rich.table import Table
 from rt3c.progress import stdout
 
 
-def _level_table(title: str, evaluation: dict, rows: list[dict]) -> Table:
+def level_table(title: str, evaluation: dict, rows: list[dict]) -> Table:
     language_model = evaluation["metric"] == "perplexity"
     dense = evaluation["dense"]
     table = Table(title=title)
@@ -36,12 +36,12 @@ def _level_table(title: str, evaluation: dict, rows: list[dict]) -> Table:
 
 def print_evaluation(evaluation: dict) -> None:
     stdout.print(
-        _level_table(
+        level_table(
             "pruned (group lasso BP + PP + joint fine-tune), test split", evaluation, evaluation["levels"]
         )
     )
     stdout.print(
-        _level_table("one-shot (magnitudes, no retraining), test split", evaluation, evaluation["one_shot"])
+        level_table("one-shot (magnitudes, no retraining), test split", evaluation, evaluation["one_shot"])
     )
     layers = Table(title="sparsity per layer")
     layers.add_column("layer")

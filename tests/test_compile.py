@@ -1,0 +1,207 @@
+"""Stage 3: the generated C project on every target, level semantics, sanitizers, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from test_cli import run_cli
+
+from rt3c.compile import _level_model, compile_model, run_project
+from rt3c.encode import deterministic_feeds, encode_model, load_onnx, plan_model
+from rt3c.export import ExportResult, run_onnx
+
+HARNESS = Path(__file__).resolve().parent / "c" / "level_switch.c"
+
+
+@pytest.fixture(scope="module")
+def bert_tiny_encoded(
+    bert_tiny_export: ExportResult, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    directory = tmp_path_factory.mktemp("encoded")
+    plan = directory / "plan.json"
+    plan_model(
+        bert_tiny_export.onnx_path, plan, sparsities=[0.5, 0.7, 0.8], tile=(4, 4), patterns=8,
+        frequencies_khz=[1_400_000, 1_000_000, 800_000],
+    )  # fmt: skip
+    encoded = directory / "model.rt3.onnx"
+    encode_model(bert_tiny_export.onnx_path, plan, encoded)
+    return encoded, plan
+
+
+@pytest.fixture(scope="module")
+def host_project(bert_tiny_encoded: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("host") / "project"
+    compile_model(bert_tiny_encoded[0], out, target_name="host", plan_path=bert_tiny_encoded[1])
+    return out
+
+
+def _check_against_onnxruntime(project: Path, encoded: Path, seed: int) -> None:
+    """`rt3c run` on fresh inputs equals onnxruntime on the encoded model of each level."""
+    model = load_onnx(encoded)
+    for level in range(3):
+        reference = _level_model(model, level)
+        feeds = deterministic_feeds(reference, seed=seed)
+        paths = []
+        for name, array in feeds.items():
+            path = project.parent / f"{name}.{seed}.npy"
+            np.save(path, array)
+            paths.append(path)
+        got = run_project(project, level, paths)["logits"]
+        ref_path = project.parent / f"ref{level}.onnx"
+        onnx.save(reference, ref_path)
+        (expected,) = run_onnx(ref_path, feeds)
+        assert np.max(np.abs(got - expected)) <= 1e-4, (project, level)
+
+
+def test_host_every_level(host_project: Path, bert_tiny_encoded: tuple[Path, Path]) -> None:
+    manifest = json.loads((host_project / "rt3c-build.json").read_text())
+    assert max(manifest["max_abs_diff"]) <= 1e-4
+    assert manifest["arena_bytes"] >= manifest["arena_lower_bound"] > 0
+    _check_against_onnxruntime(host_project, bert_tiny_encoded[0], seed=11)
+
+
+@pytest.mark.parametrize("target", ["aarch64", "cortex-m4", "cortex-m7"])
+def test_cross_targets_every_level(target: str, bert_tiny_encoded: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "project"
+    result = compile_model(bert_tiny_encoded[0], out, target_name=target, plan_path=bert_tiny_encoded[1])
+    assert max(result.max_abs_diff) <= 1e-4  # verified on the host build and on the target under qemu
+    _check_against_onnxruntime(out, bert_tiny_encoded[0], seed=5)
+
+
+def test_library_uses_no_heap_and_no_stdio(host_project: Path) -> None:
+    symbols = subprocess.run(
+        ["nm", "-u", "librt3.a"], cwd=host_project, capture_output=True, text=True, check=True
+    )
+    undefined = {line.split()[-1] for line in symbols.stdout.splitlines() if line.strip() and ":" not in line}
+    forbidden = {"malloc", "calloc", "realloc", "free", "printf", "fprintf", "puts", "fopen"}
+    assert not undefined & forbidden, undefined & forbidden
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "clang"])
+def test_runtime_is_warning_free(host_project: Path, compiler: str, tmp_path: Path) -> None:
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} not installed")
+    flags = ["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-c", "-I", str(host_project)]
+    subprocess.run(
+        [compiler, *flags, str(host_project / "rt3_model.c"), "-o", str(tmp_path / "m.o")], check=True
+    )
+
+
+def _build_harness(project: Path, out: Path, extra: list[str]) -> Path:
+    binary = out / "level_switch"
+    sources = [
+        str(HARNESS),
+        str(project / "rt3_model.c"),
+        str(project / "rt3_weights.S"),
+        str(project / "kernels.o"),
+    ]
+    command = [
+        "gcc",
+        "-std=c99",
+        "-O1",
+        "-g",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        f"-I{project}",
+        f"-Wa,-I{project}",
+    ]
+    subprocess.run([*command, *extra, *sources, "-o", str(binary), "-lm"], check=True)
+    return binary
+
+
+def test_level_switches_between_inferences_and_from_a_signal(host_project: Path, tmp_path: Path) -> None:
+    binary = _build_harness(host_project, tmp_path, ["-DSTRESS_INFERENCES=3000"])
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    _, inferences, switches = result.stdout.split()
+    assert int(inferences) == 3000
+    assert int(switches) > 10  # the signal really changed levels while inferences ran
+
+
+def test_sanitizers_run_clean(host_project: Path, tmp_path: Path) -> None:
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-DSTRESS_INFERENCES=300"]
+    binary = _build_harness(host_project, tmp_path, sanitize)
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1", "UBSAN_OPTIONS": "halt_on_error=1"}
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "runtime error" not in result.stderr
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+
+
+def test_unsupported_op_names_the_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mod", ["x", "x"], ["y"], name="the_mod_node", fmod=1)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    path = tmp_path / "mod.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    out = tmp_path / "project"
+    assert run_cli("compile", str(path), "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "the_mod_node" in err and "Mod" in err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["mod.onnx"]
+
+
+def test_missing_cross_compiler_names_the_package(
+    bert_tiny_encoded: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing to find
+    assert (
+        run_cli("compile", str(bert_tiny_encoded[0]), "--out", str(tmp_path / "p"), "--target", "aarch64")
+        == 2
+    )
+    assert "gcc-aarch64-linux-gnu" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+def test_bad_target_and_non_empty_out(
+    bert_tiny_encoded: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        run_cli("compile", str(bert_tiny_encoded[0]), "--out", str(tmp_path / "p"), "--target", "riscv") == 2
+    )
+    assert "--target riscv" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    assert run_cli("compile", str(bert_tiny_encoded[0]), "--out", str(tmp_path / "full")) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
+
+
+def test_run_bad_input(host_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 3), np.int64))
+    assert (
+        run_cli(
+            "run",
+            str(host_project),
+            "--level",
+            "0",
+            "-i",
+            str(tmp_path / "wrong.npy"),
+            "-i",
+            str(tmp_path / "wrong.npy"),
+        )
+        == 2
+    )
+    assert "shape" in capsys.readouterr().err
+    assert run_cli("run", str(host_project), "--level", "7") == 2
+    assert "--level 7" in capsys.readouterr().err
+    assert run_cli("run", str(tmp_path)) == 2
+    assert "not an rt3c project" in capsys.readouterr().err
