@@ -9,9 +9,8 @@ of its own, and a node TVM cannot import is a UserError naming the node.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +21,7 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 from rt3c.errors import UserError
+from rt3c.progress import quiet, quiet_native_stderr
 
 SUPPORTED_OPS = frozenset(
     {
@@ -82,7 +82,8 @@ def lower_node(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with quiet(), quiet_native_stderr(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the importer warns about every name it sanitises
             module = from_onnx(model, opset=opset, keep_params_in_input=True)
             module = relax.transform.LegalizeOps()(module)
             module = relax.transform.AnnotateTIROpPattern()(module)

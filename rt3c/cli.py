@@ -337,11 +337,14 @@ def demo_command(
         "demo-out"
     ),
     model: ModelOption = "bert-tiny",
+    target: Annotated[
+        str, typer.Option("--target", "-t", help="host, aarch64, cortex-m4 or cortex-m7.")
+    ] = "aarch64",
 ) -> None:
     """Run the whole chain on a default model and print what each stage produced."""
     from rt3c.pipeline import run_demo
 
-    run_demo(model, out)
+    run_demo(model, out, target)
 
 
 def main(argv: list[str] | None = None) -> int:
