@@ -205,3 +205,28 @@ def test_run_bad_input(host_project: Path, tmp_path: Path, capsys: pytest.Captur
     assert "--level 7" in capsys.readouterr().err
     assert run_cli("run", str(tmp_path)) == 2
     assert "not an rt3c project" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fixture", "targets"), [("rt3_lm_export", ["host", "aarch64"]), ("minilm_export", ["host"])]
+)
+def test_zoo_models_compile_from_export_and_plan(
+    fixture: str, targets: list[str], request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """`rt3c compile model.onnx --plan plan.json`: encode, kernels, C, verified at every level."""
+    exported: ExportResult = request.getfixturevalue(fixture)
+    plan = tmp_path / "plan.json"
+    plan_model(exported.onnx_path, plan, sparsities=[0.5, 0.7, 0.8], tile=(8, 8), patterns=8)
+    for target in targets:
+        result = compile_model(exported.onnx_path, tmp_path / target, target_name=target, plan_path=plan)
+        assert len(result.max_abs_diff) == 3 and max(result.max_abs_diff) <= 1e-4
+        assert result.arena_bytes >= result.arena_lower_bound
+
+
+def test_demo_runs_the_chain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("demo", "--out", str(tmp_path), "--target", "host") == 0
+    out = capsys.readouterr().out
+    assert "L2" in out and "|C-ORT|" in out
+    assert (tmp_path / "c-host" / "rt3_model.h").is_file()
+    assert (tmp_path / "model.rt3.onnx").is_file()
