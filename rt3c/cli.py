@@ -174,49 +174,13 @@ def inspect_command(
     """Per layer and level: sparsity, value and index bytes, against dense and CSR (int32) storage."""
     import json
 
-    from rt3c.inspect_model import inspect_model
+    from rt3c.inspect_model import inspect_model, print_report
 
     report = inspect_model(model)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=1))
         return
-    table = Table(
-        "layer", "lvl", "shape", "tile", "sparsity", "values B", "index B", "index/values", "dense B", "CSR B"
-    )
-    for row in report.rows:
-        table.add_row(
-            row.layer,
-            str(row.level),
-            f"{row.shape[0]}x{row.shape[1]}",
-            f"{row.tile[0]}x{row.tile[1]}",
-            f"{row.sparsity:.3f}",
-            str(row.value_bytes),
-            str(row.index_bytes),
-            f"{row.index_bytes / row.value_bytes:.3f}",
-            str(row.dense_bytes),
-            str(row.csr_bytes),
-        )
-    for level, total in report.level_totals().items():
-        table.add_row(
-            "[b]total[/b]",
-            str(level),
-            "",
-            "",
-            f"{total['sparsity']:.3f}",
-            str(int(total["value_bytes"])),
-            str(int(total["index_bytes"])),
-            f"{total['index_over_value']:.3f}",
-            str(int(total["dense_bytes"])),
-            str(int(total["csr_bytes"])),
-        )
-    stdout.print(table)
-    stored = report.stored_value_bytes + report.stored_index_bytes
-    one_level = report.level_totals()[0]
-    stdout.print(
-        f"stored: {report.stored_value_bytes} value + {report.stored_index_bytes} index bytes = {stored} "
-        f"({stored / (one_level['value_bytes'] + one_level['index_bytes']):.3f}x level 0 alone, "
-        f"{stored / one_level['dense_bytes']:.3f}x dense)"
-    )
+    print_report(report)
 
 
 @app.command("compile")

@@ -12,8 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from rt3c.encode import read_encoded_layers
+from rt3c.progress import stdout
 from rt3c.sparse_format import EncodedLayer, pack_pattern_ids
 
 FLOAT_BYTES = 4
@@ -97,3 +100,43 @@ def inspect_model(path: Path) -> Report:
         stored_value_bytes=sum(layer.value_bytes() for layer in layers.values()),
         stored_index_bytes=sum(layer.index_bytes() for layer in layers.values()),
     )
+
+
+def _byte_cells(sparsity: float, value: float, index: float, dense: float, csr: float) -> list[str]:
+    ratio = index / value if value else 0.0
+    return [
+        f"{sparsity:.3f}",
+        *(str(int(v)) for v in (value, index)),
+        f"{ratio:.3f}",
+        str(int(dense)),
+        str(int(csr)),
+    ]
+
+
+def print_report(report: Report) -> None:
+    """The table of `rt3c inspect`, then one line of what the file stores."""
+    table = Table(
+        "layer", "lvl", "shape", "tile", "sparsity", "values B", "index B", "index/values", "dense B", "CSR B"
+    )
+    for row in report.rows:
+        shape, tile = f"{row.shape[0]}x{row.shape[1]}", f"{row.tile[0]}x{row.tile[1]}"
+        bytes_ = (row.value_bytes, row.index_bytes, row.dense_bytes, row.csr_bytes)
+        table.add_row(row.layer, str(row.level), shape, tile, *_byte_cells(row.sparsity, *bytes_))
+    for level, total in report.level_totals().items():
+        bytes_ = (total["value_bytes"], total["index_bytes"], total["dense_bytes"], total["csr_bytes"])
+        table.add_row("[b]total[/b]", str(level), "", "", *_byte_cells(total["sparsity"], *bytes_))
+    # Piped output has no terminal width to fit: print the table whole rather than cut layer names.
+    console = stdout if stdout.is_terminal else Console(highlight=False, width=_natural_width(table))
+    console.print(table)
+    stored = report.stored_value_bytes + report.stored_index_bytes
+    one_level = report.level_totals()[0]
+    stdout.print(
+        f"stored: {report.stored_value_bytes} value + {report.stored_index_bytes} index bytes = {stored} "
+        f"({stored / (one_level['value_bytes'] + one_level['index_bytes']):.3f}x level 0 alone, "
+        f"{stored / one_level['dense_bytes']:.3f}x dense)",
+        soft_wrap=True,
+    )
+
+
+def _natural_width(table: Table) -> int:
+    return Console(width=100_000).measure(table).maximum
