@@ -107,6 +107,17 @@ def test_plan_and_checkpoint_fit_the_model(pruned) -> None:
     assert run(reloaded.module, inputs).shape == (2, 2)
 
 
+def test_pruned_checkpoint_exports_and_encodes(pruned, tmp_path: Path) -> None:
+    from rt3c.encode import encode_model
+    from rt3c.export import export_model
+
+    _, result = pruned
+    exported = export_model(load_model(str(result.checkpoint)), tmp_path / "model.onnx")
+    encoded = encode_model(exported.onnx_path, result.plan_path, tmp_path / "model.rt3.onnx")
+    assert len(encoded.max_abs_diff) == 3
+    assert max(encoded.max_abs_diff) < 1e-4
+
+
 def _plan_masks(plan: Plan, level: int) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(layer.mask(level).copy()) for name, layer in plan.layers.items()}
 
