@@ -6,6 +6,8 @@ planner over the exported weights) and `read_encoded_layers` (what codegen reads
 
 from __future__ import annotations
 
+import re
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -44,9 +46,8 @@ def load_onnx(path: Path) -> ir.Model:
     try:
         proto = onnx.load(str(path))
         onnx.checker.check_model(proto, full_check=True)
-    except (
-        Exception
-    ) as exc:  # protobuf DecodeError, checker ValidationError, ...: all mean "not a valid model"
+    # protobuf DecodeError, checker ValidationError, ...: all mean "not a valid model".
+    except Exception as exc:
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise UserError(f"{path}: not a valid ONNX model ({first})") from None
     return ir.serde.deserialize_model(proto)
@@ -108,8 +109,8 @@ def encode_model(onnx_path: Path, plan_path: Path, out: Path, level: int | None 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             EncodeSparseLinearPass(plan, source)(model)
-        for warning in caught:
-            print(f"rt3c: warning: {warning.message}")
+        for warning in caught:  # on stderr: stdout carries the result line
+            print(f"rt3c: warning: {warning.message}", file=sys.stderr)
         if level is not None:
             SelectLevelPass(level)(model)
         RemoveUnusedPass()(model)
@@ -159,8 +160,6 @@ def plan_model(
     layers: str | None = None,
 ) -> Plan:
     """The one-shot plan for the exported model's linear layers (all but the output layer by default)."""
-    import re
-
     model = load_onnx(onnx_path)
     found = find_linear_layers(model, str(onnx_path))
     if not found:

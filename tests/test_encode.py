@@ -64,7 +64,9 @@ def test_minilm_every_level(minilm_export: ExportResult, tmp_path: Path) -> None
     _check_all_levels(minilm_export, tmp_path, (8, 8), 16)
 
 
-def test_single_level_model(bert_tiny_export: ExportResult, tmp_path: Path) -> None:
+def test_single_level_model(
+    bert_tiny_export: ExportResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     plan_path = tmp_path / "plan.json"
     plan = plan_model(bert_tiny_export.onnx_path, plan_path, sparsities=SPARSITIES, tile=(4, 4), patterns=4)
     out = tmp_path / "l1.rt3.onnx"
@@ -90,6 +92,11 @@ def test_single_level_model(bert_tiny_export: ExportResult, tmp_path: Path) -> N
     assert np.max(np.abs(got - expected)) <= 1e-5
     # The single-level file holds only level 1's pattern ids and no dense copy of planned weights.
     assert {len(layer.levels) for layer in read_encoded_layers(out).values()} == {1}
+    bad = tmp_path / "l9.rt3.onnx"
+    args = ("encode", str(bert_tiny_export.onnx_path), "--plan", str(plan_path), "--out", str(bad))
+    assert run_cli(*args, "--level", "9") == 2
+    assert "--level 9" in capsys.readouterr().err
+    assert not bad.exists()
 
 
 def test_output_layer_and_gemm_can_be_planned(bert_tiny_export: ExportResult, tmp_path: Path) -> None:
@@ -120,7 +127,7 @@ def test_non_nested_plan_warns_and_stores_values_per_level(
     plan.save(plan_path)
     result = encode_model(bert_tiny_export.onnx_path, plan_path, tmp_path / "m.rt3.onnx")
     assert max(result.max_abs_diff) <= 1e-5
-    assert "not nested" in capsys.readouterr().out
+    assert "not nested" in capsys.readouterr().err
     assert not read_encoded_layers(tmp_path / "m.rt3.onnx")[name].nested
 
 
