@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import TensorProto, helper
 
 DOMAIN = "rt3c"
@@ -61,7 +62,8 @@ def node_attributes(
         "n_patterns": int(pattern_table.shape[0]),
         "pattern_bits": pattern_bits,
         # The masks, as in-tile positions in value order: row p holds pattern p's `nnz` positions.
-        "pattern_table": [int(v) for v in pattern_table.reshape(-1)],
+        # Typed explicitly: a layer whose tiles were all pruned has an empty table.
+        "pattern_table": ir.AttrInt64s("pattern_table", [int(v) for v in pattern_table.reshape(-1)]),
     }
 
 
