@@ -41,13 +41,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sparsity", default="0.6,0.7,0.8")
     parser.add_argument("--lasso-strength", type=float, default=5e-5)
+    parser.add_argument("--steps", default="300,150,100,120", help="dense,lasso,finetune,joint steps")
     args = parser.parse_args()
+    dense_steps, lasso_steps, finetune_steps, joint_steps = (int(s) for s in args.steps.split(","))
     config = PruneConfig(
         model="minilm-l6",
         data="rotten-tomatoes",
         out=args.out,
         sparsities=[float(s) for s in args.sparsity.split(",")],
         lasso_strength=args.lasso_strength,
+        dense_steps=dense_steps,
+        lasso_steps=lasso_steps,
+        finetune_steps=finetune_steps,
+        joint_steps=joint_steps,
     )
     start = time.perf_counter()
     result = prune_model(config)
