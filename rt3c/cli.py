@@ -163,7 +163,8 @@ def encode_command(
 
     result = encode_model(model, plan, out, level)
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
-    typer.echo(f"{result.path}  (max |encoded - masked dense| per level: {diffs})")
+    dense = f"; left dense (not in the plan): {', '.join(result.dense_layers)}" if result.dense_layers else ""
+    typer.echo(f"{result.path}  (max |encoded - masked dense| per level: {diffs}{dense})")
 
 
 @app.command("inspect")

@@ -98,6 +98,8 @@ class EncodeResult:
     path: Path
     max_abs_diff: list[float]
     """Per verified level: max |ORT(encoded) - ORT(masked dense)|."""
+    dense_layers: list[str]
+    """Linear layers of the model that the plan does not list: they stay dense."""
 
 
 def encode_model(onnx_path: Path, plan_path: Path, out: Path, level: int | None = None) -> EncodeResult:
@@ -106,6 +108,7 @@ def encode_model(onnx_path: Path, plan_path: Path, out: Path, level: int | None 
     source = str(onnx_path)
     with step(f"encode {len(plan.layers)} layers x {len(plan.levels)} levels"):
         model = load_onnx(onnx_path)
+        dense_layers = sorted(set(find_linear_layers(model, source)) - set(plan.layers))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             EncodeSparseLinearPass(plan, source)(model)
@@ -120,7 +123,7 @@ def encode_model(onnx_path: Path, plan_path: Path, out: Path, level: int | None 
             onnx_path, plan, encoded, [level] if level is not None else range(len(plan.levels))
         )
     save_onnx_atomically(model, out)
-    return EncodeResult(out, diffs)
+    return EncodeResult(out, diffs, dense_layers)
 
 
 def verify_encoding(onnx_path: Path, plan: Plan, encoded: onnx.ModelProto, levels) -> list[float]:

@@ -113,6 +113,10 @@ def test_output_layer_and_gemm_can_be_planned(bert_tiny_export: ExportResult, tm
     result = encode_model(bert_tiny_export.onnx_path, plan_path, out)
     assert max(result.max_abs_diff) <= 1e-5
     assert [o.name for o in onnx.load(str(out)).graph.output] == ["logits"]
+    # The encoder's layers are not in the plan: the result says they stay dense.
+    found = find_linear_layers(load_onnx(bert_tiny_export.onnx_path), "m")
+    assert result.dense_layers == sorted(set(found) - set(plan.layers))
+    assert "bert.encoder.layer.0.attention.self.query.weight" in result.dense_layers
 
 
 def test_non_nested_plan_warns_and_stores_values_per_level(
