@@ -16,6 +16,7 @@ from functools import cached_property
 
 import tvm
 
+from rt3c.codegen.schedules import schedule_matmul
 from rt3c.errors import UserError
 
 
@@ -30,6 +31,8 @@ class Target:
     run_prefix: tuple[str, ...] = ()
     tools: dict[str, str] = field(default_factory=dict)
     """Executables this target needs -> the Debian package that provides each."""
+    vector_floats: int = 0
+    """SIMD width in floats that kernel schedules vectorise for; 0: no vector types (TVM's C target)."""
     board: str | None = None
     """The qemu machine a bare-metal target runs on (its startup file and linker script are generated)."""
 
@@ -73,7 +76,15 @@ _M_TOOLS = {
 _M_LDFLAGS = ("--specs=rdimon.specs", "-Wl,--gc-sections", "-lm")
 
 TARGETS = {
-    "host": Target("host", "object", "gcc", ("-O2", "-std=c99"), ldflags=("-lm",), tools={"gcc": "gcc"}),
+    "host": Target(
+        "host",
+        "object",
+        "gcc",
+        ("-O2", "-std=c99"),
+        ldflags=("-lm",),
+        tools={"gcc": "gcc"},
+        vector_floats=16,  # AVX-512; on AVX2 machines a 16-float tile is two registers, still blocked
+    ),
     "aarch64": Target(
         "aarch64",
         "object",
@@ -81,6 +92,7 @@ TARGETS = {
         ("-O2", "-std=c99"),
         ldflags=("-static", "-lm"),
         run_prefix=("qemu-aarch64",),
+        vector_floats=4,  # NEON
         tools={"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu", "qemu-aarch64": "qemu-user"},
     ),
     "cortex-m4": Target(
@@ -147,7 +159,12 @@ def workspace_bytes(func: tvm.tirx.PrimFunc) -> int:
 
 
 def build_kernels(functions: dict[str, tvm.tirx.PrimFunc], target: Target) -> tvm.runtime.Module:
-    """Compile PrimFuncs into one module with no runtime dependencies (asserts off)."""
-    module = tvm.IRModule({name: func.with_attr("global_symbol", name) for name, func in functions.items()})
+    """Compile PrimFuncs into one module with no runtime dependencies (asserts off), matmuls scheduled."""
+    module = tvm.IRModule(
+        {
+            name: schedule_matmul(func.with_attr("global_symbol", name), target.vector_floats)
+            for name, func in functions.items()
+        }
+    )
     with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
         return tvm.compile(module, target=target.tvm_target).mod

@@ -1,0 +1,70 @@
+"""CPU schedules for the kernels TVM legalizes with a plain loop nest.
+
+`schedule_matmul` gives every matmul-shaped kernel (one block, spatial loops ... i, j and one reduction
+k, as TVM legalizes ONNX MatMul/Gemm, batched or not) the classic register-blocked CPU schedule:
+an `i_block x j_block` tile of the output is accumulated in a local buffer (registers) over the whole
+k loop, the j tile vectorised and the i tile unrolled, so each loaded weight vector feeds `i_block`
+multiply-adds. Block sizes divide the extents, so no predicate blocks vectorisation.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir
+from tvm.s_tir.schedule import SBlockRV
+
+_OUT_ELEMWISE_FUSABLE = 4
+
+
+def _largest_divisor(extent: int, candidates: tuple[int, ...]) -> int:
+    return next((factor for factor in candidates if extent % factor == 0), 1)
+
+
+def _matmul_block(schedule: s_tir.Schedule) -> SBlockRV | None:
+    """The function's only block if it is a single reduction over k of spatial loops, else None."""
+    blocks = schedule.get_child_blocks(schedule.get_sblock("root"))
+    if len(blocks) != 1:
+        return None
+    block = blocks[0]
+    iter_types = [var.iter_type for var in schedule.get(block).iter_vars]
+    spatial, reduction = tvm.tirx.IterVar.DataPar, tvm.tirx.IterVar.CommReduce
+    if len(iter_types) < 3 or iter_types[-1] != reduction or any(t != spatial for t in iter_types[:-1]):
+        return None
+    if len(schedule.get_loops(block)) != len(iter_types):
+        return None
+    return block
+
+
+def schedule_matmul(func: tvm.tirx.PrimFunc, vector_floats: int) -> tvm.tirx.PrimFunc:
+    """`func` register-blocked if it is a matmul-shaped kernel; any other kernel is returned as is.
+
+    `vector_floats` is the SIMD width in floats; 0 for targets whose code generator emits no vector types
+    (TVM's C target), where the j tile is unrolled instead.
+    """
+    # AnnotateTIROpPattern marks reductions whose output can take an elementwise epilogue (4, kOutEWiseFusable);
+    # hand-written kernels such as SparseLinear carry no pattern and keep their own structure.
+    if func.attrs is None or int(func.attrs.get("op_pattern", -1)) != _OUT_ELEMWISE_FUSABLE:
+        return func
+    schedule = s_tir.Schedule(func)
+    block = _matmul_block(schedule)
+    if block is None:
+        return func
+    *batch, i, j, k = schedule.get_loops(block)
+    i_extent, j_extent = (int(schedule.get(loop).extent) for loop in (i, j))
+    i_block = _largest_divisor(i_extent, (8, 6, 4, 3, 2))
+    if vector_floats:
+        j_block = _largest_divisor(j_extent, (2 * vector_floats, vector_floats, 8, 4, 2))
+    else:  # scalar FPU registers (Cortex-M4/M7 have 32): at most 6 x 4 accumulators
+        j_block = _largest_divisor(j_extent, (4, 2))
+    i_outer, i_inner = schedule.split(i, [None, i_block])
+    j_outer, j_inner = schedule.split(j, [None, j_block])
+    schedule.reorder(*batch, j_outer, i_outer, k, i_inner, j_inner)
+    accumulator = schedule.cache_write(block, 0, "local")
+    schedule.reverse_compute_at(accumulator, i_outer)
+    schedule.unroll(i_inner)
+    if vector_floats:
+        schedule.vectorize(j_inner)
+    else:
+        schedule.unroll(j_inner)
+    schedule.decompose_reduction(block, k)
+    return schedule.mod["main"].with_attr("global_symbol", func.attrs["global_symbol"])
