@@ -23,9 +23,10 @@ import onnx_ir as ir
 import tvm
 import tvm_ffi
 
+from rt3c.codegen.kernel_cache import write_kernels
 from rt3c.codegen.onnx_ops import TensorInfo, lower_node
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
-from rt3c.codegen.targets import Target, build_kernels, get_target, workspace_bytes
+from rt3c.codegen.targets import Target, get_target, workspace_bytes
 from rt3c.encode import deterministic_feeds, encode_model, load_onnx, read_encoded_layers
 from rt3c.errors import UserError, VerificationError
 from rt3c.export import run_onnx
@@ -261,12 +262,8 @@ def _generate_and_verify(
             builds = [(target, staging)] + ([] if target.name == "host" else [(host, check_dir)])
             for build_target, build_dir in builds:
                 build_dir.mkdir(exist_ok=True)
-                kernels = build_kernels(compiled.functions, build_target)
                 kernel_file = "kernels.o" if build_target.kernel_output == "object" else "kernels.c"
-                if build_target.kernel_output == "object":
-                    kernels.write_to_file(str(build_dir / kernel_file))
-                else:
-                    (build_dir / kernel_file).write_text(kernels.inspect_source())
+                write_kernels(compiled.functions, build_target, build_dir / kernel_file)
                 render_build_files(
                     compiled.program, build_dir, build_target, kernel_file, sources_dir=staging
                 )

@@ -9,6 +9,7 @@ import pytest
 import tvm
 from onnx import helper
 
+from rt3c.codegen.kernel_cache import write_kernels
 from rt3c.codegen.onnx_ops import TensorInfo, lower_node
 from rt3c.codegen.schedules import schedule_matmul
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
@@ -77,3 +78,25 @@ def test_scheduled_matmul_matches_numpy(x_shape, w_shape):
     assert not scheduled.same_as(func)  # the schedule applied: this is the register-blocked kernel
     got = _run(build_kernels({symbol: func}, host), symbol, [x, w, np.zeros_like(expected)])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_kernel_cache_reuses_a_build_until_a_kernel_or_the_target_changes(tmp_path):
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((12, 8)).astype(np.float32)
+    plan = one_shot_plan({"w": weight}, [Level("L0"), Level("L1")], [0.5, 0.75], (4, 4), 4)
+    layer = encode_layer(weight, plan.layers["w"])
+
+    def kernels(level: int) -> dict:
+        return {"sparse": sparse_linear_kernel("sparse", layer, level, 2)}
+
+    cache = tmp_path / "cache"
+    first, second = tmp_path / "first.o", tmp_path / "second.o"
+    assert not write_kernels(kernels(0), get_target("host"), first, cache)
+    assert write_kernels(kernels(0), get_target("host"), second, cache)
+    assert first.read_bytes() == second.read_bytes()
+    # Another pattern table (level 1) and another target are new entries, compiled once each.
+    assert not write_kernels(kernels(1), get_target("host"), tmp_path / "level1.o", cache)
+    assert not write_kernels(kernels(0), get_target("cortex-m4"), tmp_path / "m4.c", cache)
+    assert write_kernels(kernels(0), get_target("cortex-m4"), tmp_path / "m4_again.c", cache)
+    assert "sparse" in (tmp_path / "m4_again.c").read_text()
+    assert len(list(cache.iterdir())) == 3
