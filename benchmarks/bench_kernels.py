@@ -108,7 +108,9 @@ def main() -> None:
                 for s in (0.5, 0.75, 0.9):
                     plan = one_shot_plan({"w": w}, [Level("L0")], [s], (4, 4), 8)
                     layer = encode_layer(w, plan.layers["w"])
-                    module = build_kernels({"sparse": sparse_linear_kernel("sparse", layer, 0, tokens)}, host)
+                    module = build_kernels(
+                        {"sparse": sparse_linear_kernel("sparse", layer, 0, tokens, host)}, host
+                    )
                     arrays = [x, *kernel_arguments(layer, 0, b), np.zeros((tokens, n), np.float32)]
                     tensors = [tvm.runtime.tensor(a) for a in arrays]
                     sparse_ms = _median_ms(lambda m=module, t=tensors: m["sparse"](*t), 20)

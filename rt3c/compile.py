@@ -83,8 +83,12 @@ class CompiledProgram:
     functions: dict[str, tvm.tirx.PrimFunc]
 
 
-def lower_model(encoded_path: Path, plan: Plan | None = None) -> CompiledProgram:
-    """The Program of an encoded model: tensors, kernels, one call list per level."""
+def lower_model(encoded_path: Path, target: Target, plan: Plan | None = None) -> CompiledProgram:
+    """The Program of an encoded model for `target`: tensors, kernels, one call list per level.
+
+    The kernels are target-neutral TIR (the host check builds them too), but the sparse kernels block
+    tokens to fit `target`'s registers.
+    """
     encoded = load_onnx(encoded_path)
     level_names = encoded.metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
     layers = read_encoded_layers(encoded_path, required=False)
@@ -157,7 +161,7 @@ def lower_model(encoded_path: Path, plan: Plan | None = None) -> CompiledProgram
             calls = []
             for level in range(n_levels):
                 symbol = f"sparse_{index}_L{level}"
-                kernel = sparse_linear_kernel(symbol, layer, level, rows)
+                kernel = sparse_linear_kernel(symbol, layer, level, rows, target)
                 symbol = add_function(symbol, kernel)
                 arguments = [
                     add_constant(f"rt3c.{layer_name}.arg{i}.L{level}", array)
@@ -244,7 +248,7 @@ def compile_model(
             # An exported model and its plan: run the encoding passes first (they verify every level).
             encoded_path = encode_model(encoded_path, plan_path, Path(scratch) / "model.rt3.onnx").path
         with step("lower the model to TVM kernels"):
-            compiled = lower_model(encoded_path, plan)
+            compiled = lower_model(encoded_path, target, plan)
         return _generate_and_verify(compiled, encoded_path, out_dir, target)
 
 

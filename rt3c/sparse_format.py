@@ -5,7 +5,7 @@ runtime puts them in flash. The layer computes `y[m, n] = sum_k x[m, k] * W[n, k
 torch orientation `[out, in]`, cut into `rows x cols` tiles over a grid padded up to whole tiles.
 
 - Block index (BP), CSR over tiles: `tile_row_ptr` [R+1] and `tile_col` [T], kept tiles of each tile row
-  in ascending column order. T = tiles kept by BP; the same at every level.
+  ordered by their pattern ids, then column. T = tiles kept by BP; the same at every level.
 - Pattern ids (PP): per level, `tile_pattern` [T], an index into that level's `pattern_table`
   [P, nnz] whose row lists the in-tile positions (`r * cols + c`) in the order the tile's values are
   stored. The table is the mask set "baked into" the kernel; it is not weight data.
@@ -154,7 +154,13 @@ def encode_layer(weight: np.ndarray, plan: LayerPlan) -> EncodedLayer:
     )
 
     kept = plan.kept_tiles
-    tile_r, tile_c = np.nonzero(kept)  # row-major: ascending column within each row
+    tile_r, tile_c = np.nonzero(kept)
+    # Within a tile row, tiles go by pattern id (densest level first), then column: a kernel then takes the
+    # same branch for a run of tiles, which the branch predictor follows (random ids cost a misprediction
+    # per tile; docs/KERNELS.md has the numbers).
+    plan_ids = [level.tile_patterns[tile_r, tile_c] for level in plan.levels]
+    by_pattern = np.lexsort((tile_c, *reversed(plan_ids), tile_r))
+    tile_r, tile_c = tile_r[by_pattern], tile_c[by_pattern]
     row_ptr = np.concatenate([[0], np.cumsum(kept.sum(axis=1))])
     tile_values = tiles[tile_r, tile_c]  # [T, rows*cols]
     flat_sets = [level.patterns.reshape(len(level.patterns), -1) for level in plan.levels]

@@ -31,6 +31,7 @@ def _run(module: tvm.runtime.Module, symbol: str, arrays: list[np.ndarray]) -> n
         ((24, 40), (4, 4), 8, [0.5, 0.75, 0.9], 3),  # multiples of the tile, 4-bit ids, three nested levels
         ((19, 13), (4, 4), 4, [0.6, 0.8], 5),  # edge tiles padded in both directions
         ((10, 33), (2, 8), 20, [0.7], 1),  # 8-bit ids (more than 16 patterns), one token
+        ((36, 20), (4, 4), 8, [0.5, 0.8], 75),  # token blocks of 32 and a partial last block
     ],
 )
 def test_sparse_linear_matches_numpy_at_every_level(shape, tile, patterns, sparsities, tokens):
@@ -42,7 +43,7 @@ def test_sparse_linear_matches_numpy_at_every_level(shape, tile, patterns, spars
     plan = one_shot_plan({"w": weight}, levels, sparsities, tile, patterns)
     layer = encode_layer(weight, plan.layers["w"])
     functions = {
-        f"sparse_l{level}": sparse_linear_kernel(f"sparse_l{level}", layer, level, tokens)
+        f"sparse_l{level}": sparse_linear_kernel(f"sparse_l{level}", layer, level, tokens, get_target("host"))
         for level in range(len(levels))
     }
     module = build_kernels(functions, get_target("host"))
@@ -87,7 +88,7 @@ def test_kernel_cache_reuses_a_build_until_a_kernel_or_the_target_changes(tmp_pa
     layer = encode_layer(weight, plan.layers["w"])
 
     def kernels(level: int) -> dict:
-        return {"sparse": sparse_linear_kernel("sparse", layer, level, 2)}
+        return {"sparse": sparse_linear_kernel("sparse", layer, level, 2, get_target("host"))}
 
     cache = tmp_path / "cache"
     first, second = tmp_path / "first.o", tmp_path / "second.o"
