@@ -18,7 +18,7 @@ from rich.table import Table
 
 from rt3c.models import load_model
 from rt3c.plan import Level
-from rt3c.sparse_format import encode_layer, pack_pattern_ids
+from rt3c.sparse_format import encode_layer
 from rt3c.sparsify import one_shot_plan
 
 SPARSITIES = [0.5, 0.7, 0.8]
@@ -55,13 +55,10 @@ def main() -> None:
         for name, layer_plan in plan.layers.items():
             encoded = encode_layer(weights[name], layer_plan)
             stored += encoded.value_bytes() + encoded.index_bytes()
-            block_index = encoded.tile_row_ptr.nbytes + encoded.tile_col.nbytes
             for level, encoding in enumerate(encoded.levels):
                 kept = encoded.n_tiles * encoding.nnz
                 value[level] += kept * 4
-                index[level] += (
-                    block_index + pack_pattern_ids(encoding.tile_pattern, len(encoding.pattern_table)).nbytes
-                )
+                index[level] += encoded.index_bytes()  # block index and pattern runs, shared by all levels
                 csr[level] += kept * 8 + (encoded.shape[0] + 1) * 4
         table.add_row(
             f"{tile[0]}x{tile[1]}",

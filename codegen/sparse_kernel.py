@@ -1,9 +1,10 @@
 """The SparseLinear kernel: TVMScript rendered from a jinja2 template with one level's patterns baked in.
 
-For each kept tile the kernel decodes the tile's pattern id and runs that pattern's multiply-adds,
-unrolled. It reads `tile_row_ptr`, `tile_col`, the packed `tile_pattern` and the first `nnz` values of
-each tile's row of `values` (the level's prefix), so the kernels of all levels of a layer share one value
-buffer.
+Each tile row's tiles come in runs, one per chain of patterns (docs/FORMAT.md); the kernel has one loop
+per chain with that chain's pattern at this level unrolled inside, so a tile costs its multiply-adds and
+the loop step, with no pattern decode or dispatch. It reads `tile_run_ptr`, `tile_col` and the first
+`nnz` values of each tile's row of `values` (the level's prefix), so the kernels of all levels of a
+layer read the same arrays.
 
 The loop order is what makes it fast. Tokens are processed in blocks: a block of activations is first
 transposed (`x_t[column, token]`, a scratch buffer of k x block floats), so each weight of a pattern
@@ -24,7 +25,7 @@ import tvm
 from tvm.script.parser import parse
 
 from rt3c.codegen.targets import Target
-from rt3c.sparse_format import EncodedLayer, pack_pattern_ids, pattern_bits
+from rt3c.sparse_format import EncodedLayer
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "sparse_linear.py.j2"
 
@@ -61,10 +62,9 @@ def render_sparse_linear(name: str, layer: EncodedLayer, level: int, rows_of_x: 
     encoding = layer.levels[level]
     rows, cols = layer.tile
     block = token_block(target, rows, rows_of_x)
-    table_size = len(encoding.pattern_table)
-    patterns = [
+    chains = [
         [(int(position) // cols, int(position) % cols, slot) for slot, position in enumerate(table_row)]
-        for table_row in encoding.pattern_table
+        for table_row in encoding.pattern_table[encoding.chain_pattern]
     ]
     return (
         _environment()
@@ -79,11 +79,9 @@ def render_sparse_linear(name: str, layer: EncodedLayer, level: int, rows_of_x: 
             grid_rows=layer.grid[0],
             n_tiles=layer.n_tiles,
             width=layer.values[encoding.buffer].shape[1],
-            id_bytes=len(pack_pattern_ids(encoding.tile_pattern, table_size)),
-            bits=pattern_bits(table_size),
-            row_ptr_dtype=str(layer.tile_row_ptr.dtype),
+            run_ptr_dtype=str(layer.tile_run_ptr.dtype),
             col_dtype=str(layer.tile_col.dtype),
-            patterns=patterns,
+            chains=chains,
             block=block,
             token_blocks=-(-rows_of_x // block),
             k_padded=layer.grid[1] * cols,
@@ -103,12 +101,11 @@ def sparse_linear_kernel(
 
 
 def kernel_arguments(layer: EncodedLayer, level: int, bias: np.ndarray | None) -> list[np.ndarray]:
-    """The constant arguments in kernel order: row_ptr, col, packed ids, values, bias."""
+    """The constant arguments in kernel order: run pointer, columns, values, bias."""
     encoding = layer.levels[level]
-    ids = pack_pattern_ids(encoding.tile_pattern, len(encoding.pattern_table))
-    empty_safe = [array if array.size else np.zeros(1, array.dtype) for array in (layer.tile_col, ids)]
+    columns = layer.tile_col if layer.tile_col.size else np.zeros(1, layer.tile_col.dtype)
     values = layer.values[encoding.buffer]
     if not values.size:
         values = np.zeros((1, max(values.shape[1], 1)), np.float32)
     bias = bias if bias is not None else np.zeros(layer.shape[0], np.float32)
-    return [layer.tile_row_ptr, empty_safe[0], empty_safe[1], values, bias.astype(np.float32)]
+    return [layer.tile_run_ptr, columns, values, bias.astype(np.float32)]

@@ -1,7 +1,7 @@
 """Passes that turn planned linear layers into `rt3c.SparseLinear` nodes, pick one level, or mask weights.
 
 - `EncodeSparseLinearPass(plan)`: every planned layer becomes one SparseLinear node per level over shared
-  initializers (block index, value buffer(s), per-level pattern ids), and the levels' outputs are joined
+  initializers (block index with its pattern runs, value buffer(s)), and the levels' outputs are joined
   by `Gather(stack, rt3c_level)`, where `rt3c_level` is a graph input whose initializer makes level 0 the
   default: onnxruntime runs any level by feeding it.
 - `SelectLevelPass(level)`: keep only `level`'s SparseLinear nodes (a single-level model).
@@ -22,7 +22,7 @@ from rt3c.errors import UserError
 from rt3c.passes.linear_layers import LinearLayer, find_linear_layers
 from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE, OPSET, function_proto, node_attributes
 from rt3c.plan import Plan
-from rt3c.sparse_format import EncodedLayer, encode_layer, pack_pattern_ids, pattern_bits
+from rt3c.sparse_format import EncodedLayer, encode_layer
 
 LEVEL_INPUT = "rt3c_level"
 LEVELS_METADATA_KEY = "rt3c.levels"
@@ -85,7 +85,7 @@ class EncodeSparseLinearPass(InPlacePass):
         zero_axis: ir.Value,
     ) -> None:
         prefix = f"rt3c.{layer.name}"
-        row_ptr = _initializer(graph, f"{prefix}.tile_row_ptr", encoded.tile_row_ptr)
+        run_ptr = _initializer(graph, f"{prefix}.tile_run_ptr", encoded.tile_run_ptr)
         col = _initializer(graph, f"{prefix}.tile_col", encoded.tile_col)
         buffers = [
             _initializer(graph, f"{prefix}.values" + (f".{i}" if not encoded.nested else ""), values)
@@ -97,14 +97,8 @@ class EncodeSparseLinearPass(InPlacePass):
             f"{prefix}.bias",
             bias if bias is not None else np.zeros(encoded.shape[0], dtype=np.float32),
         )
-        pattern_ids: dict[bytes, ir.Value] = {}  # levels with equal ids share one initializer
         outputs = []
         for level, encoding in enumerate(encoded.levels):
-            table_size = len(encoding.pattern_table)
-            packed = pack_pattern_ids(encoding.tile_pattern, table_size)
-            key = packed.tobytes() + bytes([pattern_bits(table_size)])
-            if key not in pattern_ids:
-                pattern_ids[key] = _initializer(graph, f"{prefix}.tile_pattern.{len(pattern_ids)}", packed)
             attributes = node_attributes(
                 layer=layer.name,
                 level=level,
@@ -113,12 +107,12 @@ class EncodeSparseLinearPass(InPlacePass):
                 grid=encoded.grid,
                 n_tiles=encoded.n_tiles,
                 pattern_table=encoding.pattern_table,
-                pattern_bits=pattern_bits(table_size),
+                chain_pattern=encoding.chain_pattern,
             )
             node = ir.Node(
                 DOMAIN,
                 OP_TYPE,
-                [layer.activation, row_ptr, col, pattern_ids[key], buffers[encoding.buffer], bias_value],
+                [layer.activation, run_ptr, col, buffers[encoding.buffer], bias_value],
                 ir.convenience.convert_attributes(attributes),
                 name=f"{prefix}.L{level}",
             )

@@ -2,8 +2,8 @@
 
     Y = X @ W^T + bias,  W [out, in] rebuilt from the encoded arrays of docs/FORMAT.md
 
-Inputs: X (float32 [..., in]), tile_row_ptr ([R+1]), tile_col ([T]), tile_pattern (packed uint8),
-values (float32 [T, width]), bias (float32 [out]). The function body is the reference implementation, in
+Inputs: X (float32 [..., in]), tile_run_ptr ([R*C+1]), tile_col ([T]), values (float32 [T, width]),
+bias (float32 [out]). The function body is the reference implementation, in
 standard ops only, so onnxruntime runs an encoded model as it is; the kernels of `rt3c.codegen` replace it
 with code that never materialises W. Every layer-specific number is a node attribute; the body reads them
 through attribute references, so one function serves every layer and level.
@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 DOMAIN = "rt3c"
 OP_TYPE = "SparseLinear"
 OPSET = 1
-INPUTS = ("X", "tile_row_ptr", "tile_col", "tile_pattern", "values", "bias")
+INPUTS = ("X", "tile_run_ptr", "tile_col", "values", "bias")
 
 INT_ATTRIBUTES = (
     "level",
@@ -32,7 +32,7 @@ INT_ATTRIBUTES = (
     "n_tiles",
     "nnz",
     "n_patterns",
-    "pattern_bits",
+    "n_chains",
 )
 
 
@@ -45,7 +45,7 @@ def node_attributes(
     grid: tuple[int, int],
     n_tiles: int,
     pattern_table: np.ndarray,
-    pattern_bits: int,
+    chain_pattern: np.ndarray,
 ) -> dict[str, object]:
     """Attributes of one SparseLinear node (one layer at one level)."""
     return {
@@ -60,10 +60,12 @@ def node_attributes(
         "n_tiles": n_tiles,
         "nnz": int(pattern_table.shape[1]),
         "n_patterns": int(pattern_table.shape[0]),
-        "pattern_bits": pattern_bits,
+        "n_chains": len(chain_pattern),
         # The masks, as in-tile positions in value order: row p holds pattern p's `nnz` positions.
         # Typed explicitly: a layer whose tiles were all pruned has an empty table.
         "pattern_table": ir.AttrInt64s("pattern_table", [int(v) for v in pattern_table.reshape(-1)]),
+        # Each chain's row of the table (the run a tile sits in gives its chain).
+        "chain_pattern": ir.AttrInt64s("chain_pattern", [int(v) for v in chain_pattern]),
     }
 
 
@@ -91,37 +93,39 @@ def function_proto(opset: int) -> onnx.FunctionProto:
         _const("zero", [0]),
         _const("one", [1]),
         _const("minus_one", [-1]),
-        n("Cast", ["tile_row_ptr"], ["row_ptr"], to=TensorProto.INT64),
+        _ref_constant("chain_pattern", "chain_pattern", "value_ints"),
+        n("Cast", ["tile_run_ptr"], ["run_ptr"], to=TensorProto.INT64),
         n("Cast", ["tile_col"], ["col"], to=TensorProto.INT64),
-        # Pattern ids: id t sits in byte t / per_byte at bit (t % per_byte) * bits.
-        n("Range", ["zero_s", "n_tiles_s", "one_s"], ["t"]),
         n("Squeeze", ["zero"], ["zero_s"]),
-        n("Squeeze", ["one"], ["one_s"]),
-        _const("eight", [8]),
-        n("Div", ["eight", "pattern_bits"], ["per_byte"]),
-        n("Div", ["t", "per_byte"], ["byte_index"]),
-        n("Gather", ["tile_pattern", "byte_index"], ["bytes"], axis=0),
-        n("Mod", ["t", "per_byte"], ["slot"]),
-        n("Mul", ["slot", "pattern_bits"], ["shift64"]),
-        n("Cast", ["shift64"], ["shift"], to=TensorProto.UINT8),
-        n("BitShift", ["bytes", "shift"], ["shifted"], direction="RIGHT"),
-        n("Cast", ["shifted"], ["shifted64"], to=TensorProto.INT64),
-        n("BitShift", ["one_u", "bits_u"], ["limit_u"], direction="LEFT"),
-        n("Cast", ["one"], ["one_u"], to=TensorProto.UINT64),
-        n("Cast", ["pattern_bits"], ["bits_u"], to=TensorProto.UINT64),
-        n("Cast", ["limit_u"], ["limit"], to=TensorProto.INT64),
-        n("Mod", ["shifted64", "limit"], ["ids"]),
-        # Positions of each tile's values: pattern_table[ids] -> [T, nnz].
+        # The run of each tile: mark the first tile of every non-empty run with the step from the previous
+        # non-empty run's index, then a prefix sum gives each tile its run index (O(T), no T x runs table).
+        n("Mul", ["grid_rows", "n_chains"], ["n_runs"]),
+        n("Slice", ["run_ptr", "zero", "n_runs"], ["run_starts"]),
+        n("Slice", ["run_ptr", "one", "n_runs_plus_one"], ["run_ends"]),
+        n("Add", ["n_runs", "one"], ["n_runs_plus_one"]),
+        n("Greater", ["run_ends", "run_starts"], ["non_empty"]),
+        n("NonZero", ["non_empty"], ["non_empty_runs_2d"]),
+        n("Squeeze", ["non_empty_runs_2d", "zero"], ["non_empty_runs"]),
+        n("Gather", ["run_starts", "non_empty_runs"], ["first_tiles"], axis=0),
+        n("Slice", ["non_empty_runs", "zero", "minus_one"], ["previous_runs_tail"]),
+        n("Concat", ["zero", "previous_runs_tail"], ["previous_runs"], axis=0),
+        n("Sub", ["non_empty_runs", "previous_runs"], ["run_steps"]),
+        n(
+            "ConstantOfShape",
+            ["n_tiles"],
+            ["no_steps"],
+            value=helper.make_tensor("v", TensorProto.INT64, [1], [0]),
+        ),
+        n("Unsqueeze", ["first_tiles", "one"], ["first_tiles_column"]),
+        n("ScatterND", ["no_steps", "first_tiles_column", "run_steps"], ["steps"]),
+        n("CumSum", ["steps", "zero_s"], ["tile_run"]),
+        n("Div", ["tile_run", "n_chains"], ["tile_row"]),
+        n("Mod", ["tile_run", "n_chains"], ["chain"]),
+        # Positions of each tile's values: pattern_table[chain_pattern[chain]] -> [T, nnz].
+        n("Gather", ["chain_pattern", "chain"], ["ids"], axis=0),
         n("Concat", ["n_patterns", "nnz"], ["table_shape"], axis=0),
         n("Reshape", ["table_flat", "table_shape"], ["table"]),
         n("Gather", ["table", "ids"], ["positions"], axis=0),
-        # Tile row of each tile: how many row ends are at or before it.
-        n("Slice", ["row_ptr", "one", "grid_rows_plus_one"], ["row_ends"]),
-        n("Add", ["grid_rows", "one"], ["grid_rows_plus_one"]),
-        n("Unsqueeze", ["t", "one"], ["t_column"]),
-        n("LessOrEqual", ["row_ends", "t_column"], ["ended"]),
-        n("Cast", ["ended"], ["ended64"], to=TensorProto.INT64),
-        n("ReduceSum", ["ended64", "one"], ["tile_row"], keepdims=0),
         # Flat index of each value in the padded [R*rows, C*cols] weight.
         n("Div", ["positions", "tile_cols"], ["in_tile_row"]),
         n("Mod", ["positions", "tile_cols"], ["in_tile_col"]),
@@ -164,7 +168,7 @@ def function_proto(opset: int) -> onnx.FunctionProto:
         ["Y"],
         _topological(nodes, set(INPUTS)),
         opset_imports=[helper.make_opsetid("", opset)],
-        attributes=[*INT_ATTRIBUTES, "pattern_table", "layer"],
+        attributes=[*INT_ATTRIBUTES, "pattern_table", "chain_pattern", "layer"],
     )
 
 

@@ -157,7 +157,7 @@ def lower_model(encoded_path: Path, target: Target, plan: Plan | None = None) ->
             layer = layers[layer_name]
             x, y = use(node.input[0]), use(node.output[0])
             rows = int(np.prod(infos[x].shape[:-1]))
-            bias = values[node.input[5]]
+            bias = values[node.input[4]]
             calls = []
             for level in range(n_levels):
                 symbol = f"sparse_{index}_L{level}"

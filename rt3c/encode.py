@@ -32,7 +32,7 @@ from rt3c.passes.encode import (
 from rt3c.passes.linear_layers import find_linear_layers
 from rt3c.plan import Level, Plan
 from rt3c.progress import step
-from rt3c.sparse_format import EncodedLayer, LevelEncoding, unpack_pattern_ids
+from rt3c.sparse_format import EncodedLayer, LevelEncoding
 from rt3c.sparsify import one_shot_plan
 
 TOLERANCE = 1e-5
@@ -214,18 +214,16 @@ def read_encoded_layers(path: Path, required: bool = True) -> dict[str, EncodedL
             table = np.array(attrs["pattern_table"], dtype=np.int16).reshape(
                 attrs["n_patterns"], attrs["nnz"]
             )
-            ids = unpack_pattern_ids(
-                node.inputs[3].const_value.numpy(), attrs["n_patterns"], attrs["n_tiles"]
-            )
-            values = node.inputs[4]
+            chain_pattern = np.array(attrs["chain_pattern"], dtype=np.int64)
+            values = node.inputs[3]
             if values not in buffers:
                 buffers.append(values)
-            levels.append(LevelEncoding(buffers.index(values), table, ids))
+            levels.append(LevelEncoding(buffers.index(values), table, chain_pattern))
         layers[name] = EncodedLayer(
             name=name,
             shape=(first["out_features"], first["in_features"]),
             tile=(first["tile_rows"], first["tile_cols"]),
-            tile_row_ptr=nodes[0].inputs[1].const_value.numpy(),
+            tile_run_ptr=nodes[0].inputs[1].const_value.numpy(),
             tile_col=nodes[0].inputs[2].const_value.numpy(),
             values=[buffer.const_value.numpy() for buffer in buffers],
             levels=levels,

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from rt3c.encode import read_encoded_layers
 from rt3c.progress import stdout
-from rt3c.sparse_format import EncodedLayer, pack_pattern_ids
+from rt3c.sparse_format import EncodedLayer
 
 FLOAT_BYTES = 4
 INT32_BYTES = 4
@@ -68,7 +68,7 @@ class Report:
 def _kept_inside(layer: EncodedLayer, level: int) -> int:
     """Weights this level keeps inside the layer's shape (edge tiles also store zero padding)."""
     encoding = layer.levels[level]
-    positions = encoding.pattern_table[encoding.tile_pattern].astype(np.int64)  # [T, nnz]
+    positions = encoding.pattern_table[layer.tile_pattern(level)].astype(np.int64)  # [T, nnz]
     rows = layer.tile_rows()[:, None] * layer.tile[0] + positions // layer.tile[1]
     cols = layer.tile_col.astype(np.int64)[:, None] * layer.tile[1] + positions % layer.tile[1]
     return int(((rows < layer.shape[0]) & (cols < layer.shape[1])).sum())
@@ -78,7 +78,6 @@ def _level_row(layer: EncodedLayer, level: int) -> LayerLevelRow:
     encoding = layer.levels[level]
     kept = layer.n_tiles * encoding.nnz
     rows, cols = layer.shape
-    ids = pack_pattern_ids(encoding.tile_pattern, len(encoding.pattern_table))
     return LayerLevelRow(
         layer=layer.name,
         level=level,
@@ -86,7 +85,7 @@ def _level_row(layer: EncodedLayer, level: int) -> LayerLevelRow:
         tile=layer.tile,
         sparsity=1 - _kept_inside(layer, level) / (rows * cols),
         value_bytes=kept * FLOAT_BYTES,
-        index_bytes=layer.tile_row_ptr.nbytes + layer.tile_col.nbytes + ids.nbytes,
+        index_bytes=layer.index_bytes(),
         dense_bytes=rows * cols * FLOAT_BYTES,
         csr_bytes=kept * (FLOAT_BYTES + INT32_BYTES) + (rows + 1) * INT32_BYTES,
     )

@@ -4,20 +4,23 @@ The ONNX passes store these arrays as initializers, the kernels read them as the
 runtime puts them in flash. The layer computes `y[m, n] = sum_k x[m, k] * W[n, k] + b[n]` with `W` in
 torch orientation `[out, in]`, cut into `rows x cols` tiles over a grid padded up to whole tiles.
 
-- Block index (BP), CSR over tiles: `tile_row_ptr` [R+1] and `tile_col` [T], kept tiles of each tile row
-  ordered by their pattern ids, then column. T = tiles kept by BP; the same at every level.
-- Pattern ids (PP): per level, `tile_pattern` [T], an index into that level's `pattern_table`
-  [P, nnz] whose row lists the in-tile positions (`r * cols + c`) in the order the tile's values are
-  stored. The table is the mask set "baked into" the kernel; it is not weight data.
+- Block index (BP) and pattern ids (PP) in one two-level CSR. Each kept tile has a *chain*: the tuple of
+  its pattern ids at every level. Tiles of a tile row are grouped by chain, and `tile_run_ptr` [R*C+1]
+  delimits each (tile row r, chain c) run: tiles `tile_run_ptr[r*C+c] .. tile_run_ptr[r*C+c+1]-1`, with
+  `tile_col` [T] their tile columns (ascending within a run). T = tiles kept by BP, the same at every
+  level. A tile's patterns are implied by its run, so no per-tile id is stored, and a kernel runs each
+  chain's tiles in one loop with the chain's pattern unrolled: no per-tile decode or dispatch.
+- Patterns: per level, `pattern_table` [P, nnz] lists each pattern's in-tile positions (`r * cols + c`)
+  in the order the tile's values are stored, and `chain_pattern` [C] maps each chain to its row of the
+  table. Both are baked into the level's kernel; they are not weight data.
 - Values: `values` [T, nnz] float32 buffers. A nested plan has one buffer shared by every level: each
   tile's values are ordered sparsest level first, so level l reads the prefix `values[t, :nnz_l]`.
   A non-nested plan gets one buffer per level.
 
-Why `tile_pattern` indexes a per-level table rather than the plan's pattern set: with shared prefixes the
-order of a tile's values at level l depends on its masks at l and every sparser level, so a table row
-is one distinct chain of masks. For plans whose sets are nested family by family (pattern i at level
-l+1 inside pattern i at level l, as the one-shot planner and the pruner make them) there are exactly k
-chains per level and every level's `tile_pattern` is the same array, which is then stored once.
+Why a level's table rows are chains of masks rather than the plan's patterns: with shared prefixes the
+order of a tile's values at level l depends on its masks at l and every sparser level. For plans whose
+sets are nested family by family (pattern i at level l+1 inside pattern i at level l, as the one-shot
+planner and the pruner make them) there are exactly k chains and every `chain_pattern` is the identity.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import numpy as np
 from rt3c.errors import UserError
 from rt3c.plan import LayerPlan
 
-MAX_TABLE_PATTERNS = 256
+MAX_CHAINS = 256
+"""Chains per layer: each is one unrolled loop in every level's kernel, so this bounds kernel size."""
 
 
 @dataclass
@@ -38,8 +42,8 @@ class LevelEncoding:
     """Index into `EncodedLayer.values`: the buffer this level reads a prefix of."""
     pattern_table: np.ndarray
     """int16 [P, nnz]: in-tile positions `r * cols + c`, in value order, for each pattern."""
-    tile_pattern: np.ndarray
-    """uint8 [T]: each kept tile's row of `pattern_table`."""
+    chain_pattern: np.ndarray
+    """int64 [C]: each chain's row of `pattern_table`."""
 
     @property
     def nnz(self) -> int:
@@ -51,14 +55,19 @@ class EncodedLayer:
     name: str
     shape: tuple[int, int]
     tile: tuple[int, int]
-    tile_row_ptr: np.ndarray
+    tile_run_ptr: np.ndarray
+    """[R * C + 1]: run (r, c) holds tiles `tile_run_ptr[r*C+c] .. tile_run_ptr[r*C+c+1]-1`."""
     tile_col: np.ndarray
     values: list[np.ndarray]
     levels: list[LevelEncoding]
 
     @property
+    def n_chains(self) -> int:
+        return len(self.levels[0].chain_pattern)
+
+    @property
     def grid(self) -> tuple[int, int]:
-        return len(self.tile_row_ptr) - 1, -(-self.shape[1] // self.tile[1])
+        return (len(self.tile_run_ptr) - 1) // self.n_chains, -(-self.shape[1] // self.tile[1])
 
     @property
     def nested(self) -> bool:
@@ -68,18 +77,25 @@ class EncodedLayer:
     def n_tiles(self) -> int:
         return len(self.tile_col)
 
+    def tile_runs(self) -> np.ndarray:
+        """int64 [T]: the run `r * C + c` of each kept tile (expanded from the run pointer)."""
+        counts = np.diff(self.tile_run_ptr.astype(np.int64))
+        return np.repeat(np.arange(len(counts)), counts)
+
     def tile_rows(self) -> np.ndarray:
-        """int [T]: the tile row of each kept tile (expanded from the CSR row pointer)."""
-        return np.repeat(np.arange(len(self.tile_row_ptr) - 1), np.diff(self.tile_row_ptr.astype(np.int64)))
+        """int64 [T]: the tile row of each kept tile."""
+        return self.tile_runs() // self.n_chains
+
+    def tile_pattern(self, level: int) -> np.ndarray:
+        """int64 [T]: each kept tile's row of the level's `pattern_table`."""
+        return self.levels[level].chain_pattern[self.tile_runs() % self.n_chains]
 
     def value_bytes(self) -> int:
         return sum(buffer.nbytes for buffer in self.values)
 
     def index_bytes(self) -> int:
-        """Block index plus pattern ids (packed, and stored once when levels share them)."""
-        distinct = _distinct_arrays([level.tile_pattern for level in self.levels])
-        ids = sum(len(pack_pattern_ids(ids, pattern_bits(table_size))) for ids, table_size in distinct)
-        return self.tile_row_ptr.nbytes + self.tile_col.nbytes + ids
+        """The block index with the pattern runs; every level reads the same arrays."""
+        return self.tile_run_ptr.nbytes + self.tile_col.nbytes
 
     def dense_weight(self, level: int) -> np.ndarray:
         """float32 `shape`: the weight this level computes with (zeros where pruned)."""
@@ -88,38 +104,10 @@ class EncodedLayer:
         encoding = self.levels[level]
         values = self.values[encoding.buffer][:, : encoding.nnz]
         tiles = np.zeros((grid_rows, grid_cols, rows * cols), dtype=np.float32)
-        positions = encoding.pattern_table[encoding.tile_pattern]  # [T, nnz]
+        positions = encoding.pattern_table[self.tile_pattern(level)]  # [T, nnz]
         tiles[self.tile_rows()[:, None], self.tile_col.astype(np.int64)[:, None], positions] = values
         dense = tiles.reshape(grid_rows, grid_cols, rows, cols).transpose(0, 2, 1, 3)
         return dense.reshape(grid_rows * rows, grid_cols * cols)[: self.shape[0], : self.shape[1]]
-
-
-def pattern_bits(table_size: int) -> int:
-    """Pattern ids take 4 bits when a level has at most 16 patterns, else 8."""
-    return 4 if table_size <= 16 else 8
-
-
-def pack_pattern_ids(ids: np.ndarray, table_size: int) -> np.ndarray:
-    """uint8 bytes: two 4-bit ids per byte (tile 2i in the low nibble) or one 8-bit id per byte."""
-    ids = ids.astype(np.uint8)
-    if pattern_bits(table_size) == 8:
-        return ids
-    padded = np.concatenate([ids, np.zeros(len(ids) % 2, dtype=np.uint8)])
-    return (padded[0::2] | (padded[1::2] << 4)).astype(np.uint8)
-
-
-def unpack_pattern_ids(packed: np.ndarray, table_size: int, n_tiles: int) -> np.ndarray:
-    if pattern_bits(table_size) == 8:
-        return packed[:n_tiles].astype(np.uint8)
-    return np.stack([packed & 0x0F, packed >> 4], axis=1).reshape(-1)[:n_tiles].astype(np.uint8)
-
-
-def _distinct_arrays(arrays: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
-    distinct: list[np.ndarray] = []
-    for array in arrays:
-        if not any(np.array_equal(array, seen) for seen in distinct):
-            distinct.append(array)
-    return [(array, int(array.max(initial=0)) + 1) for array in distinct]
 
 
 def _index_dtype(max_value: int) -> type[np.unsignedinteger]:
@@ -154,61 +142,57 @@ def encode_layer(weight: np.ndarray, plan: LayerPlan) -> EncodedLayer:
     )
 
     kept = plan.kept_tiles
-    tile_r, tile_c = np.nonzero(kept)
-    # Within a tile row, tiles go by pattern id (densest level first), then column: a kernel then takes the
-    # same branch for a run of tiles, which the branch predictor follows (random ids cost a misprediction
-    # per tile; docs/KERNELS.md has the numbers).
-    plan_ids = [level.tile_patterns[tile_r, tile_c] for level in plan.levels]
-    by_pattern = np.lexsort((tile_c, *reversed(plan_ids), tile_r))
-    tile_r, tile_c = tile_r[by_pattern], tile_c[by_pattern]
-    row_ptr = np.concatenate([[0], np.cumsum(kept.sum(axis=1))])
+    tile_r, tile_c = np.nonzero(kept)  # row-major: ascending column within each row
     tile_values = tiles[tile_r, tile_c]  # [T, rows*cols]
     flat_sets = [level.patterns.reshape(len(level.patterns), -1) for level in plan.levels]
-    ids = [level.tile_patterns[tile_r, tile_c].astype(np.int64) for level in plan.levels]
     n_levels = len(plan.levels)
+    ids = np.stack([level.tile_patterns[tile_r, tile_c] for level in plan.levels], axis=1).astype(np.int64)
+    # A tile's chain (its pattern ids at every level) fixes its masks, hence its value order and its
+    # pattern at each level. A plan without kept tiles still has one (empty) chain.
+    chains, chain_of_tile = np.unique(ids, axis=0, return_inverse=True)
+    chain_of_tile = chain_of_tile.reshape(-1)
+    if len(chains) > MAX_CHAINS:
+        raise UserError(
+            f"plan layer {plan.name}: {len(chains)} distinct chains of patterns across levels exceed "
+            f"{MAX_CHAINS}; make the pattern sets nested family by family"
+        )
 
+    if not len(chains):  # every tile pruned: one empty chain keeps the arrays well-formed
+        chains = np.zeros((1, n_levels), dtype=np.int64)
+        orders = [np.arange(plan.levels[0].nonzeros_per_tile)]
+    else:
+        orders = [_chain_order([flat_sets[lv][chain[lv]] for lv in range(n_levels)]) for chain in chains]
     if plan.is_nested():
-        # One chain of masks per distinct tuple of pattern ids from level l down to the sparsest.
-        chains = np.stack(ids, axis=1) if ids[0].size else np.zeros((0, n_levels), dtype=np.int64)
-        full_chain, full_index = np.unique(chains, axis=0, return_inverse=True)
-        full_index = full_index.reshape(-1)
-        orders = [_chain_order([flat_sets[lv][chain[lv]] for lv in range(n_levels)]) for chain in full_chain]
-        densest_nnz = plan.levels[0].nonzeros_per_tile
-        order_of_tile = np.array(orders, dtype=np.int64).reshape(len(orders), densest_nnz)[full_index]
-        values = [np.take_along_axis(tile_values, order_of_tile, axis=1).astype(np.float32)]
+        chain_orders = np.array(orders, dtype=np.int64).reshape(len(chains), plan.levels[0].nonzeros_per_tile)
+        values = [np.take_along_axis(tile_values, chain_orders[chain_of_tile], axis=1).astype(np.float32)]
         levels = []
         for level in range(n_levels):
-            suffixes, tile_suffix = np.unique(chains[:, level:], axis=0, return_inverse=True)
-            tile_suffix = tile_suffix.reshape(-1)
-            nnz = plan.levels[level].nonzeros_per_tile
-            first_tile = np.array(
-                [np.flatnonzero(tile_suffix == s)[0] for s in range(len(suffixes))], dtype=np.int64
+            # Level l's table has one row per distinct chain suffix (level l down to the sparsest).
+            _, first_chain, chain_suffix = np.unique(
+                chains[:, level:], axis=0, return_index=True, return_inverse=True
             )
-            table = order_of_tile[first_tile, :nnz].astype(np.int16).reshape(len(suffixes), nnz)
-            levels.append(LevelEncoding(0, table, _checked_ids(tile_suffix, plan.name, level)))
+            nnz = plan.levels[level].nonzeros_per_tile
+            table = chain_orders[first_chain, :nnz].astype(np.int16).reshape(len(first_chain), nnz)
+            levels.append(LevelEncoding(0, table, chain_suffix.reshape(-1).astype(np.int64)))
     else:
         values, levels = [], []
         for level in range(n_levels):
             table = np.stack([np.flatnonzero(mask).astype(np.int16) for mask in flat_sets[level]])
-            order = table[ids[level]].astype(np.int64)
+            order = table[ids[:, level]].astype(np.int64)
             values.append(np.take_along_axis(tile_values, order, axis=1).astype(np.float32))
-            levels.append(LevelEncoding(level, table, _checked_ids(ids[level], plan.name, level)))
+            levels.append(LevelEncoding(level, table, chains[:, level].copy()))
 
+    # Group each tile row's tiles by chain; the stable sort keeps columns ascending within a run.
+    run_of_tile = tile_r.astype(np.int64) * len(chains) + chain_of_tile
+    by_run = np.argsort(run_of_tile, kind="stable")
+    counts = np.bincount(run_of_tile, minlength=grid_rows * len(chains))
+    run_ptr = np.concatenate([[0], np.cumsum(counts)])
     return EncodedLayer(
         name=plan.name,
         shape=plan.shape,
         tile=plan.tile,
-        tile_row_ptr=row_ptr.astype(_index_dtype(int(row_ptr[-1]))),
-        tile_col=tile_c.astype(_index_dtype(grid_cols - 1)),
-        values=values,
+        tile_run_ptr=run_ptr.astype(_index_dtype(int(run_ptr[-1]))),
+        tile_col=tile_c[by_run].astype(_index_dtype(grid_cols - 1)),
+        values=[buffer[by_run] for buffer in values],
         levels=levels,
     )
-
-
-def _checked_ids(ids: np.ndarray, layer: str, level: int) -> np.ndarray:
-    if ids.size and int(ids.max()) >= MAX_TABLE_PATTERNS:
-        raise UserError(
-            f"plan layer {layer} level {level}: {int(ids.max()) + 1} distinct mask chains exceed "
-            f"{MAX_TABLE_PATTERNS}; make the pattern sets nested family by family"
-        )
-    return ids.astype(np.uint8)

@@ -113,7 +113,7 @@ def test_read_encoded_layers_gives_back_the_encoding(tmp_path_factory, case) -> 
     onnx.save(_encode(model, plan), path)
     (read,) = read_encoded_layers(path).values()
     expected = encode_layer(weight, layer_plan)
-    np.testing.assert_array_equal(read.tile_row_ptr, expected.tile_row_ptr)
+    np.testing.assert_array_equal(read.tile_run_ptr, expected.tile_run_ptr)
     np.testing.assert_array_equal(read.tile_col, expected.tile_col)
     assert len(read.values) == len(expected.values)
     for got_values, want_values in zip(read.values, expected.values, strict=True):
@@ -121,7 +121,7 @@ def test_read_encoded_layers_gives_back_the_encoding(tmp_path_factory, case) -> 
     for level, (got, want) in enumerate(zip(read.levels, expected.levels, strict=True)):
         assert got.buffer == want.buffer
         np.testing.assert_array_equal(got.pattern_table, want.pattern_table)
-        np.testing.assert_array_equal(got.tile_pattern, want.tile_pattern)
+        np.testing.assert_array_equal(got.chain_pattern, want.chain_pattern)
         np.testing.assert_array_equal(read.dense_weight(level), weight * layer_plan.mask(level))
 
 
@@ -142,7 +142,7 @@ def test_gemm_with_alpha_is_not_a_plain_linear_layer(tmp_path: Path) -> None:
     assert find_linear_layers(ir.serde.deserialize_model(model), "test") == {}
 
 
-def test_more_than_16_patterns_use_8_bit_ids() -> None:
+def test_twenty_chains_on_a_non_multiple_shape() -> None:
     rng = np.random.default_rng(5)
     families, tile, shape = 20, (4, 4), (9, 30)  # 3 x 8 = 24 tiles, non-multiple shape
     orders = [rng.permutation(16) for _ in range(families)]
@@ -157,8 +157,8 @@ def test_more_than_16_patterns_use_8_bit_ids() -> None:
     weight = rng.standard_normal(shape).astype(np.float32)
     plan = Plan([Level("L0"), Level("L1")], {"w": layer_plan})
     encoded = _encode(_linear_model("matmul+add", weight, np.zeros(9, np.float32), (3,)), plan)
-    bits = {attr.i for node in encoded.graph.node for attr in node.attribute if attr.name == "pattern_bits"}
-    assert bits == {8}
+    chains = {attr.i for node in encoded.graph.node for attr in node.attribute if attr.name == "n_chains"}
+    assert chains == {families}
     x = rng.standard_normal((3, 30)).astype(np.float32)
     for level in range(2):
         got = _run(encoded, {"x": x, LEVEL_INPUT: np.array(level, dtype=np.int64)})

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from rt3c.errors import UserError
 from rt3c.plan import PRUNED, LayerLevel, LayerPlan, Level, Plan
-from rt3c.sparse_format import encode_layer, pack_pattern_ids, unpack_pattern_ids
+from rt3c.sparse_format import encode_layer
 from rt3c.sparsify import block_prune, one_shot_plan, pattern_sets
 
 
@@ -68,12 +68,27 @@ def test_any_plan_round_trips(case: tuple[np.ndarray, LayerPlan]) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.integers(0, 255), max_size=50), st.integers(1, 256))
-def test_pattern_id_packing(ids: list[int], table_size: int) -> None:
-    array = np.array([i % table_size for i in ids], dtype=np.uint8)
-    packed = pack_pattern_ids(array, table_size)
-    assert len(packed) == ((len(array) + 1) // 2 if table_size <= 16 else len(array))
-    np.testing.assert_array_equal(unpack_pattern_ids(packed, table_size, len(array)), array)
+@given(layer_plans(nested=False))
+def test_runs_group_each_tile_row_by_chain(case: tuple[np.ndarray, LayerPlan]) -> None:
+    weight, plan = case
+    encoded = encode_layer(weight, plan)
+    n_chains = encoded.n_chains
+    assert len(encoded.tile_run_ptr) == plan.grid[0] * n_chains + 1
+    # Every kept tile sits in exactly one run, and a run is one tile row's tiles of one chain.
+    kept_rows, kept_cols = np.nonzero(plan.kept_tiles)
+    assert sorted(zip(encoded.tile_rows().tolist(), encoded.tile_col.tolist(), strict=True)) == sorted(
+        zip(kept_rows.tolist(), kept_cols.tolist(), strict=True)
+    )
+    runs = encoded.tile_runs()
+    for run in np.unique(runs):
+        columns = encoded.tile_col[runs == run].astype(np.int64)
+        assert np.all(np.diff(columns) > 0)  # ascending within a run
+        row = run // n_chains
+        for level, layer_level in enumerate(plan.levels):
+            # All tiles of a run have the same masks at every level: the run's chain.
+            masks = layer_level.patterns[layer_level.tile_patterns[row, columns]]
+            assert all(np.array_equal(mask, masks[0]) for mask in masks)
+            assert len(set(encoded.tile_pattern(level)[runs == run].tolist())) == 1
 
 
 @settings(max_examples=60, deadline=None)
