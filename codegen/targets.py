@@ -49,12 +49,23 @@ class Target:
 
     @cached_property
     def tvm_target(self) -> tvm.target.Target:
+        # Reassociation lets LLVM vectorise float reductions (LayerNorm's sums: 10x faster on the host);
+        # it changes rounding only. No-NaN/no-Inf flags stay off: models test IsNaN.
+        fast_math = {"fast-math-reassoc": True, "fast-math-contract": True}
         if self.name == "host":
             cpu = tvm.target.codegen.llvm_get_system_cpu()
-            return tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": cpu})
+            return tvm.target.Target(
+                {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": cpu, **fast_math}
+            )
         if self.name == "aarch64":
             return tvm.target.Target(
-                {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
+                {
+                    "kind": "llvm",
+                    "mtriple": "aarch64-linux-gnu",
+                    "mcpu": "cortex-a72",
+                    "mattr": ["+neon"],
+                    **fast_math,
+                }
             )
         return tvm.target.Target({"kind": "c"})
 
