@@ -36,6 +36,7 @@ from rt3c.plan import Plan
 from rt3c.progress import step
 from rt3c.runtime_c.program import Call, Program, Tensor
 from rt3c.runtime_c.project import render_build_files, render_project
+from rt3c.sparse_format import EncodedLayer
 
 TOLERANCE = 1e-4
 
@@ -118,10 +119,11 @@ def lower_model(encoded_path: Path, target: Target, plan: Plan | None = None) ->
         return name
 
     n_levels = len(level_names)
+    frequency_by_name = {level.name: level.frequency_khz for level in plan.levels} if plan else {}
     program = Program(
         name=encoded.metadata_props.get("rt3c.source", encoded_path.stem),
         levels=level_names,
-        frequencies_khz=[level.frequency_khz for level in plan.levels] if plan else [None] * n_levels,
+        frequencies_khz=[frequency_by_name[name] for name in level_names] if plan else [None] * n_levels,
         tensors=tensors,
         inputs=graph_inputs,
         outputs=graph_outputs,
@@ -188,7 +190,7 @@ def lower_model(encoded_path: Path, target: Target, plan: Plan | None = None) ->
 
 
 def _run_binary(target: Target, binary: Path, args: list[str], cwd: Path) -> None:
-    command = target.command(str(binary) if target.board else str(cwd / binary), args)
+    command = target.command(str(binary) if target.board else str((cwd / binary).resolve()), args)
     try:
         result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
     except subprocess.TimeoutExpired:
@@ -240,16 +242,38 @@ def compile_model(
     """
     target = get_target(target_name)
     target.check_tools()
+    get_target("host").check_tools()  # the host build is verified too
     plan = Plan.load(plan_path) if plan_path else None
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"--out {out_dir}: exists and is not empty")
     with tempfile.TemporaryDirectory(prefix="rt3c-compile-") as scratch:
-        if plan_path is not None and not read_encoded_layers(encoded_path, required=False):
-            # An exported model and its plan: run the encoding passes first (they verify every level).
-            encoded_path = encode_model(encoded_path, plan_path, Path(scratch) / "model.rt3.onnx").path
+        if plan is not None and plan_path is not None:
+            encoded_layers = read_encoded_layers(encoded_path, required=False)
+            if not encoded_layers:
+                # An exported model and its plan: run the encoding passes first (they verify every level).
+                encoded_path = encode_model(encoded_path, plan_path, Path(scratch) / "model.rt3.onnx").path
+            else:
+                _check_plan_matches(plan, plan_path, encoded_path, encoded_layers)
         with step("lower the model to TVM kernels"):
             compiled = lower_model(encoded_path, target, plan)
         return _generate_and_verify(compiled, encoded_path, out_dir, target)
+
+
+def _check_plan_matches(
+    plan: Plan, plan_path: Path, encoded_path: Path, layers: dict[str, EncodedLayer]
+) -> None:
+    """An encoded model compiled with --plan (for the levels' frequencies) must be that plan's encoding."""
+    plan.check_shapes({name: layer.shape for name, layer in layers.items()}, str(encoded_path))
+    unplanned = sorted(set(layers) - set(plan.layers))
+    if unplanned:
+        raise UserError(f"--plan {plan_path}: has no layer {unplanned[0]}, which {encoded_path} encodes")
+    plan_levels = [level.name for level in plan.levels]
+    model_levels = load_onnx(encoded_path).metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
+    unknown = [name for name in model_levels if name not in plan_levels]
+    if unknown:
+        raise UserError(
+            f"--plan {plan_path}: has levels {','.join(plan_levels)}, but {encoded_path} has level {unknown[0]}"
+        )
 
 
 def _generate_and_verify(

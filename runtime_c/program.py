@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from rt3c.arena import ArenaPlan, Lifetime, plan_arena
+from rt3c.errors import UserError
 
 Storage = Literal["input", "output", "activation", "constant"]
 
@@ -40,6 +41,13 @@ class Tensor:
     storage: Storage
     data: np.ndarray | None = None
     """The value of a constant (weights, sparse indices); None for everything else."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in C_TYPES:
+            raise UserError(
+                f"{self.storage} {self.name}: dtype {self.dtype} is not supported by the C runtime "
+                f"(it takes {', '.join(C_TYPES)})"
+            )
 
     @property
     def nbytes(self) -> int:

@@ -156,6 +156,112 @@ def test_unsupported_op_names_the_node(tmp_path: Path, capsys: pytest.CaptureFix
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["mod.onnx"]
 
 
+def _add_model(path: Path, elem_type: int, shape: list[int | str]) -> Path:
+    """y = x + 1 with input x of `elem_type` and `shape` (a string is a symbolic dimension)."""
+    from onnx import helper, numpy_helper
+
+    ones = numpy_helper.from_array(np.ones(shape[-1], helper.tensor_dtype_to_np_dtype(elem_type)), "one")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["y"], name="add")],
+        "g",
+        [helper.make_tensor_value_info("x", elem_type, shape)],
+        [helper.make_tensor_value_info("y", elem_type, shape)],
+        [ones],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def _fails_cleanly(args: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """`rt3c compile ... --out out` exits 2 with a one-line error, and `out` and its folder are as before."""
+    before = sorted(p.name for p in out.parent.iterdir())
+    inside = sorted(p.name for p in out.iterdir()) if out.exists() else None
+    assert run_cli("compile", *args, "--out", str(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith("rt3c: error: ") and "Traceback" not in err
+    assert sorted(p.name for p in out.parent.iterdir()) == before  # no staging folder left behind
+    assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == inside
+    return err.splitlines()[-1]
+
+
+def test_relative_out_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _add_model(tmp_path / "add.onnx", onnx.TensorProto.FLOAT, [1, 4])
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("compile", "add.onnx", "--out", "project") == 0
+    np.save("x.npy", np.arange(4, dtype=np.float32).reshape(1, 4))
+    assert run_cli("run", "project", "-i", "x.npy", "--output", "y.npy") == 0
+    assert np.array_equal(np.load("y.npy"), np.arange(1, 5, dtype=np.float32).reshape(1, 4))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
+def test_unsupported_input_dtype(dtype: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    model = _add_model(tmp_path / "add.onnx", elem_type, [1, 4])
+    (tmp_path / "project").mkdir()  # an empty --out stays empty
+    err = _fails_cleanly([str(model)], tmp_path / "project", capsys)
+    assert f"input x: dtype {dtype} is not supported" in err
+
+
+def test_unbound_dynamic_dimension(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _add_model(tmp_path / "add.onnx", onnx.TensorProto.FLOAT, ["batch", 4])
+    err = _fails_cleanly([str(model)], tmp_path / "project", capsys)
+    assert "input x: has a dynamic dimension" in err
+
+
+def test_plan_that_does_not_match_the_model(
+    bert_tiny_export: ExportResult,
+    bert_tiny_encoded: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    encoded, plan_path = bert_tiny_encoded
+    plan = json.loads(plan_path.read_text())
+    first = next(iter(plan["layers"]))
+    renamed = {**plan, "layers": {"no.such.layer" if k == first else k: v for k, v in plan["layers"].items()}}
+    (tmp_path / "renamed.json").write_text(json.dumps(renamed))
+    two_levels = {**plan, "levels": plan["levels"][:2]}
+    two_levels["layers"] = {
+        name: {**layer, "levels": layer["levels"][:2]} for name, layer in plan["layers"].items()
+    }
+    (tmp_path / "two_levels.json").write_text(json.dumps(two_levels))
+    out = tmp_path / "project"
+    # An exported model: the plan names a layer the model does not have.
+    args = [str(bert_tiny_export.onnx_path), "--plan", str(tmp_path / "renamed.json")]
+    assert "plan layer no.such.layer: not a linear layer" in _fails_cleanly(args, out, capsys)
+    # An encoded model with the plan of other layers, or of other levels.
+    args = [str(encoded), "--plan", str(tmp_path / "renamed.json")]
+    assert "plan layer no.such.layer: not a linear layer" in _fails_cleanly(args, out, capsys)
+    args = [str(encoded), "--plan", str(tmp_path / "two_levels.json")]
+    assert f"two_levels.json: has levels L0,L1, but {encoded} has level L2" in _fails_cleanly(
+        args, out, capsys
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "present", "package"),
+    [
+        ("aarch64", ["aarch64-linux-gnu-gcc"], "qemu-user"),
+        ("cortex-m4", ["arm-none-eabi-gcc"], "qemu-system-arm"),
+    ],
+)
+def test_missing_qemu_names_the_package(
+    target: str,
+    present: list[str],
+    package: str,
+    bert_tiny_encoded: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ["gcc", "make", *present]:
+        (tools / tool).symlink_to(shutil.which(tool))
+    monkeypatch.setenv("PATH", str(tools))  # the compilers, but no emulator
+    err = _fails_cleanly([str(bert_tiny_encoded[0]), "--target", target], tmp_path / "project", capsys)
+    assert f"--target {target}:" in err and f"apt-get install {package}`" in err
+
+
 def test_missing_cross_compiler_names_the_package(
     bert_tiny_encoded: tuple[Path, Path],
     tmp_path: Path,
