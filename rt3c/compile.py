@@ -289,13 +289,7 @@ def _generate_and_verify(
             check_dir = staging if target.name == "host" else staging / "host-check"
             builds = [(target, staging)] + ([] if target.name == "host" else [(host, check_dir)])
             for build_target, build_dir in builds:
-                build_dir.mkdir(exist_ok=True)
-                kernel_file = "kernels.o" if build_target.kernel_output == "object" else "kernels.c"
-                write_kernels(compiled.functions, build_target, build_dir / kernel_file)
-                render_build_files(
-                    compiled.program, build_dir, build_target, kernel_file, sources_dir=staging
-                )
-                _make(build_dir)
+                build_project(compiled, build_target, build_dir, sources_dir=staging)
         with step(f"verify {len(compiled.program.levels)} levels of the host build against onnxruntime"):
             diffs = verify_project(encoded_path, check_dir, host, compiled.program)
         if check_dir != staging:
@@ -370,6 +364,15 @@ def _move_into(staging: Path, out_dir: Path) -> None:
     for item in staging.iterdir():
         item.rename(out_dir / item.name)
     staging.rmdir()
+
+
+def build_project(compiled: CompiledProgram, target: Target, build_dir: Path, sources_dir: Path) -> None:
+    """Compile the kernels for `target` into `build_dir` and make the rendered project's rt3_main there."""
+    build_dir.mkdir(exist_ok=True)
+    kernel_file = "kernels.o" if target.kernel_output == "object" else "kernels.c"
+    write_kernels(compiled.functions, target, build_dir / kernel_file)
+    render_build_files(compiled.program, build_dir, target, kernel_file, sources_dir=sources_dir)
+    _make(build_dir)
 
 
 def _make(build_dir: Path) -> None:
