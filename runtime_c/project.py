@@ -11,6 +11,8 @@ import jinja2
 import numpy as np
 
 import rt3c
+from rt3c.codegen.targets import Target
+from rt3c.errors import UserError
 from rt3c.runtime_c.program import Program, Tensor
 
 TEMPLATES = Path(__file__).resolve().parent / "templates" / "project"
@@ -146,15 +148,25 @@ def _copy_dlpack_header(out_dir: Path) -> None:
     shutil.copyfile(source, out_dir / "dlpack" / "dlpack.h")
 
 
+# qemu 7.2's MPS2 boards (hw/arm/mps2.c) map 16 MiB of PSRAM, where the weights go (mps2.ld.j2).
+PSRAM_ORIGIN = {"mps2-an386": 0x21000000, "mps2-an500": 0x60000000}
+PSRAM_MIB = 16
+
+
 def render_build_files(
-    program: Program, build_dir: Path, target: object, kernel_file: str, sources_dir: Path
+    program: Program, build_dir: Path, target: Target, kernel_file: str, sources_dir: Path
 ) -> None:
-    """Write the Makefile that builds `sources_dir`'s project for `target` in `build_dir`."""
+    """Write the Makefile and CMakeLists.txt (+ a toolchain file when cross compiling) that build
+    `sources_dir`'s project for `target` in `build_dir`; for a board, also its startup file and linker script.
+    """
     sources = Path(os.path.relpath(sources_dir, build_dir))
     kernel_include = ""
     if kernel_file.endswith(".c"):
         kernel_include = f" -I$(SRC)/{TVM_HEADERS_DIR}"
         _copy_tvm_headers(sources_dir)
+    cross = target.name != "host"
+    # CPU selection goes to the toolchain file (it is needed when linking too); the rest to the project.
+    arch_flags = [flag for flag in target.cflags if cross and flag.startswith("-m")]
     context = {
         "name": program.name,
         "target": target,
@@ -162,14 +174,38 @@ def render_build_files(
         "sources_dir": str(sources),
         "kernel_file": kernel_file,
         "kernel_include": kernel_include,
+        "tvm_headers_dir": TVM_HEADERS_DIR,
         "startup": None,
+        "toolchain": "toolchain.cmake" if cross else None,
+        "processor": "aarch64" if target.name == "aarch64" else "arm",
+        "arch_flags": arch_flags,
+        "cflags": [flag for flag in target.cflags if flag not in arch_flags],
+        "link_options": [flag for flag in target.ldflags if not flag.startswith("-l")],
+        "link_libraries": [flag[2:] for flag in target.ldflags if flag.startswith("-l")],
     }
+    environment = _environment()
     if target.board is not None:
+        _check_weights_fit(sources_dir / "rt3_weights.bin", target)
         context["startup"] = {"source": "startup.c", "linker_script": "mps2.ld"}
         shutil.copyfile(TEMPLATES / "cortex_m" / "startup.c", sources_dir / "startup.c")
-        linker = _environment().get_template("cortex_m/mps2.ld.j2").render(board=target.board)
+        linker = environment.get_template("cortex_m/mps2.ld.j2").render(
+            board=target.board, psram_origin=PSRAM_ORIGIN[target.board], psram_mib=PSRAM_MIB
+        )
         (sources_dir / "mps2.ld").write_text(linker)
-    (build_dir / "Makefile").write_text(_environment().get_template("Makefile.j2").render(context))
+    (build_dir / "Makefile").write_text(environment.get_template("Makefile.j2").render(context))
+    (build_dir / "CMakeLists.txt").write_text(environment.get_template("CMakeLists.txt.j2").render(context))
+    if cross:
+        toolchain = environment.get_template("toolchain.cmake.j2").render(context)
+        (build_dir / "toolchain.cmake").write_text(toolchain)
+
+
+def _check_weights_fit(weights: Path, target: Target) -> None:
+    size = weights.stat().st_size
+    if size > PSRAM_MIB << 20:
+        raise UserError(
+            f"--target {target.name}: the weights take {size / 2**20:.1f} MiB, but qemu's {target.board} "
+            f"holds {PSRAM_MIB} MiB of them (PSRAM); use a sparser plan or plan more layers"
+        )
 
 
 TVM_HEADERS_DIR = "tvm_include"

@@ -67,11 +67,21 @@ def test_host_every_level(host_project: Path, bert_tiny_encoded: tuple[Path, Pat
     _check_against_onnxruntime(host_project, bert_tiny_encoded[0], seed=11)
 
 
+def _build_with_cmake(project: Path, build: Path) -> None:
+    """Build `project` with its CMakeLists.txt and put that rt3_main in place of the Makefile's."""
+    for command in (["cmake", "-S", str(project), "-B", str(build)], ["cmake", "--build", str(build)]):
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    shutil.copyfile(build / "rt3_main", project / "rt3_main")
+
+
 @pytest.mark.parametrize("target", ["aarch64", "cortex-m4", "cortex-m7"])
 def test_cross_targets_every_level(target: str, bert_tiny_encoded: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "project"
     result = compile_model(bert_tiny_encoded[0], out, target_name=target, plan_path=bert_tiny_encoded[1])
-    assert max(result.max_abs_diff) <= 1e-4  # verified on the host build and on the target under qemu
+    assert max(result.max_abs_diff) <= 1e-4  # the Makefile's build, on the host and on the target under qemu
+    # The CMake build of the same project (toolchain file, startup, linker script) on fresh inputs.
+    _build_with_cmake(out, tmp_path / "cmake-build")
     _check_against_onnxruntime(out, bert_tiny_encoded[0], seed=5)
 
 
