@@ -1,0 +1,142 @@
+"""ARM kernels under qemu: the instruction counter, and minilm-l6's SparseLinear kernels on aarch64 and Cortex-M4.
+
+The kernels run through the generated C project (rt3c.runtime_c): a program whose steps are the kernels
+of one layer per distinct shape, with one level per plan level, built and run as `rt3c compile` does.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
+from rt3c.codegen.targets import Target, get_target, workspace_bytes
+from rt3c.compile import CompiledProgram, build_project, run_level
+from rt3c.encode import load_onnx
+from rt3c.export import ExportResult
+from rt3c.instruction_count import count_instructions
+from rt3c.passes.linear_layers import find_linear_layers
+from rt3c.plan import Level
+from rt3c.runtime_c.program import Call, Program, Tensor
+from rt3c.runtime_c.project import render_build_files, render_project
+from rt3c.sparse_format import encode_layer
+from rt3c.sparsify import one_shot_plan
+
+LOOP = r"""
+#include <stdlib.h>
+volatile int sink;
+__attribute__((noinline)) void spin(int n) { for (int i = 0; i < n; ++i) sink += i; }
+__attribute__((noinline)) void never_called(void) { sink = -1; }
+int main(int argc, char **argv) {
+  if (argc > 2) never_called();
+  spin(atoi(argv[1]));
+  return 0;
+}
+"""
+
+
+def _build_loop(target: Target, directory: Path) -> Path:
+    (directory / "loop.c").write_text(LOOP)
+    command = [target.cc, *target.cflags, "-o", "loop", "loop.c"]
+    if target.board is not None:
+        # The startup file and linker script of a generated project (of no kernels) for the board.
+        empty = Program("loop", ["L0"], [None], {}, [], [], [])
+        render_project(empty, directory)
+        render_build_files(empty, directory, target, "kernels.o", sources_dir=directory)
+        command += ["startup.c", "-Tmps2.ld"]
+    subprocess.run([*command, *target.ldflags], cwd=directory, check=True)
+    return Path("loop")
+
+
+@pytest.mark.parametrize("target_name", ["aarch64", "cortex-m4"])
+def test_instruction_counts_scale_exactly_with_the_trip_count(target_name: str, tmp_path: Path) -> None:
+    target = get_target(target_name)
+    binary = _build_loop(target, tmp_path)
+    regions = {"loop": ["spin"], "unused": ["never_called"]}
+    # Trip counts of one digit count: atoi and everything else outside the loop run the same instructions.
+    low, middle, high = (
+        count_instructions(target, binary, [str(n)], regions, tmp_path) for n in (100, 200, 300)
+    )
+    per_100 = middle.regions["loop"] - low.regions["loop"]
+    assert per_100 >= 300  # at least a load, an add and a store per iteration
+    assert high.regions["loop"] - middle.regions["loop"] == per_100
+    assert middle.total - low.total == high.total - middle.total == per_100
+    assert 0 < low.regions["loop"] - per_100 < per_100 // 10  # entry and exit: fewer than 10 iterations
+    assert low.regions["unused"] == 0
+
+
+MINILM_SPARSITIES = [0.5, 0.7, 0.8]
+MINILM_TOKENS = 16  # the exported sequence length: the activation rows rt3c compile gives these kernels
+
+
+def _minilm_program(exported: ExportResult, target: Target) -> tuple[CompiledProgram, dict]:
+    """One layer of each distinct shape (384x384, 1536x384, 384x1536), its kernels at every level."""
+    found = find_linear_layers(load_onnx(exported.onnx_path), str(exported.onnx_path))
+    chosen = {}
+    for name, layer in found.items():
+        if name.startswith("bert.encoder.") and layer.weight().shape not in [
+            c.weight().shape for c in chosen.values()
+        ]:
+            chosen[name] = layer
+    levels = [Level(f"L{index}") for index in range(len(MINILM_SPARSITIES))]
+    weights = {name: layer.weight() for name, layer in chosen.items()}
+    plan = one_shot_plan(weights, levels, MINILM_SPARSITIES, (4, 4), 8)
+    tensors: dict[str, Tensor] = {}
+    program = Program(
+        "minilm_kernels", [level.name for level in levels], [None] * len(levels), tensors, [], [], []
+    )
+    functions, references = {}, {}
+    for index, (name, layer) in enumerate(chosen.items()):
+        encoded = encode_layer(weights[name], plan.layers[name])
+        assert encoded.nested  # every level reads a prefix of the same values: one copy in flash
+        out_features, in_features = encoded.shape
+        x, y = f"x{in_features}", f"y{index}"
+        if x not in tensors:
+            tensors[x] = Tensor(x, (MINILM_TOKENS, in_features), "float32", "input")
+            program.inputs.append(x)
+        tensors[y] = Tensor(y, (MINILM_TOKENS, out_features), "float32", "output")
+        program.outputs.append(y)
+        arguments = []
+        for position, array in enumerate(kernel_arguments(encoded, 0, layer.bias())):
+            arguments.append(f"layer{index}_arg{position}")
+            tensors[arguments[-1]] = Tensor(arguments[-1], array.shape, str(array.dtype), "constant", array)
+        calls = []
+        for level in range(len(levels)):
+            symbol = f"layer{index}_L{level}"
+            functions[symbol] = sparse_linear_kernel(symbol, encoded, level, MINILM_TOKENS, target)
+            calls.append(Call(symbol, (x, *arguments, y)))
+        program.add_step(calls, (y,))
+        references[y] = (x, [encoded.dense_weight(level) for level in range(len(levels))], layer.bias())
+    program.workspace_bytes = max(workspace_bytes(func) for func in functions.values())
+    return CompiledProgram(program, functions), references
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target_name", ["aarch64", "cortex-m4"])
+def test_minilm_layer_kernels_on_target_every_level(
+    target_name: str, minilm_export: ExportResult, tmp_path: Path
+) -> None:
+    target = get_target(target_name)
+    compiled, references = _minilm_program(minilm_export, target)
+    program = compiled.program
+    render_project(program, tmp_path)
+    build_project(compiled, target, tmp_path, sources_dir=tmp_path)
+    rng = np.random.default_rng(4)
+    inputs = {
+        name: rng.standard_normal(program.tensors[name].shape).astype(np.float32) for name in program.inputs
+    }
+    for level in range(len(program.levels)):
+        outputs = run_level(
+            tmp_path,
+            target,
+            level,
+            list(inputs.values()),
+            [program.tensors[name] for name in program.outputs],
+        )
+        for name, got in zip(program.outputs, outputs, strict=True):
+            x, dense_weights, bias = references[name]
+            expected = inputs[x].astype(np.float64) @ dense_weights[level].T.astype(np.float64) + bias
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=f"{name} level {level}")
