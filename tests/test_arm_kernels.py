@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
-from rt3c.codegen.targets import Target, get_target, workspace_bytes
+from rt3c.codegen.targets import Target, get_target
 from rt3c.compile import CompiledProgram, build_project, run_level
 from rt3c.encode import load_onnx
 from rt3c.export import ExportResult
 from rt3c.instruction_count import count_instructions
+from rt3c.kernel_program import LinearStep, input_name, linear_program
 from rt3c.passes.linear_layers import find_linear_layers
 from rt3c.plan import Level
-from rt3c.runtime_c.program import Call, Program, Tensor
+from rt3c.runtime_c.program import Program
 from rt3c.runtime_c.project import render_build_files, render_project
 from rt3c.sparse_format import encode_layer
 from rt3c.sparsify import one_shot_plan
@@ -77,41 +78,27 @@ def _minilm_program(exported: ExportResult, target: Target) -> tuple[CompiledPro
     found = find_linear_layers(load_onnx(exported.onnx_path), str(exported.onnx_path))
     chosen = {}
     for name, layer in found.items():
-        if name.startswith("bert.encoder.") and layer.weight().shape not in [
-            c.weight().shape for c in chosen.values()
-        ]:
+        shapes = [other.weight().shape for other in chosen.values()]
+        if name.startswith("bert.encoder.") and layer.weight().shape not in shapes:
             chosen[name] = layer
-    levels = [Level(f"L{index}") for index in range(len(MINILM_SPARSITIES))]
+    levels = [f"L{index}" for index in range(len(MINILM_SPARSITIES))]
     weights = {name: layer.weight() for name, layer in chosen.items()}
-    plan = one_shot_plan(weights, levels, MINILM_SPARSITIES, (4, 4), 8)
-    tensors: dict[str, Tensor] = {}
-    program = Program(
-        "minilm_kernels", [level.name for level in levels], [None] * len(levels), tensors, [], [], []
-    )
-    functions, references = {}, {}
+    plan = one_shot_plan(weights, [Level(level) for level in levels], MINILM_SPARSITIES, (4, 4), 8)
+    steps, references = [], {}
     for index, (name, layer) in enumerate(chosen.items()):
         encoded = encode_layer(weights[name], plan.layers[name])
         assert encoded.nested  # every level reads a prefix of the same values: one copy in flash
-        out_features, in_features = encoded.shape
-        x, y = f"x{in_features}", f"y{index}"
-        if x not in tensors:
-            tensors[x] = Tensor(x, (MINILM_TOKENS, in_features), "float32", "input")
-            program.inputs.append(x)
-        tensors[y] = Tensor(y, (MINILM_TOKENS, out_features), "float32", "output")
-        program.outputs.append(y)
-        arguments = []
-        for position, array in enumerate(kernel_arguments(encoded, 0, layer.bias())):
-            arguments.append(f"layer{index}_arg{position}")
-            tensors[arguments[-1]] = Tensor(arguments[-1], array.shape, str(array.dtype), "constant", array)
-        calls = []
-        for level in range(len(levels)):
-            symbol = f"layer{index}_L{level}"
-            functions[symbol] = sparse_linear_kernel(symbol, encoded, level, MINILM_TOKENS, target)
-            calls.append(Call(symbol, (x, *arguments, y)))
-        program.add_step(calls, (y,))
-        references[y] = (x, [encoded.dense_weight(level) for level in range(len(levels))], layer.bias())
-    program.workspace_bytes = max(workspace_bytes(func) for func in functions.values())
-    return CompiledProgram(program, functions), references
+        symbols = [f"layer{index}_L{level}" for level in range(len(levels))]
+        kernels = [
+            (symbol, sparse_linear_kernel(symbol, encoded, level, MINILM_TOKENS, target))
+            for level, symbol in enumerate(symbols)
+        ]
+        output = f"y{index}"
+        constants = kernel_arguments(encoded, 0, layer.bias())
+        steps.append(LinearStep(output, encoded.shape[1], encoded.shape[0], constants, kernels))
+        dense_weights = [encoded.dense_weight(level) for level in range(len(levels))]
+        references[output] = (input_name(encoded.shape[1]), dense_weights, layer.bias())
+    return linear_program("minilm_kernels", levels, MINILM_TOKENS, steps), references
 
 
 @pytest.mark.slow
