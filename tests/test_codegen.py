@@ -60,7 +60,8 @@ def test_sparse_linear_matches_numpy_at_every_level(shape, tile, patterns, spars
 
 @pytest.mark.parametrize(
     ("x_shape", "w_shape"),
-    [((128, 96), (96, 64)), ((5, 13), (13, 7)), ((2, 3, 9, 8), (2, 3, 8, 10))],  # blocked, odd, batched
+    # blocked, one row (16-vector j tile), odd, batched
+    [((128, 96), (96, 64)), ((1, 40), (40, 512)), ((5, 13), (13, 7)), ((2, 3, 9, 8), (2, 3, 8, 10))],
 )
 def test_scheduled_matmul_matches_numpy(x_shape, w_shape):
     rng = np.random.default_rng(x_shape[0])
