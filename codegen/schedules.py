@@ -54,9 +54,14 @@ def schedule_matmul(func: tvm.tirx.PrimFunc, vector_floats: int) -> tvm.tirx.Pri
     i_block = _largest_divisor(i_extent, (8, 6, 4, 3, 2))
     if vector_floats:
         # Up to 16 accumulator vectors: few activation rows (GEMV) get a wider j tile, so enough independent
-        # multiply-adds are in flight and each weight row is read in long runs (1 token, host: 0.45-0.67x
-        # of onnxruntime with 2 vectors, 0.80-1.02x with 16).
-        vectors = [count for count in (16, 8, 4, 2) if count * i_block <= 16]  # i_block <= 8: never empty
+        # multiply-adds are in flight and each weight row is read in long runs (1 token, host: 0.40-0.67x
+        # of onnxruntime with 2 vectors, 0.69-1.11x with 8).
+        # The accumulator stays under TVM's 1 KiB stack limit (above it, it would be a workspace request).
+        vectors = [
+            count
+            for count in (16, 8, 4, 2)
+            if count * i_block <= 16 and count * i_block * vector_floats * 4 < 1024
+        ] or [1]
         widths = (*(count * vector_floats for count in vectors), vector_floats, 8, 4, 2)
         j_block = _largest_divisor(j_extent, widths)
     else:  # scalar FPU registers (Cortex-M4/M7 have 32): at most 6 x 4 accumulators

@@ -42,16 +42,13 @@ def _environment() -> jinja2.Environment:
 # Accumulators a kernel keeps live: half the register file of AVX-512 and NEON (32 vectors each) and of
 # the Cortex-M FPU (32 single-precision registers), leaving the rest for activations, weights, addresses.
 _ACCUMULATOR_REGISTERS = 16
-# Vectors of tokens per block on SIMD targets: each broadcast weight feeds this many FMAs. Measured on
-# AVX-512 (768x768, 128 tokens): 1 or 4 vectors are 1.5x slower than 2.
-_SIMD_VECTORS = 2
 
 
 def token_block(target: Target, tile_rows: int, tokens: int) -> int:
     """How many tokens one pass over the weights handles (the width of a tile row's accumulator block)."""
     registers_per_row = max(_ACCUMULATOR_REGISTERS // tile_rows, 1)
     if target.vector_floats:
-        block = target.vector_floats * min(registers_per_row, _SIMD_VECTORS)
+        block = target.vector_floats * min(registers_per_row, target.token_vectors)
     else:
         block = registers_per_row
     return min(block, tokens)
