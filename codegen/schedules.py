@@ -51,7 +51,8 @@ def schedule_matmul(func: tvm.tirx.PrimFunc, vector_floats: int) -> tvm.tirx.Pri
         return func
     *batch, i, j, k = schedule.get_loops(block)
     i_extent, j_extent = (int(schedule.get(loop).extent) for loop in (i, j))
-    i_block = _largest_divisor(i_extent, (8, 6, 4, 3, 2))
+    # Scalar FPUs (Cortex-M: 32 single registers) hold at most 4 rows x 4 columns of accumulators.
+    i_block = _largest_divisor(i_extent, (8, 6, 4, 3, 2) if vector_floats else (4, 3, 2))
     if vector_floats:
         # Up to 16 accumulator vectors: few activation rows (GEMV) get a wider j tile, so enough independent
         # multiply-adds are in flight and each weight row is read in long runs (1 token, host: 0.40-0.67x
@@ -64,12 +65,14 @@ def schedule_matmul(func: tvm.tirx.PrimFunc, vector_floats: int) -> tvm.tirx.Pri
         ] or [1]
         widths = (*(count * vector_floats for count in vectors), vector_floats, 8, 4, 2)
         j_block = _largest_divisor(j_extent, widths)
-    else:  # scalar FPU registers (Cortex-M4/M7 have 32): at most 6 x 4 accumulators
+    else:
         j_block = _largest_divisor(j_extent, (4, 2))
     i_outer, i_inner = schedule.split(i, [None, i_block])
     j_outer, j_inner = schedule.split(j, [None, j_block])
     schedule.reorder(*batch, j_outer, i_outer, k, i_inner, j_inner)
-    accumulator = schedule.cache_write(block, 0, "local")
+    # Default scope: TVM keeps small buffers on the stack (registers after optimisation), where a "local"
+    # buffer would be a TVMBackendAllocWorkspace request on the C target (then every FMA loads and stores).
+    accumulator = schedule.cache_write(block, 0, "global")
     schedule.reverse_compute_at(accumulator, i_outer)
     schedule.unroll(i_inner)
     if vector_floats:
