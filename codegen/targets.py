@@ -80,7 +80,7 @@ class Target:
 
 
 WARNINGS = ("-Wall", "-Wextra", "-Werror")
-_M_COMMON = ("-mthumb", "-mfloat-abi=hard", "-O2", "-std=c99", "-ffunction-sections", "-fdata-sections")
+_M_COMMON = ("-mthumb", "-mfloat-abi=hard", "-O2", "-std=c99", "-ffp-contract=fast", "-ffunction-sections", "-fdata-sections")
 
 _M_TOOLS = {
     "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
@@ -160,14 +160,15 @@ def _allocations(script: str) -> list[tuple[int, str]]:
     return found
 
 
-def workspace_bytes(func: tvm.tirx.PrimFunc) -> int:
-    """An upper bound of the workspace a kernel asks for: all its intermediate buffers, each 64-aligned.
+def workspace_bytes(func: tvm.tirx.PrimFunc, target: Target) -> int:
+    """An upper bound of the workspace a kernel asks for on `target`: all intermediate buffers of the
+    function as `build_kernels` compiles it (matmuls scheduled, which adds their accumulator), each 64-aligned.
 
     TVM keeps small intermediates on the stack and asks `TVMBackendAllocWorkspace` for the others; the
     runtime serves them from a static scratch area sized by the largest bound over all kernels.
     """
     total = 0
-    for elements, dtype in _allocations(func.script()):
+    for elements, dtype in _allocations(schedule_matmul(func, target.vector_floats).script()):
         bits = 8 if dtype == "bool" else int(re.sub(r"\D", "", dtype) or 8)
         total += -(-(elements * bits // 8) // 64) * 64
     return total

@@ -185,7 +185,11 @@ def lower_model(encoded_path: Path, target: Target, plan: Plan | None = None) ->
             symbol = add_function(symbol, lowered.functions[symbol])
             call = Call(symbol, tuple(use(name) for name in arguments))
             program.add_step([call] * n_levels, (written,))
-    program.workspace_bytes = max((workspace_bytes(func) for func in functions.values()), default=0)
+    # The host check build shares the project's sources (and its scratch area), with the host's schedules.
+    builds = {target.name: target, "host": get_target("host")}.values()
+    program.workspace_bytes = max(
+        (workspace_bytes(func, build) for func in functions.values() for build in builds), default=0
+    )
     return CompiledProgram(program, functions)
 
 
