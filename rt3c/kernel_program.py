@@ -12,10 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
+from onnx import helper
 
-from rt3c.codegen.targets import workspace_bytes
+from rt3c.codegen.onnx_ops import TensorInfo, lower_node
+from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
+from rt3c.codegen.targets import Target, workspace_bytes
 from rt3c.compile import CompiledProgram
 from rt3c.runtime_c.program import Call, Program, Tensor
+from rt3c.sparse_format import EncodedLayer
 
 
 @dataclass
@@ -25,17 +29,53 @@ class LinearStep:
     in_features: int
     out_features: int
     constants: list[np.ndarray]
-    """The kernel arguments between x and y, in kernel order (e.g. `sparse_kernel.kernel_arguments`)."""
+    """The kernel arguments between x and y, in kernel order."""
     kernels: list[tuple[str, tvm.tirx.PrimFunc]]
     """(symbol, function) per level."""
+
+
+def sparse_linear_step(
+    output: str, layer: EncodedLayer, bias: np.ndarray | None, tokens: int, target: Target
+) -> LinearStep:
+    """The SparseLinear kernels of every level of `layer` (symbols `<output>_L<level>`)."""
+    if not layer.nested:
+        raise ValueError(f"{layer.name}: levels with buffers of their own need a constant per level")
+    kernels = []
+    for level in range(len(layer.levels)):
+        symbol = f"{output}_L{level}"
+        kernels.append((symbol, sparse_linear_kernel(symbol, layer, level, tokens, target)))
+    out_features, in_features = layer.shape
+    return LinearStep(output, in_features, out_features, kernel_arguments(layer, 0, bias), kernels)
+
+
+def dense_linear_step(output: str, weight: np.ndarray, tokens: int, levels: int = 1) -> LinearStep:
+    """The dense kernel rt3c uses for layers left dense (TVM's MatMul, scheduled when built), no bias.
+
+    `weight` is torch `[out, in]`; the kernel reads it as ONNX stores it, `[in, out]`.
+    """
+    out_features, in_features = weight.shape
+    infos = {
+        "x": TensorInfo((tokens, in_features), "float32"),
+        "w": TensorInfo((in_features, out_features), "float32"),
+        "y": TensorInfo((tokens, out_features), "float32"),
+    }
+    w_in_out = np.ascontiguousarray(weight.T)
+    lowered = lower_node(helper.make_node("MatMul", ["x", "w"], ["y"]), output, infos, {"w": w_in_out}, 18)
+    ((symbol, arguments, _),) = lowered.calls
+    assert arguments == ("x", "w", "y"), arguments
+    return LinearStep(
+        output, in_features, out_features, [w_in_out], [(symbol, lowered.functions[symbol])] * levels
+    )
 
 
 def input_name(in_features: int) -> str:
     return f"x{in_features}"
 
 
-def linear_program(name: str, levels: list[str], tokens: int, steps: list[LinearStep]) -> CompiledProgram:
-    """The program running `steps` in order on `tokens` rows; inputs `x<in_features>`, sorted by width."""
+def linear_program(
+    name: str, levels: list[str], tokens: int, steps: list[LinearStep], target: Target
+) -> CompiledProgram:
+    """The program running `steps` in order on `tokens` rows for `target`; inputs `x<in_features>`, by width."""
     tensors: dict[str, Tensor] = {}
     for in_features in sorted({step.in_features for step in steps}):
         tensors[input_name(in_features)] = Tensor(
@@ -44,7 +84,8 @@ def linear_program(name: str, levels: list[str], tokens: int, steps: list[Linear
     program = Program(name, levels, [None] * len(levels), tensors, list(tensors), [], [])
     functions: dict[str, tvm.tirx.PrimFunc] = {}
     for step in steps:
-        assert len(step.kernels) == len(levels), step.output
+        if len(step.kernels) != len(levels):
+            raise ValueError(f"{step.output}: {len(step.kernels)} kernels for {len(levels)} levels")
         tensors[step.output] = Tensor(step.output, (tokens, step.out_features), "float32", "output")
         program.outputs.append(step.output)
         arguments = []
@@ -56,5 +97,7 @@ def linear_program(name: str, levels: list[str], tokens: int, steps: list[Linear
             functions[symbol] = function
             calls.append(Call(symbol, (input_name(step.in_features), *arguments, step.output)))
         program.add_step(calls, (step.output,))
-    program.workspace_bytes = max((workspace_bytes(function) for function in functions.values()), default=0)
+    program.workspace_bytes = max(
+        (workspace_bytes(function, target) for function in functions.values()), default=0
+    )
     return CompiledProgram(program, functions)

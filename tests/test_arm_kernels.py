@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
 from rt3c.codegen.targets import Target, get_target
 from rt3c.compile import CompiledProgram, build_project, run_level
 from rt3c.encode import load_onnx
 from rt3c.export import ExportResult
 from rt3c.instruction_count import count_instructions
-from rt3c.kernel_program import LinearStep, input_name, linear_program
+from rt3c.kernel_program import dense_linear_step, input_name, linear_program, sparse_linear_step
 from rt3c.passes.linear_layers import find_linear_layers
 from rt3c.plan import Level
 from rt3c.runtime_c.program import Program
@@ -88,17 +87,10 @@ def _minilm_program(exported: ExportResult, target: Target) -> tuple[CompiledPro
     for index, (name, layer) in enumerate(chosen.items()):
         encoded = encode_layer(weights[name], plan.layers[name])
         assert encoded.nested  # every level reads a prefix of the same values: one copy in flash
-        symbols = [f"layer{index}_L{level}" for level in range(len(levels))]
-        kernels = [
-            (symbol, sparse_linear_kernel(symbol, encoded, level, MINILM_TOKENS, target))
-            for level, symbol in enumerate(symbols)
-        ]
-        output = f"y{index}"
-        constants = kernel_arguments(encoded, 0, layer.bias())
-        steps.append(LinearStep(output, encoded.shape[1], encoded.shape[0], constants, kernels))
+        steps.append(sparse_linear_step(f"y{index}", encoded, layer.bias(), MINILM_TOKENS, target))
         dense_weights = [encoded.dense_weight(level) for level in range(len(levels))]
-        references[output] = (input_name(encoded.shape[1]), dense_weights, layer.bias())
-    return linear_program("minilm_kernels", levels, MINILM_TOKENS, steps), references
+        references[f"y{index}"] = (input_name(encoded.shape[1]), dense_weights, layer.bias())
+    return linear_program("minilm_kernels", levels, MINILM_TOKENS, steps, target), references
 
 
 @pytest.mark.slow
@@ -127,3 +119,16 @@ def test_minilm_layer_kernels_on_target_every_level(
             x, dense_weights, bias = references[name]
             expected = inputs[x].astype(np.float64) @ dense_weights[level].T.astype(np.float64) + bias
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=f"{name} level {level}")
+
+
+def test_dense_kernel_on_cortex_m4(tmp_path: Path) -> None:
+    """The scheduled dense kernel alone on the board: on the C target its accumulator is workspace."""
+    target = get_target("cortex-m4")
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((24, 40)).astype(np.float32)
+    x = rng.standard_normal((5, 40)).astype(np.float32)
+    compiled = linear_program("dense", ["L0"], 5, [dense_linear_step("y", weight, 5)], target)
+    render_project(compiled.program, tmp_path)
+    build_project(compiled, target, tmp_path, sources_dir=tmp_path)
+    (got,) = run_level(tmp_path, target, 0, [x], [compiled.program.tensors["y"]])
+    np.testing.assert_allclose(got, x @ weight.T, rtol=1e-5, atol=1e-5)
