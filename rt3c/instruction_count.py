@@ -5,8 +5,9 @@ built once with the host's gcc into the kernel cache directory. It counts every 
 and, separately, those inside given address ranges; rt3c takes the ranges from `nm -S` of the binary, so a
 region is a set of function symbols (e.g. the functions a TVM kernel compiled to, `kernel_functions`).
 
-    counts = count_instructions(get_target("aarch64"), Path("rt3_main"), ["0", "x.bin", "y.bin"],
-                                {"layer0": kernel_functions(Path("rt3_main"), target, "sparse_3_L0")})
+    target = get_target("aarch64")
+    regions = {"layer0": kernel_functions(project / "rt3_main", target, "sparse_3_L0")}
+    counts = count_instructions(target, Path("rt3_main"), ["0", "x.bin", "y.bin"], regions, cwd=project)
     counts.total, counts.regions["layer0"]
 
 Works for the targets that run under qemu: `aarch64` (qemu-aarch64, linux-user) and the bare-metal
