@@ -172,8 +172,8 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("RT3C_CACHE", Path.home() / ".cache" / "rt3c"))
 
 
-def _dense_baseline(model: LoadedModel, data: Dataset, config: PruneConfig) -> None:
-    """Fine-tune (or train) the dense model, or load it from the cache."""
+def dense_baseline(model: LoadedModel, data: Dataset, config: PruneConfig) -> None:
+    """Fine-tune (or train) the dense model, or load it from the cache (shared with `rt3c search`)."""
     base_ref = config.model if not Path(config.model).exists() else str(Path(config.model).resolve())
     key = json.dumps(
         [
@@ -273,7 +273,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
     # 1. Dense baseline.
     saved = stages.load("dense")
     if saved is None:
-        _dense_baseline(model, data, config)
+        dense_baseline(model, data, config)
         stages.save("dense", {"state": model.module.state_dict()})
     else:
         model.module.load_state_dict(saved["state"])
