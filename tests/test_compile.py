@@ -323,21 +323,52 @@ def test_run_bad_input(host_project: Path, tmp_path: Path, capsys: pytest.Captur
     assert "not an rt3c project" in capsys.readouterr().err
 
 
+# A cross compile also builds and verifies the host program, so the aarch64 cases cover the host too.
+# On Cortex-M rt3-lm's weights must fit the MPS2 boards' 16 MiB PSRAM: its output layer (800x2000, as
+# large as the embedding) is planned too, at sparser levels (14.8 MiB; the default plan needs 23.5 MiB).
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("fixture", "targets"), [("rt3_lm_export", ["host", "aarch64"]), ("minilm_export", ["host"])]
+    ("fixture", "target", "sparsities", "layers"),
+    [
+        ("rt3_lm_export", "aarch64", [0.5, 0.7, 0.8], None),
+        ("rt3_lm_export", "cortex-m4", [0.7, 0.8, 0.9], "."),
+        ("rt3_lm_export", "cortex-m7", [0.7, 0.8, 0.9], "."),
+        ("minilm_export", "aarch64", [0.5, 0.7, 0.8], None),
+    ],
+    ids=["rt3-lm-aarch64", "rt3-lm-cortex-m4", "rt3-lm-cortex-m7", "minilm-l6-aarch64"],
 )
 def test_zoo_models_compile_from_export_and_plan(
-    fixture: str, targets: list[str], request: pytest.FixtureRequest, tmp_path: Path
+    fixture: str,
+    target: str,
+    sparsities: list[float],
+    layers: str | None,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> None:
     """`rt3c compile model.onnx --plan plan.json`: encode, kernels, C, verified at every level."""
     exported: ExportResult = request.getfixturevalue(fixture)
     plan = tmp_path / "plan.json"
-    plan_model(exported.onnx_path, plan, sparsities=[0.5, 0.7, 0.8], tile=(8, 8), patterns=8)
-    for target in targets:
-        result = compile_model(exported.onnx_path, tmp_path / target, target_name=target, plan_path=plan)
-        assert len(result.max_abs_diff) == 3 and max(result.max_abs_diff) <= 1e-4
-        assert result.arena_bytes >= result.arena_lower_bound
+    plan_model(exported.onnx_path, plan, sparsities=sparsities, tile=(8, 8), patterns=8, layers=layers)
+    result = compile_model(exported.onnx_path, tmp_path / target, target_name=target, plan_path=plan)
+    assert len(result.max_abs_diff) == 3 and max(result.max_abs_diff) <= 1e-4
+    assert result.arena_bytes >= result.arena_lower_bound
+
+
+def test_weights_beyond_the_board_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros((2048, 2176), np.float32), "w")  # 17 MiB
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="big")],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2048])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2176])],
+        [weight],
+    )
+    model = tmp_path / "big.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), model)
+    err = _fails_cleanly([str(model), "--target", "cortex-m7"], tmp_path / "project", capsys)
+    assert "--target cortex-m7: the weights take 17.0 MiB, but qemu's mps2-an500 holds 16 MiB" in err
 
 
 def test_demo_runs_the_chain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
