@@ -32,6 +32,8 @@ class Evaluation:
     """Per level, densest first."""
     latency_s: tuple[float, ...]
     deadline_s: tuple[float, ...]
+    sparsity: tuple[float, ...] = ()
+    """Per level: fraction of the planned layers' weights removed."""
 
     @property
     def feasible(self) -> bool:
