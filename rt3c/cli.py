@@ -296,6 +296,111 @@ def prune_command(
     typer.echo(f"{result.checkpoint}\n{result.plan_path}\n{result.eval_path}")
 
 
+@app.command("search")
+def search_command(
+    model: ModelOption,
+    data: Annotated[str, typer.Option("--data", help="rotten-tomatoes, hamlet or synthetic.")],
+    board: Annotated[str, typer.Option("--board", "-b", help="Shipped board name or a TOML file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for plan, logs, latency, model.onnx.")],
+    episodes: Annotated[int, typer.Option("--episodes", help="Per method (controller, random).")] = 24,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Candidates per controller update.")] = 4,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens of the compiled model.")] = 16,
+    validation_size: Annotated[
+        int, typer.Option("--validation-size", help="Validation examples per evaluation.")
+    ] = 256,
+    block_ratio: Annotated[float, typer.Option("--block-ratio", help="Tiles BP removes (all layers).")] = 0.1,
+    densities: Annotated[
+        str, typer.Option("--densities", help="Kept fraction of a tile per level, choices densest first.")
+    ] = "1,0.75,0.625,0.5,0.375,0.25",
+    patterns: Annotated[str, typer.Option("--patterns", help="Pattern-set sizes to choose from.")] = "2,4,8",
+    latency: Annotated[
+        str | None, typer.Option("--latency", help="qemu (count) or host (time); default by target.")
+    ] = None,
+    backend: Annotated[str, typer.Option("--backend", help="process, ray or serial.")] = "process",
+    workers: Annotated[int | None, typer.Option("--workers", help="Parallel evaluations.")] = None,
+    finetune_steps: Annotated[
+        int, typer.Option("--finetune-steps", help="Joint fine-tune per candidate (0: one-shot).")
+    ] = 0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Search pattern sets and sparsity per layer and level (REINFORCE + random search) for a board."""
+    from rt3c.search.run import SearchConfig, search_model
+
+    result = search_model(
+        SearchConfig(
+            model=model,
+            data=data,
+            board=board,
+            out=out,
+            episodes=episodes,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            validation_size=validation_size,
+            block_ratio=block_ratio,
+            densities=tuple(_floats(densities, "--densities")),
+            pattern_counts=tuple(int(k) for k in _floats(patterns, "--patterns")),
+            latency=latency,
+            backend=backend,
+            workers=workers,
+            finetune_steps=finetune_steps,
+            seed=seed,
+        )
+    )
+    table = Table("level", "sparsity", "test accuracy", "latency ms", "deadline ms", "meets")
+    for level, (accuracy, latency_s, deadline_s) in enumerate(
+        zip(result.test_accuracy, result.measured_latency_s, result.deadlines_s, strict=True)
+    ):
+        table.add_row(
+            f"L{level}",
+            f"{result.best.evaluation.sparsity[level]:.3f}",
+            f"{100 * accuracy:.2f} (dense {100 * result.dense_test_accuracy:.2f})",
+            f"{1e3 * latency_s:.2f}",
+            f"{1e3 * deadline_s:g}",
+            "yes" if latency_s <= deadline_s else "NO",
+        )
+    stdout.print(table)
+    typer.echo(
+        f"best: {result.best_method} episode {result.best.episode}, reward {result.best.reward:.3f}; "
+        f"{'meets' if result.meets_constraints else 'DOES NOT meet'} every level's deadline"
+    )
+    typer.echo(f"{out / 'plan.json'}\n{out / 'search.json'}\n{out / 'latency.json'}")
+
+
+@app.command("simulate")
+def simulate_command(
+    directory: Annotated[Path, typer.Argument(help="Output folder of `rt3c search`.")],
+    board: Annotated[str, typer.Option("--board", "-b", help="Shipped board name or a TOML file.")],
+    trace: Annotated[
+        Path | None, typer.Option("--trace", help="DVFS trace: 'frequency_mhz seconds' per line.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Inferences per battery charge: dense vs rt3c levels following a DVFS trace (default 50/30/20%)."""
+    import json
+
+    from rt3c.simulate import print_simulation, simulate_dir
+
+    sim = simulate_dir(directory, board, trace)
+    if as_json:
+        typer.echo(json.dumps(sim.to_json(), indent=1))
+        return
+    print_simulation(sim)
+
+
+@app.command("report")
+def report_command(
+    directory: Annotated[Path, typer.Argument(help="Output folder of `rt3c search`.")],
+    board: Annotated[
+        str | None, typer.Option("--board", "-b", help="Board (default: the one searched for).")
+    ] = None,
+    trace: Annotated[Path | None, typer.Option("--trace", help="DVFS trace for the battery plot.")] = None,
+) -> None:
+    """An HTML page with PNG plots of a search: accuracy, latency, energy, rewards, battery life."""
+    from rt3c.report import render_report
+
+    typer.echo(render_report(directory, board, trace))
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo makes.")] = Path(
