@@ -321,6 +321,9 @@ def search_command(
     finetune_steps: Annotated[
         int, typer.Option("--finetune-steps", help="Joint fine-tune per candidate (0: one-shot).")
     ] = 0,
+    dense_steps: Annotated[
+        int, typer.Option("--dense-steps", help="Dense fine-tune steps (cached, as rt3c prune's).")
+    ] = 300,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Search pattern sets and sparsity per layer and level (REINFORCE + random search) for a board."""
@@ -343,6 +346,7 @@ def search_command(
             backend=backend,
             workers=workers,
             finetune_steps=finetune_steps,
+            dense_steps=dense_steps,
             seed=seed,
         )
     )
