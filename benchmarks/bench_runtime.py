@@ -1,0 +1,324 @@
+"""The generated C runtime: level-switch cost, end-to-end latency per level, flash and RAM per target.
+
+    .venv/bin/python benchmarks/bench_runtime.py [--tables switch,latency,sizes] [--work DIR]
+
+Every model is exported at 64 tokens, planned one-shot (3 levels, 4x4 tiles, 8 patterns) and compiled with
+`rt3c compile` (each build verified at every level against onnxruntime), all in this run.
+
+- switch: bert-tiny's runtime (`level_switch_bench.c`). Host wall time per call of `rt3_set_level` and
+  `rt3_on_frequency`, and the median time of an inference right after a level switch minus one at the
+  same level without a switch (boundary and cache effects). On aarch64 (qemu-aarch64) the executed
+  instructions of the same calls, and of `rt3_invoke`'s own code per inference (the inference boundary,
+  the input/output copies and the step loop; the kernels are functions of their own) with a switch at
+  every boundary minus without. Goal: <= 1 us.
+- latency: minilm-l6, per level, the CPU time of one inference of the host build (`rt3_main LEVEL ...
+  REPEATS`, clock()) vs onnxruntime (one thread, CPU time) on the dense model and on the encoded model of
+  that level; median of interleaved rounds. Goal: the sparsest level >= 2.5x faster than onnxruntime dense.
+- sizes: per model, plan and target, bytes of code (text of the runtime and kernel objects, incl. their
+  read-only tables), weights (float constants) and indices (integer constants) from the built library,
+  flash (all three, with alignment), the activation arena, the kernel scratch and the library's RAM (data
+  + bss: arena, scratch, tensor descriptors and, where the ABI puts them there, the kernel tables).
+  Cortex-M builds link the weights into the MPS2 boards' 16 MiB PSRAM; larger models are listed as not
+  fitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+from rich.console import Console
+from rich.table import Table
+
+from rt3c.codegen.targets import Target, get_target
+from rt3c.compile import _level_model, compile_model
+from rt3c.encode import deterministic_feeds, encode_model, load_onnx, plan_model
+from rt3c.export import export_model
+from rt3c.instruction_count import count_instructions
+from rt3c.models import load_model
+from rt3c.plan import Plan
+from rt3c.runtime_c.project import PSRAM_MIB
+
+TOKENS = 64
+HARNESS = Path(__file__).resolve().parent / "level_switch_bench.c"
+CORTEX_M = ("cortex-m4", "cortex-m7")
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    sparsities: tuple[float, ...]
+    layers: str | None
+    """Plan layers (regex); None: every linear layer but the output layer."""
+    targets: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        levels = "/".join(f"{s:g}" for s in self.sparsities)
+        return f"{self.model} {levels}" + (" all layers" if self.layers else "")
+
+
+BERT_TINY = Case("bert-tiny", (0.5, 0.7, 0.8), None, ("host", "aarch64", *CORTEX_M))
+MINILM = Case("minilm-l6", (0.5, 0.7, 0.8), None, ("host", "aarch64"))
+SIZE_CASES = [
+    BERT_TINY,
+    Case("rt3-lm", (0.5, 0.7, 0.8), None, ("host", "aarch64")),
+    # rt3-lm fits the MPS2 PSRAM once its 800x2000 output layer is planned too, at sparser levels.
+    Case("rt3-lm", (0.7, 0.8, 0.9), ".", ("host", "aarch64", *CORTEX_M)),
+    MINILM,
+]
+
+
+class Workspace:
+    """Exports, plans, encoded models and compiled projects under one folder, each made once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def exported(self, model: str) -> Path:
+        path = self.root / model / "model.onnx"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export_model(load_model(model), path, seq_len=TOKENS)
+        return path
+
+    def _case_dir(self, case: Case) -> Path:
+        return self.root / case.model / re.sub(r"\W+", "_", case.label)
+
+    def encoded(self, case: Case) -> tuple[Path, Path]:
+        """(encoded model, plan) of `case`."""
+        directory = self._case_dir(case)
+        plan, encoded = directory / "plan.json", directory / "model.rt3.onnx"
+        if not encoded.is_file():
+            directory.mkdir(parents=True, exist_ok=True)
+            plan_model(
+                self.exported(case.model), plan, sparsities=list(case.sparsities), tile=(4, 4), patterns=8,
+                layers=case.layers, frequencies_khz=[1_400_000, 1_000_000, 800_000],
+            )  # fmt: skip
+            encode_model(self.exported(case.model), plan, encoded)
+        return encoded, plan
+
+    def project(self, case: Case, target: str) -> Path:
+        out = self._case_dir(case) / target
+        if not (out / "rt3c-build.json").is_file():
+            encoded, plan = self.encoded(case)
+            compile_model(encoded, out, target_name=target, plan_path=plan)
+        return out
+
+
+# -- switch ----------------------------------------------------------------------------------------
+
+
+def _build_harness(project: Path, target: Target) -> Path:
+    binary = project / "level_switch_bench"
+    command = [target.cc, *target.cflags, "-Wall", "-Wextra", "-Werror", f"-I{project}", str(HARNESS)]
+    subprocess.run([*command, str(project / "librt3.a"), *target.ldflags, "-o", str(binary)], check=True)
+    return binary
+
+
+def _run_harness(binary: Path, mode: str, n: int) -> str:
+    return subprocess.run([str(binary), mode, str(n)], capture_output=True, text=True, check=True).stdout
+
+
+def switch_table(work: Workspace, rounds: int) -> Table:
+    host_binary = _build_harness(work.project(BERT_TINY, "host"), get_target("host"))
+    set_ns = statistics.median(float(_run_harness(host_binary, "set", 10_000_000)) for _ in range(rounds))
+    freq_ns = statistics.median(float(_run_harness(host_binary, "freq", 10_000_000)) for _ in range(rounds))
+    pairs = [_run_harness(host_binary, "pairs", 2000).split() for _ in range(rounds)]
+    switched, same = (statistics.median(float(pair[i]) for pair in pairs) for i in (0, 1))
+
+    aarch64 = get_target("aarch64")
+    project = work.project(BERT_TINY, "aarch64")
+    binary = _build_harness(project, aarch64).relative_to(project)
+    functions = ["rt3_set_level", "rt3_on_frequency", "rt3_invoke"]
+    counts = {}
+    for mode, n in (("set", 1000), ("freq", 1000), ("same", 20), ("switch", 20)):
+        regions = count_instructions(
+            aarch64, binary, [mode, str(n)], {f: [f] for f in functions}, cwd=project
+        )
+        counts[mode] = {name: total / n for name, total in regions.regions.items()}
+
+    table = Table("bert-tiny runtime", "host ns", "aarch64 instructions", title="(a) level switch")
+    table.add_row("rt3_set_level", f"{set_ns:.1f}", f"{counts['set']['rt3_set_level']:.0f}")
+    table.add_row("rt3_on_frequency", f"{freq_ns:.1f}", f"{counts['freq']['rt3_on_frequency']:.0f}")
+    table.add_row(
+        "inference right after a switch - without one",
+        f"{switched - same:+.0f}",
+        f"{counts['switch']['rt3_invoke'] - counts['same']['rt3_invoke']:+.0f} (in rt3_invoke)",
+    )
+    table.add_row(
+        "rt3_invoke's own code per inference",
+        "",
+        f"{counts['same']['rt3_invoke']:.0f} (boundary, copies, {_steps(project)} steps)",
+    )
+    table.add_row("one inference without a switch (for scale)", f"{same:.0f}", "")
+    return table
+
+
+def _steps(project: Path) -> int:
+    return int(re.search(r"#define RT3_NUM_STEPS (\d+)", (project / "rt3_model.c").read_text()).group(1))
+
+
+# -- latency ---------------------------------------------------------------------------------------
+
+
+def _c_inference_ms(project: Path, level: int, repeats: int) -> tuple[float, list[np.ndarray]]:
+    manifest = json.loads((project / "rt3c-build.json").read_text())
+    ins = [str(project / f"bench_in{i}.bin") for i in range(len(manifest["inputs"]))]
+    outs = [str(project / f"bench_out{i}.bin") for i in range(len(manifest["outputs"]))]
+    command = [str(project / "rt3_main"), str(level), *ins, *outs, str(repeats)]
+    line = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    count, micros = re.fullmatch(r"(\d+) inferences: (\d+) us\s*", line).groups()
+    outputs = [
+        np.fromfile(path, dtype=spec["dtype"]).reshape(spec["shape"])
+        for path, spec in zip(outs, manifest["outputs"], strict=True)
+    ]
+    return int(micros) / 1e3 / int(count), outputs
+
+
+def _onnxruntime_session(model: onnx.ModelProto) -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _onnxruntime_ms(session: onnxruntime.InferenceSession, feeds: dict, repeats: int) -> float:
+    start = time.process_time()
+    for _ in range(repeats):
+        session.run(None, feeds)
+    return (time.process_time() - start) * 1e3 / repeats
+
+
+def latency_table(work: Workspace, rounds: int) -> tuple[Table, float]:
+    """The table, and the speedup of the sparsest level over onnxruntime dense."""
+    project = work.project(MINILM, "host")
+    encoded_path, plan_path = work.encoded(MINILM)
+    plan = Plan.load(plan_path)
+    dense = onnx.load(work.exported(MINILM.model))
+    feeds = deterministic_feeds(dense)
+    manifest = json.loads((project / "rt3c-build.json").read_text())
+    for i, spec in enumerate(manifest["inputs"]):
+        feeds[spec["name"]].astype(spec["dtype"]).tofile(project / f"bench_in{i}.bin")
+    encoded = load_onnx(encoded_path)
+    dense_session = _onnxruntime_session(dense)
+    dense_session.run(None, feeds)
+    table = Table(
+        "level", "sparsity", "C ms", "ORT dense ms", "ORT encoded ms", "dense / C", "encoded / C", "|C-ORT|",
+        title=f"(b) minilm-l6, {TOKENS} tokens, host, one thread",
+    )  # fmt: skip
+    speedup = 0.0
+    for level in range(len(plan.levels)):
+        session = _onnxruntime_session(_level_model(encoded, level))
+        (expected,) = session.run(None, feeds)
+        c_ms, ort_dense_ms, ort_encoded_ms = [], [], []
+        _, (got,) = _c_inference_ms(project, level, 1)
+        for _ in range(rounds):
+            c_ms.append(_c_inference_ms(project, level, 10)[0])
+            ort_dense_ms.append(_onnxruntime_ms(dense_session, feeds, 10))
+            ort_encoded_ms.append(_onnxruntime_ms(session, feeds, 3))
+        c, d, e = (statistics.median(v) for v in (c_ms, ort_dense_ms, ort_encoded_ms))
+        speedup = d / c
+        table.add_row(
+            f"L{level}", f"{plan.sparsity(level):.3f}", f"{c:.2f}", f"{d:.2f}", f"{e:.2f}",
+            f"{d / c:.2f}x", f"{e / c:.2f}x", f"{float(np.max(np.abs(got - expected))):.1e}",
+        )  # fmt: skip
+    return table, speedup
+
+
+# -- sizes -----------------------------------------------------------------------------------------
+
+
+def _member_sizes(project: Path, target: Target) -> dict[str, tuple[int, int, int]]:
+    """(text, data, bss) of each object in the project's librt3.a, from the target's `size`."""
+    size = target.cc[: -len("gcc")] + "size" if target.cc.endswith("gcc") else "size"
+    lines = subprocess.run(
+        [size, str(project / "librt3.a")], capture_output=True, text=True, check=True
+    ).stdout.splitlines()[1:]
+    members = {}
+    for line in lines:
+        text, data, bss, _, _, name = line.split(maxsplit=5)
+        members[name.split()[0]] = (int(text), int(data), int(bss))
+    return members
+
+
+def _constant_bytes(project: Path) -> tuple[int, int]:
+    """(float bytes, integer bytes) of the constants in rt3_weights.S: weights and indices."""
+    source = (project / "rt3_weights.S").read_text()
+    sizes = dict(re.findall(r"\.size (rt3_const_\d+), (\d+)", source))
+    floats = integers = 0
+    for symbol, dtype in re.findall(r"^(rt3_const_\d+): /\* .*: (\w+)\[", source, flags=re.MULTILINE):
+        if dtype.startswith("float"):
+            floats += int(sizes[symbol])
+        else:
+            integers += int(sizes[symbol])
+    return floats, integers
+
+
+def sizes_table(work: Workspace) -> Table:
+    table = Table(
+        "model, plan", "target", "code B", "weights B", "indices B", "flash B", "arena B", "scratch B",
+        "RAM B", title=f"(c) flash and RAM, {TOKENS} tokens",
+    )  # fmt: skip
+    for case in SIZE_CASES:
+        for target_name in case.targets:
+            project = work.project(case, target_name)
+            members = _member_sizes(project, get_target(target_name))
+            code = sum(text for name, (text, _, _) in members.items() if name != "rt3_weights.o")
+            ram = sum(data + bss for _, data, bss in members.values())
+            weights, indices = _constant_bytes(project)
+            flash = code + members["rt3_weights.o"][0]
+            build = json.loads((project / "rt3c-build.json").read_text())
+            table.add_row(
+                case.label, target_name, f"{code:,}", f"{weights:,}", f"{indices:,}", f"{flash:,}",
+                f"{build['arena_bytes']:,}", f"{build['workspace_bytes']:,}", f"{ram:,}",
+            )  # fmt: skip
+        if not set(CORTEX_M) & set(case.targets):
+            weights, indices = _constant_bytes(work.project(case, case.targets[0]))
+            table.add_row(
+                case.label, "cortex-m4/m7", "", f"{weights:,}", f"{indices:,}",
+                f"> {PSRAM_MIB} MiB PSRAM", "does not fit",
+            )  # fmt: skip
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", default="switch,latency,sizes", help="Which tables, comma-separated.")
+    parser.add_argument("--rounds", type=int, default=7, help="Timing rounds (medians are reported).")
+    parser.add_argument("--work", type=Path, help="Keep exports and projects here (reused when rerun).")
+    args = parser.parse_args()
+    tables = args.tables.split(",")
+    console = Console(width=150)
+    with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
+        work = Workspace(args.work or Path(tmp))
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        console.print(f"commit {commit}")
+        if "switch" in tables:
+            console.print(switch_table(work, args.rounds))
+        if "latency" in tables:
+            table, speedup = latency_table(work, args.rounds)
+            console.print(table)
+            console.print(f"sparsest level vs onnxruntime dense: {speedup:.2f}x (goal >= 2.5x)")
+        if "sizes" in tables:
+            console.print(sizes_table(work))
+
+
+if __name__ == "__main__":
+    main()
