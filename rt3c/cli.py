@@ -307,7 +307,7 @@ def search_command(
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens of the compiled model.")] = 16,
     validation_size: Annotated[
         int, typer.Option("--validation-size", help="Validation examples per evaluation.")
-    ] = 256,
+    ] = 200,
     block_ratio: Annotated[float, typer.Option("--block-ratio", help="Tiles BP removes (all layers).")] = 0.1,
     densities: Annotated[
         str, typer.Option("--densities", help="Kept fraction of a tile per level, choices densest first.")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from rt3c.errors import UserError
 from rt3c.search.controller import CachedEvaluator, Evaluation, random_search, reinforce, reward
+from rt3c.search.evaluate import CandidatePlanner, evaluation_pool, level_sparsity
 from rt3c.search.space import SearchSpace
 
 SPACE = SearchSpace(layers=("a", "b", "c", "d"), n_levels=3)
@@ -66,3 +69,33 @@ def test_cache_evaluates_each_candidate_once() -> None:
     assert [cached for _, cached in results] == [False, True]
     assert evaluator([candidate])[0][1] is True
     assert len(calls) == 1
+
+
+def test_candidate_plans_share_block_pruning_and_follow_the_choices() -> None:
+    rng = np.random.default_rng(0)
+    weights = {"a": rng.standard_normal((16, 32)), "b": rng.standard_normal((32, 16))}
+    space = SearchSpace(layers=("a", "b"), n_levels=3, densities=(1.0, 0.5, 0.25))
+    planner = CandidatePlanner(weights, (4, 4), 0.25, space)
+    # a: 8 patterns, densities 1.0 / 0.5 / 0.25; b: 2 patterns, 0.5 at every level.
+    layers = planner.layers([2, 0, 1, 2, 0, 1, 1, 1])
+    assert [len(level.patterns) for level in layers["a"].levels] == [8, 8, 8]
+    assert [level.nonzeros_per_tile for level in layers["a"].levels] == [16, 8, 4]
+    assert [level.nonzeros_per_tile for level in layers["b"].levels] == [8, 8, 8]
+    for name, layer in layers.items():
+        assert layer.is_nested()
+        assert np.array_equal(layer.kept_tiles, planner.kept[name])  # one BP for every candidate
+        assert layer.kept_tiles.mean() == 0.75
+    # Level sparsity: BP's quarter of the tiles, then the kept fraction of each kept tile.
+    assert level_sparsity(layers, 2) == 1 - 0.75 * (0.25 * 512 + 0.5 * 512) / 1024
+
+
+def test_ray_backend_needs_ray() -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="rt3c\\[ray\\]"), evaluation_pool(None, "ray", 2, None):
+            pass
+    else:
+        pytest.skip("ray is installed")
+    with pytest.raises(UserError, match="--backend threads"), evaluation_pool(None, "threads", 2, None):
+        pass

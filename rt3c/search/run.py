@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from rt3c.boards import Board, load_board
 from rt3c.codegen.targets import get_target
@@ -66,7 +67,7 @@ class SearchConfig:
     """Tokens of the compiled model, whose latency is modelled."""
     max_len: int = 64
     """Tokens of the data the accuracy is measured on."""
-    validation_size: int = 256
+    validation_size: int = 200
     tile: tuple[int, int] = (4, 4)
     block_ratio: float = 0.1
     pattern_counts: tuple[int, ...] = (2, 4, 8)
@@ -101,8 +102,13 @@ def check_config(config: SearchConfig) -> None:
         raise UserError(f"--validation-size {config.validation_size}: must be at least 1")
 
 
-def _subset(split: Split, size: int) -> Split:
-    index = np.arange(min(size, len(split)))
+def _shortest_first(split: Split, size: int | None = None) -> Split:
+    """The first `size` examples (the split is already shuffled), ordered by length: `Split.batch` trims
+    each batch to its longest row, so sorted batches carry little padding (2-3x faster evaluation)."""
+    count = len(split) if size is None else min(size, len(split))
+    index = torch.arange(count)
+    if len(split.inputs) == 2:  # (input_ids, attention_mask)
+        index = index[torch.argsort(split.inputs[1][:count].sum(dim=1), stable=True)]
     return Split(tuple(t[index] for t in split.inputs), split.targets[index])
 
 
@@ -173,7 +179,7 @@ def search_model(config: SearchConfig) -> SearchResult:
     per_unit = cycles_per_unit(source, board.cycles_per_instruction, host_hz)
 
     space = SearchSpace(tuple(weights), len(board.levels), config.pattern_counts, config.densities)
-    validation = _subset(data.validation, config.validation_size)
+    validation = _shortest_first(data.validation, config.validation_size)
     with step(f"dense accuracy on {len(validation)} validation examples"):
         dense_validation = evaluate(model, validation)["accuracy"]
     spec = EvaluatorSpec(
@@ -232,9 +238,10 @@ def search_model(config: SearchConfig) -> SearchResult:
     with step(f"measure the best plan's {len(layers) * len(board.levels)} SparseLinear kernels ({source})"):
         measured = measure_plan(latency_model, layers, weights)
     with step(f"test accuracy of the dense model and {len(board.levels)} levels"):
-        dense_test = evaluate(model, data.test)["accuracy"]
+        test = _shortest_first(data.test)
+        dense_test = evaluate(model, test)["accuracy"]
         test_accuracy = [
-            evaluate(model, data.test, local.masks(layers, level))["accuracy"]
+            evaluate(model, test, local.masks(layers, level))["accuracy"]
             for level in range(len(board.levels))
         ]
     latency = _latency_json(latency_model, layers, measured.to_json(), board, source, per_unit, host_hz)
