@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 from rt3c.battery import simulate
@@ -43,14 +44,32 @@ def _run(argv: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("search")
-    board = root / "tight.toml"
-    board.write_text(BOARD)
-    out = root / "out"
-    argv = ["search", "--model", "bert-tiny", "--data", "synthetic", "--board", str(board), "--out", str(out)]
-    code = _run([*argv, "--episodes", str(EPISODES), "--workers", "2", "--dense-steps", "60"])
-    assert code == 0
+def searched(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> tuple[Path, Path]:
+    # The search takes ~100 s: under pytest-xdist the workers share one run (the session's temporary
+    # root is common to them), the first to take the lock runs it, as pytest-xdist's docs suggest.
+    shared = (
+        tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    )
+    root = shared / "search"
+    board, out = root / "tight.toml", root / "out"
+    with FileLock(f"{root}.lock"):
+        if not (root / "done").exists():
+            root.mkdir(exist_ok=True)
+            board.write_text(BOARD)
+            argv = [
+                "search",
+                "--model",
+                "bert-tiny",
+                "--data",
+                "synthetic",
+                "--board",
+                str(board),
+                "--out",
+                str(out),
+            ]
+            code = _run([*argv, "--episodes", str(EPISODES), "--workers", "2", "--dense-steps", "60"])
+            assert code == 0
+            (root / "done").touch()
     return out, board
 
 
