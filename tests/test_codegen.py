@@ -28,9 +28,9 @@ def _run(module: tvm.runtime.Module, symbol: str, arrays: list[np.ndarray]) -> n
 @pytest.mark.parametrize(
     ("shape", "tile", "patterns", "sparsities", "tokens"),
     [
-        ((24, 40), (4, 4), 8, [0.5, 0.75, 0.9], 3),  # multiples of the tile, 4-bit ids, three nested levels
+        ((24, 40), (4, 4), 8, [0.5, 0.75, 0.9], 3),  # multiples of the tile, three nested levels
         ((19, 13), (4, 4), 4, [0.6, 0.8], 5),  # edge tiles padded in both directions
-        ((10, 33), (2, 8), 20, [0.7], 1),  # 8-bit ids (more than 16 patterns), one token
+        ((10, 33), (2, 8), 20, [0.7], 1),  # 20 chains (20 unrolled run loops), one token
         ((36, 20), (4, 4), 8, [0.5, 0.8], 75),  # token blocks of 32 and a partial last block
     ],
 )
