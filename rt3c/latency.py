@@ -6,8 +6,8 @@ and every number says which (`source`):
 - `qemu`: executed instructions, counted under qemu for the board's target (aarch64 under qemu-aarch64,
   Cortex-M under qemu-system-arm) with rt3c's TCG plugin (`rt3c.instruction_count`), over the kernel's
   own functions; cycles = instructions x the board's `cycles_per_instruction` (docs/BOARDS.md).
-- `host`: wall time of each kernel built for the host and run on its real shapes under TVM's runtime
-  (median of repeated runs); cycles = seconds x the host's clock (`cpu MHz` in /proc/cpuinfo).
+- `host`: processor time of each kernel built for the host and run alone on its real shapes under TVM's
+  runtime (least of 5 runs); cycles = seconds x the host's clock (`cpu MHz` in /proc/cpuinfo).
 
 A level's cost is the sum over its calls. The search needs it for plans it has not compiled, so the
 SparseLinear kernel gets a linear cost model fitted on calibration kernels of the model's own layer
@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ SOURCES = ("qemu", "host")
 UNITS = {"qemu": "instructions", "host": "seconds"}
 SPARSE_PREFIX = "sparse_"
 """`lower_model` names every SparseLinear kernel `sparse_<node>_L<level>`; every other kernel is `op...`."""
-CACHE_VERSION = 1
+CACHE_VERSION = 3
 
 
 def host_clock_hz() -> float:
@@ -168,9 +169,21 @@ def count_program(compiled: CompiledProgram, target: Target) -> dict[str, float]
     return units
 
 
-def time_program(compiled: CompiledProgram, min_repeat_ms: int = 20) -> dict[str, float]:
+def _processor_seconds(timer: Callable, arguments: list, calls: int) -> float:
+    """Processor time per call of `timer` (a TVM time evaluator running `calls` calls plus one warm-up
+    call in this thread)."""
+    start = time.thread_time()
+    timer(*arguments)
+    return (time.thread_time() - start) / (calls + 1)
+
+
+def time_program(compiled: CompiledProgram, repeat_seconds: float = 0.02) -> dict[str, float]:
     """Seconds per call of every kernel, built for the host and run with TVM's runtime on the arguments of
-    its first call (median of 5 repeats of at least `min_repeat_ms` each)."""
+    its first call: the least of 5 runs of about `repeat_seconds` each.
+
+    Processor time of this thread, not wall time: on a machine shared with other jobs, wall time counts
+    the time the scheduler gives to them (measured: 5x the end-to-end processor time of a compiled
+    bert-tiny at a load average of 9 on 2 cores). The generated program times itself the same way."""
     module = build_kernels(compiled.functions, get_target("host"))
     device = tvm.cpu()
     first_call = {}
@@ -180,8 +193,10 @@ def time_program(compiled: CompiledProgram, min_repeat_ms: int = 20) -> dict[str
     seconds = {}
     for symbol, call in first_call.items():
         arguments = [tvm.runtime.tensor(_zeros_for(compiled, name), device) for name in call.args]
-        timer = module.time_evaluator(symbol, device, number=1, repeat=5, min_repeat_ms=min_repeat_ms)
-        seconds[symbol] = float(timer(*arguments).median)
+        estimate = _processor_seconds(module.time_evaluator(symbol, device, number=10), arguments, 10)
+        number = min(max(round(repeat_seconds / max(estimate, 1e-8)), 10), 1_000_000)
+        timer = module.time_evaluator(symbol, device, number=number)
+        seconds[symbol] = min(_processor_seconds(timer, arguments, number) for _ in range(5))
     return seconds
 
 
