@@ -131,15 +131,16 @@ def plot_rewards(search: dict, path: Path) -> str:
         rewards = [e["reward"] for e in episodes]
         axes.scatter(range(len(rewards)), rewards, s=10, alpha=0.5, color=color)
         axes.plot(np.maximum.accumulate(rewards), color=color, label=f"{method}: best so far")
-        window = max(1, len(rewards) // 6)
-        smooth = np.convolve(rewards, np.ones(window) / window, mode="valid")
-        axes.plot(
-            np.arange(window - 1, len(rewards)),
-            smooth,
-            color=color,
-            linestyle=":",
-            label=f"{method}: mean of {window}",
-        )
+        window = len(rewards) // 6
+        if window >= 2:
+            smooth = np.convolve(rewards, np.ones(window) / window, mode="valid")
+            axes.plot(
+                np.arange(window - 1, len(rewards)),
+                smooth,
+                color=color,
+                linestyle=":",
+                label=f"{method}: running mean of {window}",
+            )
     axes.set_xlabel("episode")
     axes.set_ylabel("reward")
     axes.set_title("Search reward: REINFORCE controller vs random search (same budget)")

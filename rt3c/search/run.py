@@ -38,7 +38,7 @@ from rt3c.latency import (
 )
 from rt3c.models import load_model
 from rt3c.plan import Level, Plan
-from rt3c.progress import step
+from rt3c.progress import console, step
 from rt3c.prune.pipeline import DEFAULT_LAYERS, PruneConfig, dense_baseline, select_layers
 from rt3c.prune.training import evaluate
 from rt3c.search.controller import CachedEvaluator, Episode, SearchLog, random_search, reinforce
@@ -127,6 +127,16 @@ def _episode_json(episode: Episode) -> dict:
     }
 
 
+def _print_episode(method: str, episode: Episode) -> None:
+    evaluation = episode.evaluation
+    console.print(
+        f"  {method} {episode.episode}: reward {episode.reward:+.3f}, accuracy "
+        f"{'/'.join(f'{100 * a:.1f}' for a in evaluation.accuracy)}, latency ms "
+        f"{'/'.join(f'{1e3 * t:.1f}' for t in evaluation.latency_s)}"
+        f"{'' if evaluation.feasible else ' (misses a deadline)'}{' (cached)' if episode.cached else ''}"
+    )
+
+
 @dataclass
 class SearchResult:
     out: Path
@@ -201,24 +211,17 @@ def search_model(config: SearchConfig) -> SearchResult:
     logs: dict[str, SearchLog] = {}
     with evaluation_pool(spec, config.backend, config.workers, local) as (evaluate_fn, map_fn):
         evaluator = CachedEvaluator(evaluate_fn, map_fn)
-        with step(f"REINFORCE: {config.episodes} episodes"):
-            logs["reinforce"] = reinforce(
-                space,
-                evaluator,
-                dense_validation,
-                config.episodes,
-                batch_size=config.batch_size,
-                seed=config.seed,
-            )
-        with step(f"random search: {config.episodes} episodes"):
-            logs["random"] = random_search(
-                space,
-                evaluator,
-                dense_validation,
-                config.episodes,
-                batch_size=config.batch_size,
-                seed=config.seed,
-            )
+        for method, run in (("reinforce", reinforce), ("random", random_search)):
+            with step(f"{method}: {config.episodes} episodes"):
+                logs[method] = run(
+                    space,
+                    evaluator,
+                    dense_validation,
+                    config.episodes,
+                    batch_size=config.batch_size,
+                    seed=config.seed,
+                    on_episode=lambda episode, method=method: _print_episode(method, episode),
+                )
     best_method = max(logs, key=lambda method: logs[method].best.reward)
     best = logs[best_method].best
     layers = local.planner.layers(best.choices)
