@@ -14,7 +14,8 @@ SparseLinear kernel gets a linear cost model fitted on calibration kernels of th
 shapes (`LinearCostModel`, features in `kernel_features`), and the rest of the model (attention,
 LayerNorm, GELU, embeddings, layers left dense) is the measured cost of the non-SparseLinear kernels of
 a compiled reference plan, which does not depend on the plan. Measurements are cached by what they
-depend on (model file, plan, target, source, rt3c's kernel code) under the kernel cache directory.
+depend on (layer shapes or model structure, target, source, rt3c's kernel code) under the kernel cache
+directory.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import tvm
 
 from rt3c.codegen import onnx_ops, schedules, sparse_kernel, targets
@@ -363,19 +365,23 @@ def calibrate(
     and the dense kernel of each shape, measure each, and fit the cost model."""
     layers = _calibration_layers(weights, tile)
     n_levels = len(layers[0][0].levels)
-    steps: list[LinearStep] = [
-        sparse_linear_step(layer.name, encode_layer(weight, layer), None, tokens, target)
-        for layer, weight in layers
-    ]
+    by_shape: dict[str, list[LinearStep]] = {}
+    for layer, weight in layers:
+        by_shape.setdefault(shape_key(layer.shape), []).append(
+            sparse_linear_step(layer.name, encode_layer(weight, layer), None, tokens, target)
+        )
     dense_names = {}
     for shape, weight in _one_weight_per_shape(weights).items():
         dense_names[shape_key(shape)] = f"dense_{shape_key(shape)}"
-        steps.append(
+        by_shape[shape_key(shape)].append(
             dense_linear_step(dense_names[shape_key(shape)], weight.astype(np.float32), tokens, n_levels)
         )
-    compiled = linear_program("calibration", [f"L{i}" for i in range(n_levels)], tokens, steps, target)
-    cost = measure_program(compiled, target, source)
-    per_symbol = {kernel.symbol: kernel.units for kernel in cost.kernels}
+    # One program; on a microcontroller board one per shape, so each fits the board's memory.
+    groups = list(by_shape.values()) if target.board else [[s for g in by_shape.values() for s in g]]
+    per_symbol: dict[str, float] = {}
+    for group in groups:
+        compiled = linear_program("calibration", [f"L{i}" for i in range(n_levels)], tokens, group, target)
+        per_symbol.update((k.symbol, k.units) for k in measure_program(compiled, target, source).kernels)
     points = [
         CalibrationPoint(
             shape_key(layer.shape),
@@ -423,24 +429,26 @@ def cached(
     return value, False
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _weights_digest(weights: dict[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(weights):
-        digest.update(name.encode() + b"\0" + np.ascontiguousarray(weights[name], np.float32).tobytes())
-    return digest.hexdigest()
+def structure_digest(onnx_path: Path) -> str:
+    """The model file without the values of its large initializers (weights): kernels do not branch on
+    values, so what they cost depends on the graph, shapes and small constants (shape tensors) only."""
+    model = onnx.load(str(onnx_path))
+    for initializer in model.graph.initializer:
+        if np.prod(initializer.dims) > 64:
+            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
+                initializer.ClearField(field)
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
 def linear_cost_model(
     weights: dict[str, np.ndarray], tile: tuple[int, int], tokens: int, target: Target, source: str
 ) -> tuple[LinearCostModel, bool]:
-    """The calibrated cost model for these layers, tokens, target and source (cached)."""
+    """The calibrated cost model for these layers' shapes, tokens, target and source (cached by the shapes:
+    the weights' values only shape the calibration plans' pattern structure, which the features count)."""
+    shapes = sorted({tuple(weight.shape) for weight in weights.values()})
     value, hit = cached(
         "calibration",
-        [_weights_digest(weights), str(tile), str(tokens), target.name, source],
+        [str(shapes), str(tile), str(tokens), target.name, source],
         lambda: calibrate(weights, tile, tokens, target, source).to_json(),
     )
     return LinearCostModel.from_json(value), hit
@@ -453,7 +461,7 @@ def reference_cost(
     onnx_path: Path, weights: dict[str, np.ndarray], tile: tuple[int, int], target: Target, source: str
 ) -> tuple[ProgramCost, bool]:
     """The kernels of the model compiled with a one-level one-shot plan over exactly these layers
-    (cached by the model file): its other kernels cost what they cost under any plan of these layers."""
+    (cached by the model's structure): its other kernels cost what they cost under any plan of them."""
 
     def compile_reference() -> dict:
         with tempfile.TemporaryDirectory(prefix="rt3c-reference-") as tmp:
@@ -473,7 +481,7 @@ def reference_cost(
 
     value, hit = cached(
         "reference",
-        [file_digest(onnx_path), ",".join(sorted(weights)), str(tile), target.name, source],
+        [structure_digest(onnx_path), ",".join(sorted(weights)), str(tile), target.name, source],
         compile_reference,
     )
     return ProgramCost.from_json(value), hit
