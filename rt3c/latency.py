@@ -430,12 +430,19 @@ def cached(
 
 
 def structure_digest(onnx_path: Path) -> str:
-    """The model file without the values of its large initializers (weights): kernels do not branch on
-    values, so what they cost depends on the graph, shapes and small constants (shape tensors) only."""
+    """The model file without the values of its floating-point initializers (weights, biases): kernels do
+    not branch on them, so what they cost depends on the graph, the shapes and the integer constants
+    (shape tensors, indices) only."""
     model = onnx.load(str(onnx_path))
+    floats = {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.BFLOAT16,
+    }
     for initializer in model.graph.initializer:
-        if np.prod(initializer.dims) > 64:
-            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
+        if initializer.data_type in floats:
+            for field in ("raw_data", "float_data", "int32_data", "double_data"):
                 initializer.ClearField(field)
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 

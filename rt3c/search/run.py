@@ -130,10 +130,11 @@ def _episode_json(episode: Episode) -> dict:
 def _print_episode(method: str, episode: Episode) -> None:
     evaluation = episode.evaluation
     console.print(
-        f"  {method} {episode.episode}: reward {episode.reward:+.3f}, accuracy "
-        f"{'/'.join(f'{100 * a:.1f}' for a in evaluation.accuracy)}, latency ms "
-        f"{'/'.join(f'{1e3 * t:.1f}' for t in evaluation.latency_s)}"
-        f"{'' if evaluation.feasible else ' (misses a deadline)'}{' (cached)' if episode.cached else ''}"
+        f"  {method} {episode.episode}: {episode.reward:+.3f}  "
+        f"acc {'/'.join(f'{100 * a:.1f}' for a in evaluation.accuracy)}  "
+        f"ms {'/'.join(f'{1e3 * t:.1f}' for t in evaluation.latency_s)}"
+        f"{'' if evaluation.feasible else '  late'}{'  cached' if episode.cached else ''}",
+        soft_wrap=True,
     )
 
 
