@@ -43,6 +43,10 @@ def test_reward_rules() -> None:
     assert reward(late, 0.8) < -1.0
     rising = Evaluation((0.6, 0.7, 0.6), (1.0, 1.0, 1.0), (2.0, 2.0, 2.0))
     assert reward(rising, 0.8) < reward(ok, 0.8)
+    # A rise within the tolerance (the accuracy's noise) is not penalised.
+    noisy = Evaluation((0.7, 0.71, 0.6), (1.0, 1.0, 1.0), (2.0, 2.0, 2.0))
+    assert reward(noisy, 0.8, tolerance=0.02) == np.mean(noisy.accuracy) / 0.8
+    assert reward(noisy, 0.8) == reward(noisy, 0.8, tolerance=0.02) - 0.5
 
 
 def test_controller_learns_and_beats_its_start() -> None:

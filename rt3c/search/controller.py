@@ -40,13 +40,15 @@ class Evaluation:
         return all(lat <= dl for lat, dl in zip(self.latency_s, self.deadline_s, strict=True))
 
 
-def reward(evaluation: Evaluation, dense_accuracy: float) -> float:
+def reward(evaluation: Evaluation, dense_accuracy: float, tolerance: float = 0.0) -> float:
+    """`tolerance`: how much accuracy may rise from a level to a sparser one before it counts as rising
+    (the noise of accuracy measured on a subset)."""
     if not evaluation.feasible:
         overshoot = max(lat / dl for lat, dl in zip(evaluation.latency_s, evaluation.deadline_s, strict=True))
         return INFEASIBLE_REWARD - min(overshoot - 1.0, 1.0)
     value = float(np.mean(evaluation.accuracy)) / dense_accuracy
     accuracies = evaluation.accuracy
-    if any(sparser > denser + 1e-9 for denser, sparser in itertools.pairwise(accuracies)):
+    if any(sparser > denser + tolerance + 1e-9 for denser, sparser in itertools.pairwise(accuracies)):
         value -= NON_MONOTONE_PENALTY
     return value
 
@@ -144,6 +146,7 @@ def reinforce(
     learning_rate: float = 0.02,
     baseline_decay: float = 0.8,
     entropy_weight: float = 1e-3,
+    tolerance: float = 0.0,
     on_episode: Callable[[Episode], None] | None = None,
 ) -> SearchLog:
     """Train the controller for `episodes` sampled candidates (in batches) and log every one."""
@@ -158,7 +161,7 @@ def reinforce(
         results = evaluator([choices for choices, _, _ in samples])
         loss = torch.zeros(())
         for (choices, log_prob, entropy), (evaluation, cached) in zip(samples, results, strict=True):
-            value = reward(evaluation, dense_accuracy)
+            value = reward(evaluation, dense_accuracy, tolerance)
             baseline = value if baseline is None else baseline_decay * baseline + (1 - baseline_decay) * value
             loss = loss - (value - baseline) * log_prob - entropy_weight * entropy
             episode = Episode(len(log.episodes), choices, value, evaluation, cached)
@@ -179,6 +182,7 @@ def random_search(
     *,
     batch_size: int = 4,
     seed: int = 0,
+    tolerance: float = 0.0,
     on_episode: Callable[[Episode], None] | None = None,
 ) -> SearchLog:
     """Uniform samples over the legal candidates, with the same budget and evaluator as `reinforce`."""
@@ -193,7 +197,7 @@ def random_search(
             batch.append(choices)
         for choices, (evaluation, cached) in zip(batch, evaluator(batch), strict=True):
             episode = Episode(
-                len(log.episodes), choices, reward(evaluation, dense_accuracy), evaluation, cached
+                len(log.episodes), choices, reward(evaluation, dense_accuracy, tolerance), evaluation, cached
             )
             log.episodes.append(episode)
             if on_episode:

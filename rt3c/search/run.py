@@ -14,6 +14,7 @@ level, with the source of every number). `rt3c simulate DIR` and `rt3c report DI
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -193,6 +194,9 @@ def search_model(config: SearchConfig) -> SearchResult:
     validation = _shortest_first(data.validation, config.validation_size)
     with step(f"dense accuracy on {len(validation)} validation examples"):
         dense_validation = evaluate(model, validation)["accuracy"]
+    # Accuracy on n examples has a standard error of sqrt(p (1 - p) / n): a sparser level "gaining" less
+    # than that is noise, not a reason for the monotonicity penalty.
+    tolerance = math.sqrt(dense_validation * (1 - dense_validation) / len(validation))
     spec = EvaluatorSpec(
         model=config.model,
         dense_state={name: t.detach().clone() for name, t in model.module.state_dict().items()},
@@ -221,6 +225,7 @@ def search_model(config: SearchConfig) -> SearchResult:
                     config.episodes,
                     batch_size=config.batch_size,
                     seed=config.seed,
+                    tolerance=tolerance,
                     on_episode=lambda episode, method=method: _print_episode(method, episode),
                 )
     best_method = max(logs, key=lambda method: logs[method].best.reward)
@@ -274,6 +279,7 @@ def search_model(config: SearchConfig) -> SearchResult:
             "tile": list(config.tile),
         },
         "dense": {"validation_accuracy": dense_validation, "test_accuracy": dense_test},
+        "monotone_tolerance": tolerance,
         "methods": {method: [_episode_json(e) for e in log.episodes] for method, log in logs.items()},
         "distinct_candidates": len(evaluator.cache),
         "best": {
