@@ -26,6 +26,7 @@ DATASETS = ("rotten-tomatoes", "hamlet", "synthetic")
 SPLIT_SEED = 0
 TRAIN_FRACTION, VALIDATION_FRACTION = 0.8, 0.1
 LM_WINDOW = 35  # RT3's reference code trains its LM with bptt = 35
+BUCKET_BATCHES = 50  # batches per length-sorting window: similar lengths, still well mixed
 
 
 @dataclass
@@ -44,6 +45,27 @@ class Split:
             length = max(int(inputs[1].sum(dim=1).max()), 1)
             inputs = tuple(tensor[:, :length] for tensor in inputs)
         return inputs, self.targets[index]
+
+    def lengths(self) -> torch.Tensor:
+        """int64 [N]: real tokens per row (the attention mask's sum; every position for LM windows)."""
+        if len(self.inputs) == 2:
+            return self.inputs[1].sum(dim=1)
+        return torch.full((len(self),), self.inputs[0].shape[1], dtype=torch.int64)
+
+    def length_bucketed_batches(self, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+        """One shuffled pass over the split in batches of rows of similar length, so a batch pads little
+        (Rotten Tomatoes: median 26 tokens, but a random batch of 32 pads to about 50). Rows are shuffled,
+        sorted by length within windows of `BUCKET_BATCHES` batches, cut into batches, and the batches
+        shuffled."""
+        order = torch.randperm(len(self), generator=generator)
+        window = batch_size * BUCKET_BATCHES
+        lengths = self.lengths()
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = order[start : start + window]
+            chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+            batches += list(chunk.split(batch_size))
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 @dataclass

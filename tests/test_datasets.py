@@ -58,3 +58,20 @@ def test_bad_dataset_names_and_kinds() -> None:
         load_dataset("rotten-tomatoes", load_model("rt3-lm"))
     with pytest.raises(UserError, match="no text tokenizer"):
         load_dataset("rotten-tomatoes", load_model("bert-tiny"))
+
+
+def test_length_bucketed_batches_cover_every_row_once_with_little_padding() -> None:
+    model = load_model("minilm-l6")
+    split = load_dataset("rotten-tomatoes", model, max_len=64).train
+    batches = split.length_bucketed_batches(32, torch.Generator().manual_seed(0))
+    rows = torch.cat(batches)
+    assert sorted(rows.tolist()) == list(range(len(split)))
+    lengths = split.lengths()
+
+    def padded_tokens(batch_rows: list[torch.Tensor]) -> int:
+        return sum(int(lengths[b].max()) * len(b) for b in batch_rows)
+
+    shuffled = list(torch.randperm(len(split), generator=torch.Generator().manual_seed(0)).split(32))
+    assert padded_tokens(batches) < 0.8 * padded_tokens(shuffled)
+    again = split.length_bucketed_batches(32, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))

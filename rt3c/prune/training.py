@@ -8,7 +8,7 @@ of each level's loss reaches only the weights that level keeps.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +29,18 @@ class TrainSettings:
     learning_rate: float
     batch_size: int = 32
     seed: int = 0
+    warmup: float = 0.0  # fraction of the steps over which the learning rate ramps up from 0
+    length_buckets: bool = False  # batches of similar lengths (`Split.length_bucketed_batches`)
+    distill: float = 0.0  # weight of the distillation loss against the teacher (the rest: cross entropy)
+    temperature: float = 2.0  # of the distillation loss's softmaxes
+
+
+def learning_rate_factor(step: int, settings: TrainSettings) -> float:
+    """Linear warmup over `warmup · steps`, then linear decay to 0 at the last step."""
+    warmup_steps = round(settings.warmup * settings.steps)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 1.0 - (step - warmup_steps) / max(settings.steps - warmup_steps, 1)
 
 
 def _progress() -> Progress:
@@ -60,11 +72,51 @@ def loss_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(teacher ‖ student) of the temperature-softened distributions, averaged over examples (or
+    tokens); the T² keeps its gradient on the scale of the cross entropy's (Hinton et al. 2015)."""
+    classes = logits.shape[-1]
+    return temperature**2 * F.kl_div(
+        F.log_softmax(logits.reshape(-1, classes) / temperature, dim=-1),
+        F.log_softmax(teacher_logits.reshape(-1, classes) / temperature, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    )
+
+
 def apply_masks(module: nn.Module, masks: Masks) -> None:
     weights = dict(module.named_parameters())
     with torch.no_grad():
         for name, mask in masks.items():
             weights[name].mul_(mask)
+
+
+def _level_loss(
+    logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None, settings: TrainSettings
+) -> torch.Tensor:
+    loss = loss_of(logits, targets)
+    if teacher_logits is None or settings.distill == 0.0:
+        return loss
+    soft = distillation_loss(logits, teacher_logits, settings.temperature)
+    return (1.0 - settings.distill) * loss + settings.distill * soft
+
+
+def _batches(split: Split, settings: TrainSettings) -> Iterator[torch.Tensor]:
+    """Row indices of `settings.steps` batches: shuffled passes over the split, reshuffled each pass."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    produced = 0
+    while True:
+        if settings.length_buckets:
+            batches = split.length_bucketed_batches(settings.batch_size, generator)
+        else:
+            order = torch.randperm(len(split), generator=generator)
+            batches = list(order[: len(order) - len(order) % settings.batch_size].split(settings.batch_size))
+            batches = batches or [order]
+        for index in batches:
+            if produced == settings.steps:
+                return
+            produced += 1
+            yield index
 
 
 def train(
@@ -78,30 +130,33 @@ def train(
     keep: Masks | None = None,
     penalty: Callable[[], torch.Tensor] | None = None,
     every_step: Callable[[int], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> None:
-    """AdamW with linear decay. Loss = Σ_l w_l·loss(level l) (+ penalty). `keep` masks gradients and is
-    re-applied to the weights after every step, so pruned weights stay exactly zero."""
+    """AdamW with linear warmup and decay. Loss = Σ_l w_l·loss(level l) (+ penalty), where a level's loss
+    is cross entropy, or with a `teacher` (1 - distill)·cross entropy + distill·distillation loss against
+    the teacher's logits. `keep` masks gradients and is re-applied to the weights after every step, so
+    pruned weights stay exactly zero; it is read every step, so `every_step` may change it in place."""
     module = model.module
     levels = level_masks or [{}]
     weights = level_weights or [1.0 / len(levels)] * len(levels)
     parameters = dict(module.named_parameters())
     optimizer = torch.optim.AdamW(module.parameters(), lr=settings.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / max(settings.steps, 1))
-    generator = torch.Generator().manual_seed(settings.seed)
-    order = torch.randperm(len(split), generator=generator)
-    position = 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, settings))
+    if teacher is not None:
+        teacher.eval()
     if keep:
         apply_masks(module, keep)
     module.train()
     with _progress() as progress:
         task = progress.add_task(description, total=settings.steps, loss=math.nan)
-        for step in range(settings.steps):
-            if position + settings.batch_size > len(order):
-                order, position = torch.randperm(len(split), generator=generator), 0
-            inputs, targets = split.batch(order[position : position + settings.batch_size])
-            position += settings.batch_size
+        for step, index in enumerate(_batches(split, settings)):
+            inputs, targets = split.batch(index)
+            teacher_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = run(teacher, inputs)
             loss = sum(
-                w * loss_of(run(module, inputs, masks), targets)
+                w * _level_loss(run(module, inputs, masks), targets, teacher_logits, settings)
                 for w, masks in zip(weights, levels, strict=True)
             )
             total = loss + penalty() if penalty is not None else loss
@@ -125,8 +180,9 @@ def evaluate(model: LoadedModel, split: Split, masks: Masks | None = None, batch
     """Classifiers: {"accuracy"}. Language models: {"perplexity", "accuracy"} (next-token accuracy)."""
     model.module.eval()
     loss_sum, correct, count = 0.0, 0, 0
-    for start in range(0, len(split), batch_size):
-        inputs, targets = split.batch(torch.arange(start, min(start + batch_size, len(split))))
+    # Rows in order of length, so a batch pads little (the metrics do not depend on the order).
+    for index in torch.argsort(split.lengths(), stable=True).split(batch_size):
+        inputs, targets = split.batch(index)
         logits = run(model.module, inputs, masks)
         loss_sum += float(loss_of(logits, targets)) * targets.numel()
         correct += int((logits.argmax(dim=-1) == targets).sum())
