@@ -42,8 +42,12 @@ def main() -> None:
     parser.add_argument("--sparsity", default="0.6,0.7,0.8")
     parser.add_argument("--lasso-strength", type=float, default=5e-5)
     parser.add_argument("--steps", default="300,150,100,120", help="dense,lasso,finetune,joint steps")
+    parser.add_argument("--lr", default="1e-4,3e-5,3e-5", help="lasso,finetune,joint learning rates")
+    parser.add_argument("--block-ratio", type=float, help="Tiles BP removes (default: the planner's).")
+    parser.add_argument("--distill", type=float, default=0.5, help="Distillation weight, in [0, 1].")
     args = parser.parse_args()
     dense_steps, lasso_steps, finetune_steps, joint_steps = (int(s) for s in args.steps.split(","))
+    lasso_lr, finetune_lr, joint_lr = (float(s) for s in args.lr.split(","))
     config = PruneConfig(
         model="minilm-l6",
         data="rotten-tomatoes",
@@ -54,6 +58,11 @@ def main() -> None:
         lasso_steps=lasso_steps,
         finetune_steps=finetune_steps,
         joint_steps=joint_steps,
+        lasso_lr=lasso_lr,
+        finetune_lr=finetune_lr,
+        joint_lr=joint_lr,
+        block_ratio=args.block_ratio,
+        distill=args.distill,
     )
     start = time.perf_counter()
     result = prune_model(config)

@@ -255,6 +255,9 @@ def prune_command(
     ] = "300,150,100,120",
     lasso_strength: Annotated[float, typer.Option("--lasso-strength", help="Group lasso λ.")] = 1e-5,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 32,
+    distill: Annotated[
+        float, typer.Option("--distill", help="Weight of distillation from the dense model, in [0, 1].")
+    ] = 0.5,
 ) -> None:
     """Prune with training: group lasso BP, PP per level, joint fine-tuning; resumable."""
     from rt3c.prune.pipeline import DEFAULT_LAYERS, PruneConfig, prune_model
@@ -290,6 +293,7 @@ def prune_command(
             lasso_strength=lasso_strength,
             finetune_steps=finetune_steps,
             joint_steps=joint_steps,
+            distill=distill,
         )
     )
     print_evaluation(result.evaluation)

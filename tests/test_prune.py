@@ -3,6 +3,7 @@ hold through training, a plan and checkpoint the rest of the toolchain accepts, 
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from rt3c.models import load_model
 from rt3c.plan import Plan
 from rt3c.prune.lasso import ReweightedGroupLasso, tile_norms
 from rt3c.prune.pipeline import PruneConfig, PruneResult, prune_model, select_layers
-from rt3c.prune.training import TrainSettings, evaluate, run, train
+from rt3c.prune.training import TrainSettings, distillation_loss, evaluate, learning_rate_factor, run, train
 
 SMALL_STEPS = {"dense_steps": 150, "lasso_steps": 40, "finetune_steps": 40, "joint_steps": 40}
 SPARSITIES = [0.5, 0.65, 0.8]
@@ -192,3 +193,17 @@ def test_signed_sum_ranking_loses_weights_whose_signs_cancel() -> None:
     )
     assert magnitude.patterns[0].tolist() == [[True, False]]
     assert signed.patterns[0].tolist() == [[False, True]]
+
+
+def test_learning_rate_warms_up_then_decays_to_zero() -> None:
+    settings = TrainSettings(steps=100, learning_rate=1e-3, warmup=0.1)
+    factors = [learning_rate_factor(step, settings) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
+    assert factors[-1] == pytest.approx(1 / 90)
+
+
+def test_distillation_loss_is_zero_only_when_student_matches_teacher() -> None:
+    teacher = torch.randn(8, 2)
+    assert float(distillation_loss(teacher.clone(), teacher, temperature=2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(torch.randn(8, 2), teacher, temperature=2.0)) > 0.0

@@ -8,6 +8,7 @@ by model, data and training settings. A BP block is one plan tile (see docs/PRUN
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -69,6 +70,11 @@ class PruneConfig:
     joint_steps: int = 120
     joint_lr: float = 3e-5
     level_weights: list[float] | None = None
+    # Lasso, fine-tune and joint stages (the dense baseline keeps plain settings, so its cache holds):
+    warmup: float = 0.1  # fraction of a stage's steps with a rising learning rate
+    length_buckets: bool = True  # batches of similar lengths: far less padding on short snippets
+    distill: float = 0.5  # weight of distillation from the dense model (0: cross entropy alone)
+    temperature: float = 2.0
     signed_ranking: bool = False  # RT3 reference's signed-sum pattern ranking, for measurement
     seed: int = 0
 
@@ -134,6 +140,8 @@ def check_config(config: PruneConfig) -> None:
             raise UserError(f"--layer-ratio {regex}={ratio}: ratios must be in [0, 1)")
     if config.block_ratio is not None and not 0.0 <= config.block_ratio < 1.0:
         raise UserError(f"--block-ratio {config.block_ratio}: must be in [0, 1)")
+    if not 0.0 <= config.distill <= 1.0:
+        raise UserError(f"--distill {config.distill}: must be in [0, 1]")
     if config.level_weights is not None and len(config.level_weights) != len(config.sparsities):
         raise UserError(
             f"--level-weights: {len(config.level_weights)} values for {len(config.sparsities)} levels"
@@ -268,7 +276,16 @@ def prune_model(config: PruneConfig) -> PruneResult:
     ]
 
     def settings(steps: int, lr: float) -> TrainSettings:
-        return TrainSettings(steps, lr, config.batch_size, config.seed)
+        return TrainSettings(
+            steps,
+            lr,
+            config.batch_size,
+            config.seed,
+            warmup=config.warmup,
+            length_buckets=config.length_buckets,
+            distill=config.distill,
+            temperature=config.temperature,
+        )
 
     # 1. Dense baseline.
     saved = stages.load("dense")
@@ -280,6 +297,8 @@ def prune_model(config: PruneConfig) -> PruneResult:
     with step("evaluating the dense baseline and one-shot pruning"):
         dense = evaluate(model, data.test)
         one_shot_rows = evaluate_one_shot(model, data, weights, config, levels, dense, config.signed_ranking)
+    # The dense model teaches every later stage (its logits carry more than the labels).
+    teacher = copy.deepcopy(model.module).requires_grad_(False) if config.distill > 0.0 else None
 
     # 2. Reweighted group lasso.
     saved = stages.load("lasso")
@@ -290,6 +309,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
             data.train,
             settings(config.lasso_steps, config.lasso_lr),
             "group lasso",
+            teacher=teacher,
             penalty=lasso,
             every_step=lambda i: lasso.refresh() if (i + 1) % config.reweight_every == 0 else None,
         )
@@ -313,6 +333,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
             data.train,
             settings(config.finetune_steps, config.finetune_lr),
             "masked fine-tune",
+            teacher=teacher,
             keep=block_masks,
         )
         stages.save("block", {"state": model.module.state_dict(), "kept_tiles": kept_tiles})
@@ -337,6 +358,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
             data.train,
             settings(config.joint_steps, config.joint_lr),
             "joint fine-tune",
+            teacher=teacher,
             level_masks=level_masks,
             level_weights=config.level_weights,
             keep=level_masks[0],
