@@ -41,10 +41,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sparsity", default="0.6,0.7,0.8")
     parser.add_argument("--lasso-strength", type=float, default=5e-5)
-    parser.add_argument("--steps", default="300,150,100,120", help="dense,lasso,finetune,joint steps")
-    parser.add_argument("--lr", default="1e-4,3e-5,3e-5", help="lasso,finetune,joint learning rates")
-    parser.add_argument("--block-ratio", type=float, help="Tiles BP removes (default: the planner's).")
-    parser.add_argument("--distill", type=float, default=0.5, help="Distillation weight, in [0, 1].")
+    parser.add_argument("--steps", default="300,100,100,800", help="dense,lasso,finetune,joint steps")
+    parser.add_argument("--lr", default="1e-4,5e-5,1e-4", help="lasso,finetune,joint learning rates")
+    parser.add_argument("--block-ratio", type=float, default=0.2, help="Tiles BP removes.")
+    parser.add_argument("--distill", type=float, default=0.7, help="Distillation weight, in [0, 1].")
+    parser.add_argument("--level-weights", help="Joint fine-tune loss weight per level (default: equal).")
     args = parser.parse_args()
     dense_steps, lasso_steps, finetune_steps, joint_steps = (int(s) for s in args.steps.split(","))
     lasso_lr, finetune_lr, joint_lr = (float(s) for s in args.lr.split(","))
@@ -63,6 +64,7 @@ def main() -> None:
         joint_lr=joint_lr,
         block_ratio=args.block_ratio,
         distill=args.distill,
+        level_weights=[float(w) for w in args.level_weights.split(",")] if args.level_weights else None,
     )
     start = time.perf_counter()
     result = prune_model(config)
