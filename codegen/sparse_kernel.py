@@ -2,9 +2,9 @@
 
 Each tile row's tiles come in runs, one per chain of patterns (docs/FORMAT.md); the kernel has one loop
 per chain with that chain's pattern at this level unrolled inside, so a tile costs its multiply-adds and
-the loop step, with no pattern decode or dispatch. It reads `tile_run_ptr`, `tile_col` and the first
-`nnz` values of each tile's row of `values` (the level's prefix), so the kernels of all levels of a
-layer read the same arrays.
+the loop step, with no pattern decode or dispatch. It reads `tile_run_ptr`, `tile_col` and the level's
+sections of the section-major `values` (a prefix of the buffer: a sparse level streams only its own
+bytes), so the kernels of all levels of a layer read the same arrays.
 
 The loop order is what makes it fast. Tokens are processed in blocks: a block of activations is first
 transposed (`x_t[column, token]`, a scratch buffer of k x block floats), so each weight of a pattern
@@ -59,8 +59,12 @@ def render_sparse_linear(name: str, layer: EncodedLayer, level: int, rows_of_x: 
     encoding = layer.levels[level]
     rows, cols = layer.tile
     block = token_block(target, rows, rows_of_x)
+    slots = layer.value_slots(level)
     chains = [
-        [(int(position) // cols, int(position) % cols, slot) for slot, position in enumerate(table_row)]
+        [
+            (int(position) // cols, int(position) % cols, *slots[slot])
+            for slot, position in enumerate(table_row)
+        ]
         for table_row in encoding.pattern_table[encoding.chain_pattern]
     ]
     return (
@@ -75,7 +79,7 @@ def render_sparse_linear(name: str, layer: EncodedLayer, level: int, rows_of_x: 
             cols=cols,
             grid_rows=layer.grid[0],
             n_tiles=layer.n_tiles,
-            width=layer.values[encoding.buffer].shape[1],
+            values_size=max(layer.values[encoding.buffer].size, 1),
             run_ptr_dtype=str(layer.tile_run_ptr.dtype),
             col_dtype=str(layer.tile_col.dtype),
             chains=chains,
@@ -103,6 +107,6 @@ def kernel_arguments(layer: EncodedLayer, level: int, bias: np.ndarray | None) -
     columns = layer.tile_col if layer.tile_col.size else np.zeros(1, layer.tile_col.dtype)
     values = layer.values[encoding.buffer]
     if not values.size:
-        values = np.zeros((1, max(values.shape[1], 1)), np.float32)
+        values = np.zeros(1, np.float32)
     bias = bias if bias is not None else np.zeros(layer.shape[0], np.float32)
     return [layer.tile_run_ptr, columns, values, bias.astype(np.float32)]

@@ -22,7 +22,7 @@ from rt3c.errors import UserError
 from rt3c.passes.linear_layers import LinearLayer, find_linear_layers
 from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE, OPSET, function_proto, node_attributes
 from rt3c.plan import Plan
-from rt3c.sparse_format import EncodedLayer, encode_layer
+from rt3c.sparse_format import EncodedLayer, encode_layer, section_widths
 
 LEVEL_INPUT = "rt3c_level"
 LEVELS_METADATA_KEY = "rt3c.levels"
@@ -108,6 +108,7 @@ class EncodeSparseLinearPass(InPlacePass):
                 n_tiles=encoded.n_tiles,
                 pattern_table=encoding.pattern_table,
                 chain_pattern=encoding.chain_pattern,
+                value_sections=section_widths(encoded.value_cuts(level)),
             )
             node = ir.Node(
                 DOMAIN,

@@ -2,8 +2,8 @@
 
     Y = X @ W^T + bias,  W [out, in] rebuilt from the encoded arrays of docs/FORMAT.md
 
-Inputs: X (float32 [..., in]), tile_run_ptr ([R*C+1]), tile_col ([T]), values (float32 [T, width]),
-bias (float32 [out]). The function body is the reference implementation, in
+Inputs: X (float32 [..., in]), tile_run_ptr ([R*C+1]), tile_col ([T]), values (float32, the flat
+section-major buffer), bias (float32 [out]). The function body is the reference implementation, in
 standard ops only, so onnxruntime runs an encoded model as it is; the kernels of `rt3c.codegen` replace it
 with code that never materialises W. Every layer-specific number is a node attribute; the body reads them
 through attribute references, so one function serves every layer and level.
@@ -46,6 +46,7 @@ def node_attributes(
     n_tiles: int,
     pattern_table: np.ndarray,
     chain_pattern: np.ndarray,
+    value_sections: list[int],
 ) -> dict[str, object]:
     """Attributes of one SparseLinear node (one layer at one level)."""
     return {
@@ -66,6 +67,8 @@ def node_attributes(
         "pattern_table": ir.AttrInt64s("pattern_table", [int(v) for v in pattern_table.reshape(-1)]),
         # Each chain's row of the table (the run a tile sits in gives its chain).
         "chain_pattern": ir.AttrInt64s("chain_pattern", [int(v) for v in chain_pattern]),
+        # Widths of the sections of `values` this level reads, sparsest first (they sum to nnz).
+        "value_sections": ir.AttrInt64s("value_sections", [int(v) for v in value_sections]),
     }
 
 
@@ -140,9 +143,28 @@ def function_proto(opset: int) -> onnx.FunctionProto:
         n("Add", ["row_offset", "column"], ["flat"]),
         n("Reshape", ["flat", "minus_one_pair"], ["scatter_index"]),
         _const("minus_one_pair", [-1, 1]),
-        # This level's values: the prefix of each tile's row of the value buffer.
-        n("Slice", ["values", "zero", "nnz", "one"], ["level_values"]),
-        n("Reshape", ["level_values", "minus_one"], ["updates"]),
+        # This level's values, [T, nnz] flattened: slot s of tile t sits in the section that holds s, at
+        # n_tiles * (section start) + t * (section width) + (s - section start).
+        _ref_constant("widths", "value_sections", "value_ints"),
+        n("CumSum", ["widths", "zero_s"], ["section_ends"]),
+        n("Sub", ["section_ends", "widths"], ["section_starts"]),
+        n("Squeeze", ["one"], ["one_s"]),
+        n("Range", ["zero_s", "nnz_s", "one_s"], ["slots"]),
+        n("Unsqueeze", ["slots", "one"], ["slots_column"]),
+        n("GreaterOrEqual", ["slots_column", "section_ends"], ["slot_past_section"]),
+        n("Cast", ["slot_past_section"], ["slot_past_count"], to=TensorProto.INT64),
+        n("ReduceSum", ["slot_past_count", "one"], ["slot_section"], keepdims=0),
+        n("Gather", ["section_starts", "slot_section"], ["slot_start"], axis=0),
+        n("Gather", ["widths", "slot_section"], ["slot_stride"], axis=0),
+        n("Sub", ["slots", "slot_start"], ["slot_offset"]),
+        n("Mul", ["slot_start", "n_tiles"], ["slot_base"]),
+        n("Add", ["slot_base", "slot_offset"], ["slot_fixed"]),
+        n("Range", ["zero_s", "n_tiles_s", "one_s"], ["tiles"]),
+        n("Unsqueeze", ["tiles", "one"], ["tiles_column"]),
+        n("Mul", ["tiles_column", "slot_stride"], ["tile_offsets"]),
+        n("Add", ["tile_offsets", "slot_fixed"], ["addresses"]),
+        n("Reshape", ["addresses", "minus_one"], ["address_list"]),
+        n("Gather", ["values", "address_list"], ["updates"], axis=0),
         n("Mul", ["grid_rows", "tile_rows"], ["padded_out"]),
         n("Mul", ["padded_out", "padded_in"], ["padded_size"]),
         n(
@@ -168,7 +190,7 @@ def function_proto(opset: int) -> onnx.FunctionProto:
         ["Y"],
         _topological(nodes, set(INPUTS)),
         opset_imports=[helper.make_opsetid("", opset)],
-        attributes=[*INT_ATTRIBUTES, "pattern_table", "chain_pattern", "layer"],
+        attributes=[*INT_ATTRIBUTES, "pattern_table", "chain_pattern", "value_sections", "layer"],
     )
 
 

@@ -1,6 +1,6 @@
 """`rt3c inspect`: what an encoded model stores, per layer and level, against dense and CSR storage.
 
-Per (layer, level): the level's sparsity, the value bytes it reads (its prefix of each tile's values), the
+Per (layer, level): the level's sparsity, the value bytes it reads (its sections of the shared buffer), the
 index bytes it reads (block index plus its pattern ids), and what the same weights cost dense (fp32) and as
 CSR with int32 column indices and row pointers. `stored` totals count what the file really holds: shared
 value buffers and shared pattern ids once.

@@ -13,9 +13,12 @@ torch orientation `[out, in]`, cut into `rows x cols` tiles over a grid padded u
 - Patterns: per level, `pattern_table` [P, nnz] lists each pattern's in-tile positions (`r * cols + c`)
   in the order the tile's values are stored, and `chain_pattern` [C] maps each chain to its row of the
   table. Both are baked into the level's kernel; they are not weight data.
-- Values: `values` [T, nnz] float32 buffers. A nested plan has one buffer shared by every level: each
-  tile's values are ordered sparsest level first, so level l reads the prefix `values[t, :nnz_l]`.
-  A non-nested plan gets one buffer per level.
+- Values: flat float32 buffers. A nested plan has one buffer shared by every level: each tile's values
+  are ordered sparsest level first, and the buffer is stored *section-major*: first the sparsest level's
+  `nnz_S` values of every tile (`[T, nnz_S]`), then the values the next denser level adds to every tile
+  (`[T, nnz_{S-1} - nnz_S]`), and so on. Level l reads the sections up to its own, a contiguous prefix of
+  the buffer, so a sparse level streams only its own bytes (tile-major storage would touch every cache
+  line of the densest level's values). A non-nested plan gets one buffer per level (one section each).
 
 Why a level's table rows are chains of masks rather than the plan's patterns: with shared prefixes the
 order of a tile's values at level l depends on its masks at l and every sparser level. For plans whose
@@ -39,7 +42,7 @@ MAX_CHAINS = 256
 @dataclass
 class LevelEncoding:
     buffer: int
-    """Index into `EncodedLayer.values`: the buffer this level reads a prefix of."""
+    """Index into `EncodedLayer.values`: the buffer this level reads its sections of."""
     pattern_table: np.ndarray
     """int16 [P, nnz]: in-tile positions `r * cols + c`, in value order, for each pattern."""
     chain_pattern: np.ndarray
@@ -48,6 +51,19 @@ class LevelEncoding:
     @property
     def nnz(self) -> int:
         return int(self.pattern_table.shape[1])
+
+
+def section_widths(cuts: list[int]) -> list[int]:
+    """Widths of the sections between ascending value counts `cuts` (the nnz of the levels, sparsest first)."""
+    return [b - a for a, b in zip([0, *cuts[:-1]], cuts, strict=True)]
+
+
+def to_sections(tile_major: np.ndarray, cuts: list[int]) -> np.ndarray:
+    """[T, cuts[-1]] values, tile by tile -> the flat section-major buffer (module docstring)."""
+    starts = [0, *cuts[:-1]]
+    return np.concatenate(
+        [tile_major[:, a:b].reshape(-1) for a, b in zip(starts, cuts, strict=True)] or [np.zeros(0)]
+    ).astype(np.float32)
 
 
 @dataclass
@@ -59,6 +75,7 @@ class EncodedLayer:
     """[R * C + 1]: run (r, c) holds tiles `tile_run_ptr[r*C+c] .. tile_run_ptr[r*C+c+1]-1`."""
     tile_col: np.ndarray
     values: list[np.ndarray]
+    """float32 [T * width] each, section-major (module docstring)."""
     levels: list[LevelEncoding]
 
     @property
@@ -90,6 +107,36 @@ class EncodedLayer:
         """int64 [T]: each kept tile's row of the level's `pattern_table`."""
         return self.levels[level].chain_pattern[self.tile_runs() % self.n_chains]
 
+    def value_cuts(self, level: int) -> list[int]:
+        """Ascending value counts at which the sections of the level's buffer end, up to the level's nnz."""
+        encoding = self.levels[level]
+        return sorted(
+            {
+                other.nnz
+                for other in self.levels
+                if other.buffer == encoding.buffer and other.nnz <= encoding.nnz
+            }
+            - {0}
+        )
+
+    def value_slots(self, level: int) -> list[tuple[int, int, int]]:
+        """For each of the level's value slots, (base, stride, offset): tile t's value is at
+        `values[base + t * stride + offset]`."""
+        cuts = self.value_cuts(level)
+        slots = []
+        for start, width in zip([0, *cuts[:-1]], section_widths(cuts), strict=True):
+            slots += [(self.n_tiles * start, width, offset) for offset in range(width)]
+        return slots
+
+    def level_values(self, level: int) -> np.ndarray:
+        """float32 [T, nnz]: the level's values of each tile, in value order."""
+        buffer = self.values[self.levels[level].buffer]
+        slots = self.value_slots(level)
+        if not slots:
+            return np.zeros((self.n_tiles, 0), np.float32)
+        base, stride, offset = (np.array(column)[None, :] for column in zip(*slots, strict=True))
+        return buffer[base + np.arange(self.n_tiles)[:, None] * stride + offset]
+
     def value_bytes(self) -> int:
         return sum(buffer.nbytes for buffer in self.values)
 
@@ -102,7 +149,7 @@ class EncodedLayer:
         rows, cols = self.tile
         grid_rows, grid_cols = self.grid
         encoding = self.levels[level]
-        values = self.values[encoding.buffer][:, : encoding.nnz]
+        values = self.level_values(level)
         tiles = np.zeros((grid_rows, grid_cols, rows * cols), dtype=np.float32)
         positions = encoding.pattern_table[self.tile_pattern(level)]  # [T, nnz]
         tiles[self.tile_rows()[:, None], self.tile_col.astype(np.int64)[:, None], positions] = values
@@ -193,6 +240,9 @@ def encode_layer(weight: np.ndarray, plan: LayerPlan) -> EncodedLayer:
         tile=plan.tile,
         tile_run_ptr=run_ptr.astype(_index_dtype(int(run_ptr[-1]))),
         tile_col=tile_c[by_run].astype(_index_dtype(grid_cols - 1)),
-        values=[buffer[by_run] for buffer in values],
+        values=[
+            to_sections(buffer[by_run], sorted({lv.nnz for lv in levels if lv.buffer == index} - {0}))
+            for index, buffer in enumerate(values)
+        ],
         levels=levels,
     )

@@ -55,6 +55,13 @@ def test_nested_plans_round_trip_with_one_value_buffer(case: tuple[np.ndarray, L
     assert encoded.nested and len(encoded.values) == 1
     for level in range(len(plan.levels)):
         np.testing.assert_array_equal(encoded.dense_weight(level), weight * plan.mask(level))
+        # Section-major storage: a level reads exactly a prefix of the shared buffer, each value once.
+        base, stride, offset = (
+            np.array(c, dtype=np.int64) for c in zip(*encoded.value_slots(level), strict=True)
+        )
+        addresses = base[None, :] + np.arange(encoded.n_tiles)[:, None] * stride[None, :] + offset[None, :]
+        nnz = encoded.levels[level].nnz
+        assert sorted(addresses.reshape(-1).tolist()) == list(range(encoded.n_tiles * nnz))
 
 
 @settings(max_examples=100, deadline=None)
