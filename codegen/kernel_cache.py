@@ -3,8 +3,8 @@
 The key hashes the TVM version, the TVM target (triple, cpu, features), rt3c's own build code (the
 schedules and build settings, which change the output without changing the input functions) and every
 kernel's symbol and TVMScript text (op, shapes, dtypes and, for SparseLinear, the baked-in pattern
-table). Entries live in `$RT3C_CACHE_DIR`, else `$XDG_CACHE_HOME/rt3c/kernels`, else
-`~/.cache/rt3c/kernels`; they are written atomically, so concurrent builds at worst compile twice.
+table). Entries live in `rt3c.cache.cache_dir("kernels")` (`$RT3C_CACHE_DIR/kernels`, default
+`~/.cache/rt3c/kernels`); they are written atomically, so concurrent builds at worst compile twice.
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ from pathlib import Path
 
 import tvm
 
+from rt3c.cache import cache_dir
 from rt3c.codegen import schedules, targets
 from rt3c.codegen.targets import Target, build_kernels
 
 
 def default_cache_dir() -> Path:
-    if "RT3C_CACHE_DIR" in os.environ:
-        return Path(os.environ["RT3C_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "rt3c" / "kernels"
+    return cache_dir("kernels")
 
 
 def kernel_key(functions: dict[str, tvm.tirx.PrimFunc], target: Target) -> str:

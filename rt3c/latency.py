@@ -33,8 +33,8 @@ import numpy as np
 import onnx
 import tvm
 
+from rt3c.cache import cache_dir
 from rt3c.codegen import onnx_ops, schedules, sparse_kernel, targets
-from rt3c.codegen.kernel_cache import default_cache_dir
 from rt3c.codegen.sparse_kernel import token_block
 from rt3c.codegen.targets import Target, build_kernels, get_target
 from rt3c.compile import CompiledProgram, build_project, lower_model
@@ -411,14 +411,12 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def cached(
-    kind: str, key_parts: list[str], compute: Callable[[], dict], cache_dir: Path | None = None
-) -> tuple[dict, bool]:
+def cached(kind: str, key_parts: list[str], compute: Callable[[], dict]) -> tuple[dict, bool]:
     """`compute()`'s JSON, stored once per key; returns (value, whether it came from the cache)."""
     digest = hashlib.sha256()
     for part in [kind, str(CACHE_VERSION), code_digest(), *key_parts]:
         digest.update(part.encode() + b"\0")
-    directory = (default_cache_dir() if cache_dir is None else cache_dir) / "latency"
+    directory = cache_dir("latency")
     path = directory / f"{kind}-{digest.hexdigest()[:24]}.json"
     if path.is_file():
         return json.loads(path.read_text()), True

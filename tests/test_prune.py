@@ -43,7 +43,7 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PruneConf
         **SMALL_STEPS,
     )
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RT3C_CACHE", str(tmp_path_factory.mktemp("cache")))
+        patch.setenv("RT3C_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         yield config, prune_model(config)
 
 
@@ -143,7 +143,7 @@ def test_a_rerun_resumes_from_the_finished_stages(pruned) -> None:
 
 
 def test_cli_prune_writes_checkpoint_plan_and_table(tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setenv("RT3C_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RT3C_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "out"
     code = run_cli(
         "prune", "--model", "bert-tiny", "--data", "synthetic", "--out", str(out),

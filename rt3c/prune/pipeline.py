@@ -2,8 +2,8 @@
 pattern sets per level -> joint fine-tuning of all levels on one set of weights -> checkpoint, plan, eval.
 
 Every stage leaves a file in `OUT/stages/`; a rerun with the same settings skips the finished stages
-(resume). The dense baseline is also cached across runs (`$RT3C_CACHE`, default `~/.cache/rt3c`), keyed
-by model, data and training settings. A BP block is one plan tile (see docs/PRUNING.md).
+(resume). The dense baseline is also cached across runs (`rt3c.cache.cache_dir("dense")`), keyed by
+model, data and training settings. A BP block is one plan tile (see docs/PRUNING.md).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rt3c.cache import cache_dir
 from rt3c.datasets import Dataset, load_dataset
 from rt3c.errors import UserError
 from rt3c.files import atomic_output
@@ -176,10 +176,6 @@ class _Stages:
             torch.save(payload, tmp)
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("RT3C_CACHE", Path.home() / ".cache" / "rt3c"))
-
-
 def dense_baseline(model: LoadedModel, data: Dataset, config: PruneConfig) -> None:
     """Fine-tune (or train) the dense model, or load it from the cache (shared with `rt3c search`)."""
     base_ref = config.model if not Path(config.model).exists() else str(Path(config.model).resolve())
@@ -194,7 +190,7 @@ def dense_baseline(model: LoadedModel, data: Dataset, config: PruneConfig) -> No
             config.seed,
         ]
     )
-    cached = _cache_dir() / "dense" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    cached = cache_dir("dense") / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if cached.is_file():
         model.module.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
         return
