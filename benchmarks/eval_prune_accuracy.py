@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--lasso-strength", type=float, default=5e-5)
     parser.add_argument("--steps", default="300,100,100,800", help="dense,lasso,finetune,joint steps")
     parser.add_argument("--lr", default="1e-4,5e-5,1e-4", help="lasso,finetune,joint learning rates")
+    parser.add_argument("--tile", default="4x4", help="Tile (= BP block) ROWSxCOLS.")
     parser.add_argument("--block-ratio", type=float, default=0.2, help="Tiles BP removes.")
     parser.add_argument("--distill", type=float, default=0.7, help="Distillation weight, in [0, 1].")
     parser.add_argument("--level-weights", help="Joint fine-tune loss weight per level (default: equal).")
@@ -54,6 +55,7 @@ def main() -> None:
         data="rotten-tomatoes",
         out=args.out,
         sparsities=[float(s) for s in args.sparsity.split(",")],
+        tile=tuple(int(n) for n in args.tile.lower().split("x")),
         lasso_strength=args.lasso_strength,
         dense_steps=dense_steps,
         lasso_steps=lasso_steps,
