@@ -43,10 +43,12 @@ def main() -> None:
     parser.add_argument("--lasso-strength", type=float, default=5e-5)
     parser.add_argument("--steps", default="300,100,100,800", help="dense,lasso,finetune,joint steps")
     parser.add_argument("--lr", default="1e-4,5e-5,1e-4", help="lasso,finetune,joint learning rates")
-    parser.add_argument("--tile", default="4x4", help="Tile (= BP block) ROWSxCOLS.")
+    parser.add_argument("--tile", default="1x8", help="Tile (= BP block) ROWSxCOLS.")
     parser.add_argument("--block-ratio", type=float, default=0.2, help="Tiles BP removes.")
     parser.add_argument("--distill", type=float, default=0.7, help="Distillation weight, in [0, 1].")
-    parser.add_argument("--level-weights", help="Joint fine-tune loss weight per level (default: equal).")
+    parser.add_argument(
+        "--level-weights", default="0.2,0.3,0.5", help="Joint fine-tune loss weight per level, or 'equal'."
+    )
     args = parser.parse_args()
     dense_steps, lasso_steps, finetune_steps, joint_steps = (int(s) for s in args.steps.split(","))
     lasso_lr, finetune_lr, joint_lr = (float(s) for s in args.lr.split(","))
@@ -66,7 +68,9 @@ def main() -> None:
         joint_lr=joint_lr,
         block_ratio=args.block_ratio,
         distill=args.distill,
-        level_weights=[float(w) for w in args.level_weights.split(",")] if args.level_weights else None,
+        level_weights=None
+        if args.level_weights == "equal"
+        else [float(w) for w in args.level_weights.split(",")],
     )
     start = time.perf_counter()
     result = prune_model(config)
