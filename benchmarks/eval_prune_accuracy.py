@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from rt3c.cli import parse_tile
 from rt3c.datasets import load_dataset
 from rt3c.models import load_model
 from rt3c.plan import Level
@@ -57,7 +58,7 @@ def main() -> None:
         data="rotten-tomatoes",
         out=args.out,
         sparsities=[float(s) for s in args.sparsity.split(",")],
-        tile=tuple(int(n) for n in args.tile.lower().split("x")),
+        tile=parse_tile(args.tile),
         lasso_strength=args.lasso_strength,
         dense_steps=dense_steps,
         lasso_steps=lasso_steps,

@@ -17,13 +17,9 @@ from pathlib import Path
 
 import tvm
 
-from rt3c.cache import cache_dir
+from rt3c import cache
 from rt3c.codegen import schedules, targets
 from rt3c.codegen.targets import Target, build_kernels
-
-
-def default_cache_dir() -> Path:
-    return cache_dir("kernels")
 
 
 def kernel_key(functions: dict[str, tvm.tirx.PrimFunc], target: Target) -> str:
@@ -44,7 +40,7 @@ def write_kernels(
 
     Returns True when the file came from the cache (nothing was compiled).
     """
-    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    cache_dir = cache.cache_dir("kernels") if cache_dir is None else cache_dir
     suffix = ".o" if target.kernel_output == "object" else ".c"
     entry = cache_dir / f"{kernel_key(functions, target)}{suffix}"
     if entry.is_file():

@@ -88,7 +88,8 @@ def _floats(text: str, option: str) -> list[float]:
         raise UserError(f"{option} {text!r}: expected comma-separated numbers") from None
 
 
-def _tile(text: str) -> tuple[int, int]:
+def parse_tile(text: str) -> tuple[int, int]:
+    """`--tile ROWSxCOLS` as (rows, cols)."""
     rows, _, cols = text.lower().partition("x")
     if not (rows.isdigit() and cols.isdigit()) or int(rows) < 1 or int(cols) < 1:
         raise UserError(f"--tile {text!r}: expected ROWSxCOLS with positive integers, e.g. 4x4")
@@ -139,7 +140,7 @@ def plan_command(
         model,
         out,
         sparsities=sparsities,
-        tile=_tile(tile),
+        tile=parse_tile(tile),
         patterns=patterns,
         block_ratio=block_ratio,
         frequencies_khz=frequencies,
@@ -282,7 +283,7 @@ def prune_command(
             data=data,
             out=out,
             sparsities=sparsities,
-            tile=_tile(tile),
+            tile=parse_tile(tile),
             patterns=patterns,
             block_ratio=block_ratio,
             layer_ratios=ratios,

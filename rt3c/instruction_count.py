@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rt3c.codegen.kernel_cache import default_cache_dir
+from rt3c import cache
 from rt3c.codegen.targets import Target
 from rt3c.errors import UserError, VerificationError
 
@@ -37,7 +37,7 @@ FUNCTION_TYPES = frozenset("tTwW")
 def plugin_path(cache_dir: Path | None = None) -> Path:
     """The plugin's shared object, compiled on first use and cached by the hash of its source."""
     source = PLUGIN_SOURCE.read_bytes()
-    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    cache_dir = cache.cache_dir("kernels") if cache_dir is None else cache_dir
     entry = cache_dir / f"insn_count-{hashlib.sha256(source).hexdigest()[:16]}.so"
     if entry.is_file():
         return entry
