@@ -42,6 +42,8 @@ PLAN_VERSION = 1
 PRUNED = -1
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 MAX_PATTERNS = len(_DIGITS)
+MAX_FREQUENCY_KHZ = 2**32 - 1
+"""The runtime stores each level's frequency as a uint32_t (rt3_on_frequency's argument)."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,9 @@ class Plan:
             raise UserError("plan: has no levels")
         if not self.layers:
             raise UserError("plan: has no layers")
+        seen: set[str] = set()
+        for index, level in enumerate(self.levels):
+            _validate_level(index, level, seen)
         for layer in self.layers.values():
             layer.validate(len(self.levels))
 
@@ -232,7 +237,7 @@ class Plan:
                 f"{source}: plan version {data.get('version')!r} is not supported (expected {PLAN_VERSION})"
             )
         try:
-            levels = [Level(str(level["name"]), level.get("frequency_khz")) for level in data["levels"]]
+            levels = [Level(level["name"], level.get("frequency_khz")) for level in data["levels"]]
             layer_entries = dict(data["layers"])
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{source}: malformed plan ({type(exc).__name__}: {exc})") from None
@@ -254,6 +259,23 @@ class Plan:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_json(data, str(path))
+
+
+def _validate_level(index: int, level: Level, seen: set[str]) -> None:
+    """Level names key the levels in encoded models (joined by commas) and frequencies end up in the C runtime
+    as uint32_t kHz, so both are checked as the types they become, not as whatever JSON held."""
+    where = f"levels[{index}]"
+    if not isinstance(level.name, str) or not level.name or "," in level.name:
+        raise UserError(f"{where}.name: expected a non-empty string without commas, got {level.name!r:.80}")
+    if level.name in seen:
+        raise UserError(f"{where}.name: {level.name!r:.80} names two levels")
+    seen.add(level.name)
+    khz = level.frequency_khz
+    # bool is an int subclass, and JSON's NaN, 1e300 and 1400000.0 arrive as floats: all refused.
+    if khz is not None and (type(khz) is not int or not 1 <= khz <= MAX_FREQUENCY_KHZ):
+        raise UserError(
+            f"{where}.frequency_khz: expected an integer in [1, {MAX_FREQUENCY_KHZ}] (kHz) or no value, got {khz!r:.80}"
+        )
 
 
 def _layer_from_json(name: str, entry: dict, source: str) -> LayerPlan:
