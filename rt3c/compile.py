@@ -24,7 +24,7 @@ import tvm
 import tvm_ffi
 
 from rt3c.codegen.kernel_cache import write_kernels
-from rt3c.codegen.onnx_ops import TensorInfo, lower_node
+from rt3c.codegen.onnx_ops import LoweredNode, TensorInfo, lower_node
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
 from rt3c.codegen.targets import Target, get_target, workspace_bytes
 from rt3c.encode import deterministic_feeds, encode_model, load_onnx, read_encoded_layers
@@ -35,7 +35,7 @@ from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE
 from rt3c.plan import Plan
 from rt3c.progress import step
 from rt3c.runtime_c.program import Call, Program, Tensor
-from rt3c.runtime_c.project import render_build_files, render_project
+from rt3c.runtime_c.project import MAIN_EXIT_INPUT_OUT_OF_RANGE, render_build_files, render_project
 from rt3c.sparse_format import EncodedLayer
 
 TOLERANCE = 1e-4
@@ -76,6 +76,53 @@ def _constant_names(model: onnx.ModelProto) -> set[str]:
         if all(name in constants for name in node.input if name) and node.domain != DOMAIN:
             constants.update(node.output)
     return constants
+
+
+# Ops that pass their first input's values through unchanged (only moved or retyped), so a bound on the
+# values of a graph input still holds after them; and the ops that read a table row per index value.
+_VALUE_PRESERVING = frozenset(
+    {"Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Transpose"}
+)
+_INDEXING = frozenset({"Gather", "GatherElements", "GatherND"})
+
+
+def index_limits(model: onnx.ModelProto, constants: set[str], infos: dict[str, TensorInfo]) -> dict[str, int]:
+    """Per graph input whose values become table indices (token ids into an embedding Gather): the table's
+    row count along the gathered axis, the least over all the tables it indexes.
+
+    The runtime checks these inputs before it runs a kernel (no kernel bounds its reads). Indices that
+    are constants need no check; indices computed from the inputs by anything but value-preserving ops
+    (Cast between integers, Reshape, ...) could not be checked up front, so such a model is refused.
+    """
+    producers = {output: node for node in model.graph.node for output in node.output}
+    graph_inputs = {value.name for value in model.graph.input} - constants
+    limits: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type not in _INDEXING or node.domain not in ("", "ai.onnx") or node.input[1] in constants:
+            continue
+        where = f"node {node.name or node.output[0]} ({node.op_type})"
+        if node.op_type == "GatherND":
+            raise UserError(
+                f"{where}: its indices depend on the model's inputs, which the C runtime cannot bound"
+            )
+        source = node.input[1]
+        while source not in graph_inputs:
+            producer = producers.get(source)
+            if producer is None or producer.op_type not in _VALUE_PRESERVING:
+                raise UserError(
+                    f"{where}: its indices are computed from the model's inputs"
+                    f"{f' by {producer.op_type}' if producer is not None else ''}; the C runtime bounds only "
+                    f"indices that are inputs (passed through {', '.join(sorted(_VALUE_PRESERVING))})"
+                )
+            source = producer.input[0]
+        if not np.issubdtype(np.dtype(infos[source].dtype), np.integer):
+            raise UserError(
+                f"{where}: its indices come from input {source} of type {infos[source].dtype}, not an integer"
+            )
+        axis = next((attribute.i for attribute in node.attribute if attribute.name == "axis"), 0)
+        rows = infos[node.input[0]].shape[axis]
+        limits[source] = min(limits.get(source, rows), rows)
+    return limits
 
 
 @dataclass
@@ -128,6 +175,7 @@ def lower_model(encoded_path: Path, target: Target, plan: Plan | None = None) ->
         inputs=graph_inputs,
         outputs=graph_outputs,
         steps=[],
+        index_limits=index_limits(skeleton, constants, infos),
     )
     functions: dict[str, tvm.tirx.PrimFunc] = {}
     by_hash: dict[int, str] = {}
@@ -172,7 +220,7 @@ def lower_model(encoded_path: Path, target: Target, plan: Plan | None = None) ->
                 calls.append(Call(symbol, (x, *arguments, y)))
             program.add_step(calls, (y,))
             continue
-        lowered = lower_node(
+        lowered = _lower_with_plain_names(
             node, f"op{index}_{node.op_type.lower()}", infos, {n: values[n] for n in constants}, opset
         )
         for name, info in lowered.temporaries.items():
@@ -193,12 +241,49 @@ def lower_model(encoded_path: Path, target: Target, plan: Plan | None = None) ->
     return CompiledProgram(program, functions)
 
 
+def _lower_with_plain_names(
+    node: onnx.NodeProto,
+    prefix: str,
+    infos: dict[str, TensorInfo],
+    constants: dict[str, np.ndarray],
+    opset: int,
+) -> LoweredNode:
+    """`lower_node` on a copy of `node` whose tensors are named `v0`, `v1`, ..., with the model's names put
+    back into the calls. TVM's ONNX importer keeps most characters of a tensor name and its C target
+    makes C variables of them, so a model's names must not reach TVM: they would be code in kernels.c."""
+    names = list(dict.fromkeys(name for name in [*node.input, *node.output] if name))
+    plain = {name: f"v{number}" for number, name in enumerate(names)}
+    model_name = dict(zip(plain.values(), plain.keys(), strict=True))
+    renamed = onnx.NodeProto()
+    renamed.CopyFrom(node)  # the node keeps its name, which errors show (TVM's import does not use it)
+    for field in (renamed.input, renamed.output):
+        field[:] = [plain.get(name, name) for name in field]
+    lowered = lower_node(
+        renamed,
+        prefix,
+        {plain[name]: infos[name] for name in names if name in infos},
+        {plain[name]: constants[name] for name in names if name in constants},
+        opset,
+    )
+    lowered.calls = [
+        (symbol, tuple(model_name.get(arg, arg) for arg in args), model_name.get(out, out))
+        for symbol, args, out in lowered.calls
+    ]
+    return lowered
+
+
+class InputOutOfRange(VerificationError):
+    """rt3_main's rt3_invoke refused an index input outside its table (RT3_ERROR_INPUT_OUT_OF_RANGE)."""
+
+
 def _run_binary(target: Target, binary: Path, args: list[str], cwd: Path) -> None:
     command = target.command(str(binary) if target.board else str((cwd / binary).resolve()), args)
     try:
         result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
     except subprocess.TimeoutExpired:
         raise VerificationError(f"{binary} {' '.join(args)}: no answer within 600 s") from None
+    if result.returncode == MAIN_EXIT_INPUT_OUT_OF_RANGE:
+        raise InputOutOfRange(result.stderr.strip())
     if result.returncode != 0:
         raise VerificationError(
             f"{binary} {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()[:500]}"
@@ -310,7 +395,10 @@ def _generate_and_verify(
                 {
                     "target": target.name,
                     "levels": program.levels,
-                    "inputs": [_tensor_json(program.tensors[name]) for name in program.inputs],
+                    "inputs": [
+                        {**_tensor_json(program.tensors[name]), "index_limit": program.index_limits.get(name)}
+                        for name in program.inputs
+                    ],
                     "outputs": [_tensor_json(program.tensors[name]) for name in program.outputs],
                     "max_abs_diff": diffs,
                     "arena_bytes": info["arena"].size,
@@ -360,7 +448,19 @@ def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.n
             )
         arrays.append(array.astype(spec["dtype"]))
     outputs = [Tensor(t["name"], tuple(t["shape"]), t["dtype"], "output") for t in manifest["outputs"]]
-    results = run_level(project, target, level, arrays, outputs)
+    try:
+        results = run_level(project, target, level, arrays, outputs)
+    except InputOutOfRange as refusal:
+        # Name the file: rt3_main only knows that some index input was out of range.
+        refused = [
+            f"--input {path}: {spec['name']} takes values in [0, {spec['index_limit']})"
+            for path, spec, array in zip(inputs, manifest["inputs"], arrays, strict=True)
+            if spec.get("index_limit") is not None
+            and not np.all((array >= 0) & (array < spec["index_limit"]))
+        ]
+        raise UserError(
+            f"{'; '.join(refused) or refusal}; rt3_invoke refused it (RT3_ERROR_INPUT_OUT_OF_RANGE)"
+        ) from None
     return {tensor.name: result for tensor, result in zip(outputs, results, strict=True)}
 
 

@@ -87,6 +87,9 @@ class Program:
     """Scratch the kernels may request through TVMBackendAllocWorkspace (0: none)."""
     writes: list[tuple[str, ...]] = field(default_factory=list)
     """Per step, the tensors it writes (the others it only reads); filled by `add_step`."""
+    index_limits: dict[str, int] = field(default_factory=dict)
+    """Inputs whose values index a table (token ids feeding a Gather): input -> the table's row count.
+    rt3_invoke refuses an inference with any such value outside [0, limit) before a kernel runs."""
 
     def add_step(self, per_level: list[Call], writes: tuple[str, ...]) -> None:
         assert len(per_level) == len(self.levels)

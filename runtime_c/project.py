@@ -6,6 +6,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import jinja2
 import numpy as np
@@ -13,10 +14,13 @@ import numpy as np
 import rt3c
 from rt3c.codegen.targets import Target
 from rt3c.errors import UserError
+from rt3c.runtime_c.filters import FILTERS, c_identifier
 from rt3c.runtime_c.program import Program, Tensor
 
 TEMPLATES = Path(__file__).resolve().parent / "templates" / "project"
 WEIGHTS_ALIGNMENT = 64  # see rt3c.arena.ALIGNMENT
+MAIN_EXIT_INPUT_OUT_OF_RANGE = 3
+"""The exit code of the example `rt3_main` when rt3_invoke refuses an input (RT3_ERROR_INPUT_OUT_OF_RANGE)."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,9 @@ class CTensor:
 
     index: int
     name: str
+    """The model's name of the tensor: only ever rendered inside comments."""
+    identifier: str | None
+    """Inputs and outputs: the C identifier of the parameter (and, upper-cased, of its macros)."""
     shape: tuple[int, ...]
     dtype: str
     c_type: str
@@ -32,24 +39,39 @@ class CTensor:
     dl_bits: int
     elements: int
     nbytes: int
-    data_expr: str
+    constant: bool
     offset: int = 0
+    """Where a non-constant tensor lives in the arena."""
     file_offset: int = 0
+    """Where a constant lives in rt3_weights.bin."""
+    index_limit: int | None = None
+    """Inputs that index a table: rt3_invoke refuses any value outside [0, index_limit)."""
 
 
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+def environment() -> jinja2.Environment:
+    """The templates' environment: undefined names are errors, and values go through typed filters only."""
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        autoescape=False,
     )
+    env.filters.update(FILTERS)
+    return env
 
 
-def _c_identifier(name: str) -> str:
-    cleaned = "".join(char if char.isalnum() else "_" for char in name)
-    return cleaned if cleaned[:1].isalpha() else f"t_{cleaned}"
+FileKey = TypeVar("FileKey")
+
+
+def _render_all(
+    env: jinja2.Environment, outputs: dict[FileKey, tuple[str, dict[str, object]]]
+) -> dict[FileKey, str]:
+    """Render every file first and write none until all rendered: a refused value leaves no half project."""
+    return {
+        output: env.get_template(template).render(context) for output, (template, context) in outputs.items()
+    }
 
 
 def render_project(program: Program, out_dir: Path) -> dict[str, object]:
@@ -60,37 +82,41 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
     arena = program.plan_arena()
     names = list(program.tensors)
     index_of = {name: index for index, name in enumerate(names)}
+    taken: set[str] = set()
+    identifiers = {name: c_identifier(name, taken) for name in program.inputs + program.outputs}
     file_offset = 0
     tensors: list[CTensor] = []
     blobs: list[tuple[int, bytes]] = []
     for index, name in enumerate(names):
         tensor: Tensor = program.tensors[name]
         code, bits = tensor.dl_dtype
-        elements = int(np.prod(tensor.shape, dtype=np.int64))
-        if tensor.storage == "constant":
+        constant = tensor.storage == "constant"
+        offset = this_file_offset = 0
+        if constant:
             assert tensor.data is not None
             file_offset = -(-file_offset // WEIGHTS_ALIGNMENT) * WEIGHTS_ALIGNMENT
             payload = np.ascontiguousarray(tensor.data, dtype=tensor.dtype).tobytes()
             blobs.append((file_offset, payload))
-            data_expr, offset, this_file_offset = f"(void *)rt3_const_{index}", 0, file_offset
+            this_file_offset = file_offset
             file_offset += len(payload)
         else:
             offset = arena.offsets[name]
-            data_expr, this_file_offset = f"(void *)(rt3_arena + {offset})", 0
         tensors.append(
             CTensor(
                 index=index,
-                name=_c_identifier(name) if name in program.inputs + program.outputs else name,
+                name=name,
+                identifier=identifiers.get(name),
                 shape=tensor.shape,
                 dtype=tensor.dtype,
                 c_type=tensor.c_type,
                 dl_code=code,
                 dl_bits=bits,
-                elements=elements,
+                elements=int(np.prod(tensor.shape, dtype=np.int64)),
                 nbytes=tensor.nbytes,
-                data_expr=data_expr,
+                constant=constant,
                 offset=offset,
                 file_offset=this_file_offset,
+                index_limit=program.index_limits.get(name),
             )
         )
 
@@ -115,22 +141,24 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
         "inputs": [tensors[index_of[name]] for name in program.inputs],
         "outputs": [tensors[index_of[name]] for name in program.outputs],
         "tensors": tensors,
-        "constants": [t for t in tensors if program.tensors[names[t.index]].storage == "constant"],
+        "constants": [t for t in tensors if t.constant],
         "symbols": sorted({str(call["symbol"]) for call in calls}),
         "calls": calls,
         "level_tables": level_tables,
         "arena": arena,
         "workspace_bytes": program.workspace_bytes,
+        "exit_input_out_of_range": MAIN_EXIT_INPUT_OUT_OF_RANGE,
     }
+    texts = _render_all(
+        environment(),
+        {
+            output: (f"{output}.j2", context)
+            for output in ("rt3_model.h", "rt3_model.c", "rt3_weights.S", "main.c")
+        },
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
-    environment = _environment()
-    for template, output in (
-        ("rt3_model.h.j2", "rt3_model.h"),
-        ("rt3_model.c.j2", "rt3_model.c"),
-        ("rt3_weights.S.j2", "rt3_weights.S"),
-        ("main.c.j2", "main.c"),
-    ):
-        (out_dir / output).write_text(environment.get_template(template).render(context))
+    for output, text in texts.items():
+        (out_dir / output).write_text(text)
     with (out_dir / "rt3_weights.bin").open("wb") as handle:
         for offset, payload in blobs:
             handle.write(b"\0" * (offset - handle.tell()))
@@ -160,10 +188,7 @@ def render_build_files(
     `sources_dir`'s project for `target` in `build_dir`; for a board, also its startup file and linker script.
     """
     sources = Path(os.path.relpath(sources_dir, build_dir))
-    kernel_include = ""
-    if kernel_file.endswith(".c"):
-        kernel_include = f" -I$(SRC)/{TVM_HEADERS_DIR}"
-        _copy_tvm_headers(sources_dir)
+    c_kernels = kernel_file.endswith(".c")
     cross = target.name != "host"
     # CPU selection goes to the toolchain file (it is needed when linking too); the rest to the project.
     arch_flags = [flag for flag in target.cflags if cross and flag.startswith("-m")]
@@ -173,7 +198,7 @@ def render_build_files(
         "ar": target.cc.replace("gcc", "ar") if target.cc.endswith("gcc") else "ar",
         "sources_dir": str(sources),
         "kernel_file": kernel_file,
-        "kernel_include": kernel_include,
+        "c_kernels": c_kernels,
         "tvm_headers_dir": TVM_HEADERS_DIR,
         "startup": None,
         "toolchain": "toolchain.cmake" if cross else None,
@@ -183,20 +208,24 @@ def render_build_files(
         "link_options": [flag for flag in target.ldflags if not flag.startswith("-l")],
         "link_libraries": [flag[2:] for flag in target.ldflags if flag.startswith("-l")],
     }
-    environment = _environment()
+    files: dict[Path, tuple[str, dict[str, object]]] = {
+        build_dir / "Makefile": ("Makefile.j2", context),
+        build_dir / "CMakeLists.txt": ("CMakeLists.txt.j2", context),
+    }
+    if cross:
+        files[build_dir / "toolchain.cmake"] = ("toolchain.cmake.j2", context)
     if target.board is not None:
         _check_weights_fit(sources_dir / "rt3_weights.bin", target)
         context["startup"] = {"source": "startup.c", "linker_script": "mps2.ld"}
+        board = {"board": target.board, "psram_origin": PSRAM_ORIGIN[target.board], "psram_mib": PSRAM_MIB}
+        files[sources_dir / "mps2.ld"] = ("cortex_m/mps2.ld.j2", board)
+    texts = _render_all(environment(), files)
+    if c_kernels:
+        _copy_tvm_headers(sources_dir)
+    if target.board is not None:
         shutil.copyfile(TEMPLATES / "cortex_m" / "startup.c", sources_dir / "startup.c")
-        linker = environment.get_template("cortex_m/mps2.ld.j2").render(
-            board=target.board, psram_origin=PSRAM_ORIGIN[target.board], psram_mib=PSRAM_MIB
-        )
-        (sources_dir / "mps2.ld").write_text(linker)
-    (build_dir / "Makefile").write_text(environment.get_template("Makefile.j2").render(context))
-    (build_dir / "CMakeLists.txt").write_text(environment.get_template("CMakeLists.txt.j2").render(context))
-    if cross:
-        toolchain = environment.get_template("toolchain.cmake.j2").render(context)
-        (build_dir / "toolchain.cmake").write_text(toolchain)
+    for path, text in texts.items():
+        path.write_text(text)
 
 
 def _check_weights_fit(weights: Path, target: Target) -> None:
