@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rt3c.cache import cache_dir
 from rt3c.datasets import Dataset, load_dataset
 from rt3c.errors import UserError
 from rt3c.files import atomic_output
@@ -28,10 +26,18 @@ from rt3c.models.base import LoadedModel
 from rt3c.plan import LayerPlan, Level, Plan
 from rt3c.progress import step
 from rt3c.prune.checkpoint import save_checkpoint
-from rt3c.prune.lasso import ReweightedGroupLasso
-from rt3c.prune.training import Masks, TrainSettings, evaluate, train
+from rt3c.prune.stages import (
+    DenseRecipe,
+    StageFiles,
+    block_prune_and_finetune,
+    dense_baseline,
+    group_lasso,
+    joint_finetune,
+    numpy_weights,
+    plan_masks,
+)
+from rt3c.prune.training import TrainSettings, evaluate
 from rt3c.sparsify import (
-    block_prune,
     check_sparsities,
     default_block_ratio,
     nnz_for_levels,
@@ -152,67 +158,22 @@ def check_config(config: PruneConfig) -> None:
         )
 
 
-class _Stages:
-    """The stage files in `OUT/stages/`, valid only for the settings recorded next to them."""
-
-    def __init__(self, out: Path, settings: dict) -> None:
-        self.directory = out / "stages"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        recorded = self.directory / "settings.json"
-        if recorded.is_file() and json.loads(recorded.read_text()) != settings:
-            for stage in STAGES:  # other settings: earlier stages are stale, start over
-                self.path(stage).unlink(missing_ok=True)
-        recorded.write_text(json.dumps(settings, indent=1) + "\n")
-
-    def path(self, stage: str) -> Path:
-        return self.directory / f"{stage}.pt"
-
-    def load(self, stage: str) -> dict | None:
-        path = self.path(stage)
-        return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
-
-    def save(self, stage: str, payload: dict) -> None:
-        with atomic_output(self.path(stage)) as tmp:
-            torch.save(payload, tmp)
-
-
-def dense_baseline(model: LoadedModel, data: Dataset, config: PruneConfig) -> None:
-    """Fine-tune (or train) the dense model, or load it from the cache (shared with `rt3c search`)."""
-    base_ref = config.model if not Path(config.model).exists() else str(Path(config.model).resolve())
-    key = json.dumps(
-        [
-            base_ref,
-            config.data,
-            config.max_len,
-            config.batch_size,
-            config.dense_steps,
-            config.dense_lr,
-            config.seed,
-        ]
+def dense_recipe(config: PruneConfig) -> DenseRecipe:
+    return DenseRecipe(
+        config.model,
+        config.data,
+        config.max_len,
+        config.dense_steps,
+        config.dense_lr,
+        config.batch_size,
+        config.seed,
     )
-    cached = cache_dir("dense") / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-    if cached.is_file():
-        model.module.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
-        return
-    settings = TrainSettings(config.dense_steps, config.dense_lr, config.batch_size, config.seed)
-    train(model, data.train, settings, "dense baseline")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(cached) as tmp:
-        torch.save(model.module.state_dict(), tmp)
-
-
-def _masks_from_plan(plan: Plan, level: int) -> Masks:
-    return {name: torch.from_numpy(layer.mask(level).copy()) for name, layer in plan.layers.items()}
-
-
-def _numpy_weights(weights: dict[str, torch.nn.Parameter]) -> dict[str, np.ndarray]:
-    return {name: weight.detach().numpy().astype(np.float64) for name, weight in weights.items()}
 
 
 def _evaluate_levels(model: LoadedModel, data: Dataset, plan: Plan, dense: dict) -> list[dict]:
     rows = []
     for level in range(len(plan.levels)):
-        metrics = evaluate(model, data.test, _masks_from_plan(plan, level))
+        metrics = evaluate(model, data.test, plan_masks(plan, level))
         rows.append(
             {
                 "level": plan.levels[level].name,
@@ -241,7 +202,7 @@ def evaluate_one_shot(
 ) -> list[dict]:
     """The test metrics per level of the one-shot plan (magnitude BP and PP, no retraining)."""
     plan = one_shot_plan(
-        _numpy_weights(weights),
+        numpy_weights(weights),
         levels,
         config.sparsities,
         config.tile,
@@ -265,7 +226,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
         data = load_dataset(config.data, model, config.max_len)
     torch.manual_seed(config.seed)
     out.mkdir(parents=True, exist_ok=True)
-    stages = _Stages(out, config.settings())
+    stages = StageFiles(out)
     levels = [
         Level(f"L{i}", config.frequencies_khz[i] if config.frequencies_khz else None)
         for i in range(len(config.sparsities))
@@ -283,85 +244,55 @@ def prune_model(config: PruneConfig) -> PruneResult:
             temperature=config.temperature,
         )
 
-    # 1. Dense baseline.
-    saved = stages.load("dense")
-    if saved is None:
-        dense_baseline(model, data, config)
-        stages.save("dense", {"state": model.module.state_dict()})
-    else:
-        model.module.load_state_dict(saved["state"])
+    # Every stage depends on all the settings: a changed setting starts over.
+    tag = config.settings()
+    recipe = dense_recipe(config)
+    stages.run("dense", tag, model, lambda: dense_baseline(model, data, recipe))
     with step("evaluating the dense baseline and one-shot pruning"):
         dense = evaluate(model, data.test)
         one_shot_rows = evaluate_one_shot(model, data, weights, config, levels, dense, config.signed_ranking)
     # The dense model teaches every later stage (its logits carry more than the labels).
     teacher = copy.deepcopy(model.module).requires_grad_(False) if config.distill > 0.0 else None
-
-    # 2. Reweighted group lasso.
-    saved = stages.load("lasso")
-    if saved is None:
-        lasso = ReweightedGroupLasso(weights, config.tile, config.lasso_strength, config.lasso_epsilon)
-        train(
+    lasso = settings(config.lasso_steps, config.lasso_lr)
+    stages.run(
+        "lasso",
+        tag,
+        model,
+        lambda: group_lasso(
             model,
-            data.train,
-            settings(config.lasso_steps, config.lasso_lr),
-            "group lasso",
-            teacher=teacher,
-            penalty=lasso,
-            every_step=lambda i: lasso.refresh() if (i + 1) % config.reweight_every == 0 else None,
-        )
-        stages.save("lasso", {"state": model.module.state_dict()})
-    else:
-        model.module.load_state_dict(saved["state"])
-
-    # 3. Hard block prune at each layer's percentile of tile norms, then masked fine-tuning.
-    saved = stages.load("block")
-    if saved is None:
-        kept_tiles = {
-            name: block_prune(weight, config.tile, ratios[name])
-            for name, weight in _numpy_weights(weights).items()
-        }
-        block_masks = {
-            name: torch.from_numpy(_expand(kept, config.tile, weights[name].shape))
-            for name, kept in kept_tiles.items()
-        }
-        train(
-            model,
-            data.train,
-            settings(config.finetune_steps, config.finetune_lr),
-            "masked fine-tune",
-            teacher=teacher,
-            keep=block_masks,
-        )
-        stages.save("block", {"state": model.module.state_dict(), "kept_tiles": kept_tiles})
-    else:
-        model.module.load_state_dict(saved["state"])
-        kept_tiles = saved["kept_tiles"]
-
-    # 4. Pattern sets per level from the BP model's magnitudes.
-    saved = stages.load("patterns")
-    if saved is None:
-        plan = _pattern_plan(config, weights, kept_tiles, levels, ratios, model.name)
-        stages.save("patterns", {"plan": plan.to_json()})
-    else:
-        plan = Plan.from_json(saved["plan"], "stages/patterns.pt")
-
-    # 5. Joint fine-tuning of all levels on the shared weights.
-    level_masks = [_masks_from_plan(plan, level) for level in range(len(levels))]
-    saved = stages.load("joint")
-    if saved is None:
-        train(
-            model,
-            data.train,
-            settings(config.joint_steps, config.joint_lr),
-            "joint fine-tune",
-            teacher=teacher,
-            level_masks=level_masks,
-            level_weights=config.level_weights,
-            keep=level_masks[0],
-        )
-        stages.save("joint", {"state": model.module.state_dict()})
-    else:
-        model.module.load_state_dict(saved["state"])
+            data,
+            weights,
+            config.tile,
+            lasso,
+            config.lasso_strength,
+            config.lasso_epsilon,
+            config.reweight_every,
+            teacher,
+        ),
+    )
+    finetune = settings(config.finetune_steps, config.finetune_lr)
+    kept_tiles = stages.run(
+        "block",
+        tag,
+        model,
+        lambda: block_prune_and_finetune(model, data, weights, config.tile, ratios, finetune, teacher),
+    )
+    plan = Plan.from_json(
+        stages.run(
+            "patterns",
+            tag,
+            None,
+            lambda: _pattern_plan(config, weights, kept_tiles, levels, ratios, model.name).to_json(),
+        ),
+        "stages/patterns.pt",
+    )
+    joint = settings(config.joint_steps, config.joint_lr)
+    stages.run(
+        "joint",
+        tag,
+        model,
+        lambda: joint_finetune(model, data, plan, joint, teacher, config.level_weights),
+    )
 
     with step("evaluating every level"):
         evaluation = {
@@ -398,7 +329,7 @@ def _pattern_plan(
     model_name: str,
 ) -> Plan:
     layers = {}
-    for name, weight in _numpy_weights(weights).items():
+    for name, weight in numpy_weights(weights).items():
         nnz = nnz_for_levels(config.sparsities, ratios[name], config.tile)
         layers[name] = LayerPlan(
             name,
