@@ -114,15 +114,23 @@ def parse_board(data: dict, source: str) -> Board:
     )
 
 
-def load_board(ref: str | Path) -> Board:
-    """A shipped board by name, or a TOML file by path."""
+def board_file(ref: str | Path) -> Path:
+    """The TOML file of a shipped board (by name) or of the user's own (by path)."""
     path = Path(ref)
     if not path.suffix and str(ref) in shipped_boards():
-        path = BOARDS_DIR / f"{ref}.toml"
-    elif not path.is_file():
+        return BOARDS_DIR / f"{ref}.toml"
+    if not path.is_file():
         raise UserError(f"--board {ref}: no such board file or shipped board ({', '.join(shipped_boards())})")
+    return path
+
+
+def load_board(ref: str | Path) -> Board:
+    """A shipped board by name, or a TOML file by path."""
+    path = board_file(ref)
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({exc})") from None
     return parse_board(data, str(path))

@@ -126,16 +126,7 @@ def plan_command(
     sparsities = _floats(sparsity, "--sparsity")
     if len(sparsities) != levels:
         raise UserError(f"--sparsity {sparsity!r}: {len(sparsities)} values for --levels {levels}")
-    frequencies = None
-    if board is not None:
-        from rt3c.boards import load_board
-
-        board_levels = load_board(board).levels
-        if len(board_levels) != levels:
-            raise UserError(
-                f"--board {board}: has {len(board_levels)} frequency levels, --levels is {levels}"
-            )
-        frequencies = [level.frequency_khz for level in board_levels]
+    frequencies = _board_frequencies(board, levels)
     plan = plan_model(
         model,
         out,
@@ -259,6 +250,9 @@ def prune_command(
     distill: Annotated[
         float, typer.Option("--distill", help="Weight of distillation from the dense model, in [0, 1].")
     ] = 0.5,
+    board: Annotated[
+        str | None, typer.Option("--board", "-b", help="Board whose frequencies the levels get.")
+    ] = None,
 ) -> None:
     """Prune with training: group lasso BP, PP per level, joint fine-tuning; resumable."""
     from rt3c.prune.pipeline import DEFAULT_LAYERS, PruneConfig, prune_model
@@ -295,10 +289,23 @@ def prune_command(
             finetune_steps=finetune_steps,
             joint_steps=joint_steps,
             distill=distill,
+            frequencies_khz=_board_frequencies(board, levels),
         )
     )
     print_evaluation(result.evaluation)
     typer.echo(f"{result.checkpoint}\n{result.plan_path}\n{result.eval_path}")
+
+
+def _board_frequencies(board: str | None, levels: int) -> list[int] | None:
+    """The levels' frequencies from `--board` (which must have `levels` levels), or None without one."""
+    if board is None:
+        return None
+    from rt3c.boards import load_board
+
+    board_levels = load_board(board).levels
+    if len(board_levels) != levels:
+        raise UserError(f"--board {board}: has {len(board_levels)} frequency levels, --levels is {levels}")
+    return [level.frequency_khz for level in board_levels]
 
 
 @app.command("search")
@@ -306,79 +313,129 @@ def search_command(
     model: ModelOption,
     data: Annotated[str, typer.Option("--data", help="rotten-tomatoes, hamlet or synthetic.")],
     board: Annotated[str, typer.Option("--board", "-b", help="Shipped board name or a TOML file.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for plan, logs, latency, model.onnx.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for stages, checkpoint, plan, eval.")],
+    objective: Annotated[
+        str,
+        typer.Option(
+            "--objective",
+            help="accuracy: best accuracy with every deadline met; energy: least energy per inference "
+            "along the board's trace, every deadline met and every level within --max-loss.",
+        ),
+    ] = "accuracy",
+    max_loss: Annotated[
+        str | None,
+        typer.Option("--max-loss", help="energy: accuracy points each level may lose (default 1,1.5,2)."),
+    ] = None,
+    one_shot: Annotated[
+        bool, typer.Option("--one-shot", help="No training after the dense baseline (quick exploration).")
+    ] = False,
+    steps: Annotated[
+        str,
+        typer.Option("--steps", help="Training steps: dense,lasso,finetune,recovery (per candidate),joint."),
+    ] = "300,150,100,16,600",
     episodes: Annotated[int, typer.Option("--episodes", help="Per method (controller, random).")] = 24,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Candidates per controller update.")] = 4,
+    controller_batch: Annotated[
+        int, typer.Option("--controller-batch", help="Candidates per controller update.")
+    ] = 4,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 32,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens of the compiled model.")] = 16,
     validation_size: Annotated[
-        int, typer.Option("--validation-size", help="Validation examples per evaluation.")
-    ] = 200,
-    block_ratio: Annotated[float, typer.Option("--block-ratio", help="Tiles BP removes (all layers).")] = 0.1,
+        int, typer.Option("--validation-size", help="Validation examples per candidate.")
+    ] = 400,
+    block_ratio: Annotated[
+        float | None,
+        typer.Option("--block-ratio", help="Tiles BP removes (default: from the deadlines, at least 0.3)."),
+    ] = None,
     densities: Annotated[
         str, typer.Option("--densities", help="Kept fraction of a tile per level, choices densest first.")
     ] = "1,0.75,0.625,0.5,0.375,0.25",
     patterns: Annotated[str, typer.Option("--patterns", help="Pattern-set sizes to choose from.")] = "2,4,8",
+    distill: Annotated[
+        float, typer.Option("--distill", help="Weight of distillation from the dense model, in [0, 1].")
+    ] = 0.7,
     latency: Annotated[
         str | None, typer.Option("--latency", help="qemu (count) or host (time); default by target.")
     ] = None,
     backend: Annotated[str, typer.Option("--backend", help="process, ray or serial.")] = "process",
     workers: Annotated[int | None, typer.Option("--workers", help="Parallel evaluations.")] = None,
-    finetune_steps: Annotated[
-        int, typer.Option("--finetune-steps", help="Joint fine-tune per candidate (0: one-shot).")
-    ] = 0,
-    dense_steps: Annotated[
-        int, typer.Option("--dense-steps", help="Dense fine-tune steps (cached, as rt3c prune's).")
-    ] = 300,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Search pattern sets and sparsity per layer and level (REINFORCE + random search) for a board."""
+    """Search and train pattern sets per DVFS level for a board: every deadline met, best accuracy or least
+    energy; resumable."""
+    from rt3c.search.objective import parse_max_loss
     from rt3c.search.run import SearchConfig, search_model
 
+    counts = [int(s) for s in _floats(steps, "--steps")]
+    if len(counts) != 5:
+        raise UserError(f"--steps {steps!r}: expected five counts (dense,lasso,finetune,recovery,joint)")
+    dense_steps, lasso_steps, finetune_steps, recovery_steps, joint_steps = counts
+    if max_loss is not None and objective != "energy":
+        raise UserError("--max-loss: only with --objective energy")
+    budgets = None
+    if max_loss is not None:
+        from rt3c.boards import load_board
+
+        budgets = parse_max_loss(max_loss, len(load_board(board).levels))
     result = search_model(
         SearchConfig(
             model=model,
             data=data,
             board=board,
             out=out,
+            objective=objective,
+            max_loss=budgets,
+            one_shot=one_shot,
             episodes=episodes,
-            batch_size=batch_size,
+            batch_size=controller_batch,
+            batch=batch_size,
             seq_len=seq_len,
             validation_size=validation_size,
             block_ratio=block_ratio,
             densities=tuple(_floats(densities, "--densities")),
             pattern_counts=tuple(int(k) for k in _floats(patterns, "--patterns")),
+            distill=distill,
             latency=latency,
             backend=backend,
             workers=workers,
-            finetune_steps=finetune_steps,
             dense_steps=dense_steps,
+            lasso_steps=lasso_steps,
+            finetune_steps=finetune_steps,
+            recovery_steps=recovery_steps,
+            joint_steps=joint_steps,
             seed=seed,
         )
     )
-    table = Table("level", "sparsity", "test accuracy", "latency ms", "deadline ms", "meets")
-    for level, (accuracy, latency_s, deadline_s) in enumerate(
-        zip(result.test_accuracy, result.measured_latency_s, result.deadlines_s, strict=True)
-    ):
+    evaluation = result.evaluation
+    table = Table("level", "MHz", "sparsity", "test accuracy", "loss (points)", "latency ms", "deadline ms")
+    for level in evaluation["levels"]:
         table.add_row(
-            f"L{level}",
-            f"{result.best.evaluation.sparsity[level]:.3f}",
-            f"{100 * accuracy:.2f} (dense {100 * result.dense_test_accuracy:.2f})",
-            f"{1e3 * latency_s:.2f}",
-            f"{1e3 * deadline_s:g}",
-            "yes" if latency_s <= deadline_s else "NO",
+            level["level"],
+            f"{level['frequency_mhz']:g}",
+            f"{level['sparsity']:.3f}",
+            f"{level['test_accuracy']:.2f}",
+            f"{level['loss_points']:+.2f}",
+            f"{level['latency_ms']:.2f}",
+            f"{level['deadline_ms']:g}{'' if level['meets_deadline'] else ' MISSED'}",
         )
     stdout.print(table)
     typer.echo(
-        f"best: {result.best_method} episode {result.best.episode}, reward {result.best.reward:.3f}; "
+        f"dense test accuracy {evaluation['dense']['test_accuracy']:.2f}; battery ratio "
+        f"{evaluation['battery_ratio']:.2f}x; best: {result.best_method} episode {result.best.episode} "
+        f"(objective {evaluation['objective']}); "
         f"{'meets' if result.meets_constraints else 'DOES NOT meet'} every level's deadline"
     )
-    typer.echo(f"{out / 'plan.json'}\n{out / 'search.json'}\n{out / 'latency.json'}")
+    typer.echo(
+        "\n".join(str(out / name) for name in ("plan.json", "eval.json", "latency.json", "search.json"))
+    )
 
 
 @app.command("simulate")
 def simulate_command(
     directory: Annotated[Path, typer.Argument(help="Output folder of `rt3c search`.")],
-    board: Annotated[str, typer.Option("--board", "-b", help="Shipped board name or a TOML file.")],
+    board: Annotated[
+        str | None,
+        typer.Option("--board", "-b", help="Board (default: the one searched for, DIR/board.toml)."),
+    ] = None,
     trace: Annotated[
         Path | None, typer.Option("--trace", help="DVFS trace: 'frequency_mhz seconds' per line.")
     ] = None,

@@ -43,7 +43,7 @@ from rt3c.errors import UserError
 from rt3c.files import atomic_output
 from rt3c.instruction_count import count_instructions, kernel_functions
 from rt3c.kernel_program import LinearStep, dense_linear_step, linear_program, sparse_linear_step
-from rt3c.plan import LayerPlan, Level
+from rt3c.plan import LayerPlan, Level, Plan
 from rt3c.progress import step
 from rt3c.runtime_c.project import render_project
 from rt3c.sparse_format import encode_layer
@@ -469,20 +469,14 @@ def reference_cost(
     (cached by the model's structure): its other kernels cost what they cost under any plan of them."""
 
     def compile_reference() -> dict:
-        with tempfile.TemporaryDirectory(prefix="rt3c-reference-") as tmp:
-            plan = one_shot_plan(
-                {name: w.astype(np.float64) for name, w in weights.items()},
-                [Level("L0")],
-                [REFERENCE_SPARSITY],
-                tile,
-                patterns=4,
-            )
-            plan.save(Path(tmp) / "plan.json")
-            encoded = encode_model(onnx_path, Path(tmp) / "plan.json", Path(tmp) / "model.rt3.onnx").path
-            with step(f"lower the reference model for {target.name}"):
-                compiled = lower_model(encoded, target)
-            with step(f"measure its {len(compiled.functions)} kernels ({source})"):
-                return measure_program(compiled, target, source).to_json()
+        plan = one_shot_plan(
+            {name: w.astype(np.float64) for name, w in weights.items()},
+            [Level("L0")],
+            [REFERENCE_SPARSITY],
+            tile,
+            patterns=4,
+        )
+        return measure_model(onnx_path, plan, target, source).to_json()
 
     value, hit = cached(
         "reference",
@@ -565,6 +559,18 @@ def build_latency_model(
     return LatencyModel(
         target.name, source, linear, reference.level_units(0, sparse=False), shapes
     ), reference
+
+
+def measure_model(onnx_path: Path, plan: Plan, target: Target, source: str) -> ProgramCost:
+    """Every kernel of the model compiled with `plan` (encoded and lowered as `rt3c compile` does), measured
+    per call and level."""
+    with tempfile.TemporaryDirectory(prefix="rt3c-measure-") as tmp:
+        plan.save(Path(tmp) / "plan.json")
+        encoded = encode_model(onnx_path, Path(tmp) / "plan.json", Path(tmp) / "model.rt3.onnx").path
+        with step(f"lower the model with its {len(plan.levels)}-level plan for {target.name}"):
+            compiled = lower_model(encoded, target)
+        with step(f"measure its {len(compiled.functions)} kernels ({source})"):
+            return measure_program(compiled, target, source)
 
 
 def measure_plan(

@@ -19,9 +19,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from rt3c.battery import Simulation
-from rt3c.boards import Board, load_board
+from rt3c.boards import Board
 from rt3c.errors import UserError
-from rt3c.simulate import RT3_CLAIMED_RATIO, read_json, simulate_dir
+from rt3c.simulate import RT3_CLAIMED_RATIO, read_json, searched_board, simulate_dir
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
@@ -178,12 +178,11 @@ def render_report(directory: Path, board_ref: str | None = None, trace: Path | N
     search = read_json(directory, "search.json", "rt3c search --out DIR")
     latency = read_json(directory, "latency.json", "rt3c search --out DIR")
     try:
-        board_ref = board_ref or search["settings"]["board"]
         best = search["best"]
         methods = search["methods"]
     except (KeyError, TypeError) as exc:
         raise UserError(f"{directory / 'search.json'}: malformed search log (missing {exc})") from None
-    board = load_board(board_ref)
+    board = searched_board(directory, board_ref)
     sim = simulate_dir(directory, board_ref, trace)
     out = directory / "report"
     out.mkdir(exist_ok=True)
@@ -229,7 +228,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:10
 <p>Target {html.escape(latency["target"])}; latency source: {html.escape(latency["source"])} ({html.escape(latency["unit"])},
 {latency["cycles_per_unit"]:g} cycles per unit). Episodes: {html.escape(", ".join(f"{m} {n}" for m, n in counts.items()))};
 {search["distinct_candidates"]} distinct candidates evaluated. Best: {html.escape(best["method"])} episode {best["episode"]},
-reward {best["reward"]:.3f}. Dense accuracy: validation {100 * search["dense"]["validation_accuracy"]:.2f}%,
+reward {best["reward"]:.3f} (objective {html.escape(str(search.get("objective", "accuracy")))}). Dense accuracy: validation {100 * search["dense"]["validation_accuracy"]:.2f}%,
 test {100 * search["dense"]["test_accuracy"]:.2f}%.</p>
 <h2>Best plan</h2>
 <table><tr><th>level</th><th>MHz</th><th>sparsity</th><th>val. acc. %</th><th>test acc. %</th>

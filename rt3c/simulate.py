@@ -1,4 +1,4 @@
-"""`rt3c simulate DIR --board B [--trace T]`: inferences per battery charge of a searched plan.
+"""`rt3c simulate DIR [--board B] [--trace T]`: inferences per battery charge of a searched plan.
 
 Reads DIR/latency.json (written by `rt3c search`): the cost of the dense model and of each level of the
 best plan, in the unit of its source (instructions counted under qemu, or host seconds). Cycles are
@@ -52,9 +52,19 @@ def level_cycles(latency: dict, board: Board, source_path: str) -> tuple[float, 
     return dense_units * per_unit, [u * per_unit for u in units]
 
 
-def simulate_dir(directory: Path, board_ref: str, trace: Path | None = None) -> Simulation:
+def searched_board(directory: Path, board_ref: str | None) -> Board:
+    """The given board, or the one the search in `directory` was made for (its copy `DIR/board.toml`)."""
+    if board_ref is not None:
+        return load_board(board_ref)
+    copy = Path(directory) / "board.toml"
+    if not copy.is_file():
+        raise UserError(f"{copy}: missing (give --board, or make DIR with `rt3c search --out DIR`)")
+    return load_board(copy)
+
+
+def simulate_dir(directory: Path, board_ref: str | None = None, trace: Path | None = None) -> Simulation:
     latency = read_json(directory, "latency.json", "rt3c search --out DIR")
-    board = load_board(board_ref)
+    board = searched_board(directory, board_ref)
     dense, levels = level_cycles(latency, board, str(Path(directory) / "latency.json"))
     if trace is not None:
         fractions = load_trace(trace, board)

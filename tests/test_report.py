@@ -1,4 +1,5 @@
-"""`rt3c search` end to end on bert-tiny (tiny budget), then `rt3c simulate` and `rt3c report` on its output."""
+"""`rt3c search` end to end on bert-tiny (tiny budget; the `searched` fixture in conftest.py), then
+`rt3c simulate` and `rt3c report` on its output."""
 
 from __future__ import annotations
 
@@ -7,70 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 from PIL import Image
+from search_helpers import SEARCH_EPISODES, run_cli
 
 from rt3c.battery import simulate
 from rt3c.boards import load_board
-from rt3c.cli import main
 from rt3c.plan import Plan
-
-# Deadlines that bind: bert-tiny's dense model (~0.95M aarch64 instructions at 16 tokens) meets 2.2 ms at
-# 1 GHz but not at 400 or 250 MHz, so the lower levels need sparse plans.
-BOARD = """
-name = "tight"
-target = "aarch64"
-battery_joules = 1000.0
-latency_ms = 2.2
-[power]
-capacitance_nf = 1.0
-[[levels]]
-frequency_mhz = 1000
-voltage = 1.2
-[[levels]]
-frequency_mhz = 400
-voltage = 1.0
-[[levels]]
-frequency_mhz = 250
-voltage = 0.9
-"""
-EPISODES = 8
-
-
-def _run(argv: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    return exit_info.value.code
-
-
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> tuple[Path, Path]:
-    # The search takes ~100 s: under pytest-xdist the workers share one run (the session's temporary
-    # root is common to them), the first to take the lock runs it, as pytest-xdist's docs suggest.
-    shared = (
-        tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    )
-    root = shared / "search"
-    board, out = root / "tight.toml", root / "out"
-    with FileLock(f"{root}.lock"):
-        if not (root / "done").exists():
-            root.mkdir(exist_ok=True)
-            board.write_text(BOARD)
-            argv = [
-                "search",
-                "--model",
-                "bert-tiny",
-                "--data",
-                "synthetic",
-                "--board",
-                str(board),
-                "--out",
-                str(out),
-            ]
-            code = _run([*argv, "--episodes", str(EPISODES), "--workers", "2", "--dense-steps", "60"])
-            assert code == 0
-            (root / "done").touch()
-    return out, board
 
 
 @pytest.mark.slow
@@ -79,7 +22,7 @@ def test_search_outputs(searched: tuple[Path, Path]) -> None:
     board = load_board(board_path)
     search = json.loads((out / "search.json").read_text())
     assert set(search["methods"]) == {"reinforce", "random"}
-    assert all(len(episodes) == EPISODES for episodes in search["methods"].values())
+    assert all(len(episodes) == SEARCH_EPISODES for episodes in search["methods"].values())
     best = search["best"]
     assert best["feasible"] and best["reward"] > 0
     # The best plan's kernels were built and counted: they meet the deadlines the model predicted they meet.
@@ -95,7 +38,7 @@ def test_search_outputs(searched: tuple[Path, Path]) -> None:
     assert [round(plan.sparsity(i), 6) for i in range(3)] == [round(s, 6) for s in best["sparsity"]]
     # `rt3c encode` accepts the plan with the exported model (and verifies every level).
     assert (
-        _run(
+        run_cli(
             [
                 "encode",
                 str(out / "model.onnx"),
@@ -113,7 +56,7 @@ def test_search_outputs(searched: tuple[Path, Path]) -> None:
 def test_simulate(searched: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     out, board_path = searched
     capsys.readouterr()
-    assert _run(["simulate", str(out), "--board", str(board_path), "--json"]) == 0
+    assert run_cli(["simulate", str(out), "--board", str(board_path), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     latency = json.loads((out / "latency.json").read_text())
     board = load_board(board_path)
@@ -126,8 +69,11 @@ def test_simulate(searched: tuple[Path, Path], capsys: pytest.CaptureFixture[str
     # The dense model misses the deadlines of the slow levels; the switching rt3c levels miss none.
     assert by_name["dense, trace"]["deadline_misses_per_charge"] > 0
     assert by_name["rt3c levels, trace"]["deadline_misses_per_charge"] == 0
-    assert _run(["simulate", str(out), "--board", str(board_path)]) == 0
+    assert run_cli(["simulate", str(out), "--board", str(board_path)]) == 0
     assert "battery ratio" in capsys.readouterr().out
+    # Without --board, the board the search was made for (DIR/board.toml).
+    assert run_cli(["simulate", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["battery_ratio"] == pytest.approx(result["battery_ratio"])
 
 
 @pytest.mark.slow
@@ -146,7 +92,7 @@ def test_simulate_bad_input(
     ]
     for argv, culprit in cases:
         capsys.readouterr()
-        assert _run(argv) == 2
+        assert run_cli(argv) == 2
         error = capsys.readouterr().err.strip()
         assert error.count("\n") == 0 and culprit in error, error
 
@@ -155,7 +101,7 @@ def test_simulate_bad_input(
 def test_report_renders(searched: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     out, _ = searched
     capsys.readouterr()
-    assert _run(["report", str(out)]) == 0
+    assert run_cli(["report", str(out)]) == 0
     page = Path(capsys.readouterr().out.strip())
     assert page == out / "report" / "index.html"
     images = re.findall(r'<img src="([^"]+)"', page.read_text())

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rt3c.boards import Board, FrequencyLevel
 from rt3c.errors import UserError
-from rt3c.search.controller import CachedEvaluator, Evaluation, random_search, reinforce, reward
+from rt3c.search.controller import CachedEvaluator, random_search, reinforce
 from rt3c.search.evaluate import CandidatePlanner, evaluation_pool, level_sparsity
+from rt3c.search.objective import AccuracyObjective, EnergyObjective, Evaluation, parse_max_loss
 from rt3c.search.space import SearchSpace
+from rt3c.sparsify import block_prune
 
 SPACE = SearchSpace(layers=("a", "b", "c", "d"), n_levels=3)
 COST = {"a": 4.0, "b": 1.0, "c": 2.0, "d": 0.5}
@@ -29,33 +32,126 @@ def synthetic(choices: tuple[int, ...]) -> Evaluation:
 
 
 def test_candidates_are_nested() -> None:
-    log = random_search(SPACE, CachedEvaluator(synthetic), 0.9, 64, seed=3)
+    log = random_search(SPACE, CachedEvaluator(synthetic), AccuracyObjective(0.9), 64, seed=3)
     for episode in log.episodes:
         for entry in SPACE.describe(episode.choices).values():
             densities = entry["density"]
             assert densities == sorted(densities, reverse=True)
 
 
-def test_reward_rules() -> None:
+def test_accuracy_reward_rules() -> None:
+    reward, lenient = AccuracyObjective(0.8), AccuracyObjective(0.8, tolerance=0.02)
     ok = Evaluation((0.8, 0.7, 0.6), (1.0, 1.0, 1.0), (2.0, 2.0, 2.0))
-    assert reward(ok, 0.8) == np.mean([0.8, 0.7, 0.6]) / 0.8
+    assert reward(ok) == np.mean([0.8, 0.7, 0.6]) / 0.8
     late = Evaluation((0.8, 0.7, 0.6), (1.0, 3.0, 1.0), (2.0, 2.0, 2.0))
-    assert reward(late, 0.8) < -1.0
+    assert reward(late) < -1.0
     rising = Evaluation((0.6, 0.7, 0.6), (1.0, 1.0, 1.0), (2.0, 2.0, 2.0))
-    assert reward(rising, 0.8) < reward(ok, 0.8)
+    assert reward(rising) < reward(ok)
     # A rise within the tolerance (the accuracy's noise) is not penalised.
     noisy = Evaluation((0.7, 0.71, 0.6), (1.0, 1.0, 1.0), (2.0, 2.0, 2.0))
-    assert reward(noisy, 0.8, tolerance=0.02) == np.mean(noisy.accuracy) / 0.8
-    assert reward(noisy, 0.8) == reward(noisy, 0.8, tolerance=0.02) - 0.5
+    assert lenient(noisy) == np.mean(noisy.accuracy) / 0.8
+    assert reward(noisy) == lenient(noisy) - 0.5
+
+
+# A board on which energy per inference is cycles x V^2: level i runs at 1 GHz / (i + 1).
+BOARD = Board(
+    "constructed",
+    "",
+    "aarch64",
+    1000.0,
+    1.0,
+    1e-9,
+    0.0,
+    tuple(FrequencyLevel(1e9 / (i + 1), 1.0 - 0.1 * i, deadline) for i, deadline in enumerate(DEADLINES)),
+)
+
+
+def _energy_objective(budgets: tuple[float, ...]) -> EnergyObjective:
+    # Evaluation latencies are seconds; the dense model takes 8 s at the top level.
+    return EnergyObjective(BOARD, 8.0 * 1e9, (0.5, 0.3, 0.2), 0.9, budgets)
+
+
+def test_energy_reward_rules() -> None:
+    energy = _energy_objective((1.0, 2.0, 3.0))
+    cheap = Evaluation((0.895, 0.885, 0.875), (2.0, 1.5, 1.0), DEADLINES)
+    dear = Evaluation((0.895, 0.885, 0.875), (4.0, 3.0, 2.0), DEADLINES)
+    assert energy(cheap) > energy(dear) > 1.0  # within budget: the less energy, the better
+    assert energy(cheap) == 1.0 + energy.battery_ratio(cheap)
+    over = Evaluation((0.895, 0.885, 0.86), (1.0, 0.5, 0.5), DEADLINES)  # level 2 loses 4 points, 1 over
+    assert energy.points_over_budget(over) == pytest.approx(1.0)
+    assert -1.0 < energy(over) < 1.0 < energy(dear)  # over budget ranks below every candidate within it
+    late = Evaluation((0.9, 0.9, 0.9), (1.0, 1.0, 3.0), DEADLINES)
+    assert energy(late) < energy(over)
+
+
+def _every_candidate(space: SearchSpace) -> list[list[int]]:
+    candidates: list[list[int]] = [[]]
+    for position, decision in enumerate(space.decisions):
+        candidates = [
+            [*chosen, option]
+            for chosen in candidates
+            for option in range(len(decision.options))
+            if space.allowed(position, chosen)[option]
+        ]
+    return candidates
+
+
+def test_both_objectives_respect_deadlines_and_budget() -> None:
+    """Over every candidate of a small constructed space: the accuracy objective's best meets every
+    deadline with the best mean accuracy; the energy objective's best meets every deadline, keeps each
+    level within its loss budget, and needs the least energy of all such candidates (and less than the
+    accuracy objective's best)."""
+    space = SearchSpace(layers=("a", "d"), n_levels=3, densities=(1.0, 0.75, 0.5, 0.25, 0.125))
+
+    def evaluate(choices: tuple[int, ...]) -> Evaluation:
+        plan = space.describe(list(choices))
+        latency, accuracy = [], []
+        for level in range(3):
+            latency.append(4.0 + sum(COST[n] * entry["density"][level] for n, entry in plan.items()))
+            loss = sum(SENSITIVITY[n] * (1 - entry["density"][level]) ** 2 for n, entry in plan.items())
+            accuracy.append(0.9 - loss)
+        return Evaluation(tuple(accuracy), tuple(latency), (8.0, 6.5, 5.0))
+
+    budgets = (2.0, 4.0, 10.0)
+    energy, accurate = _energy_objective(budgets), AccuracyObjective(0.9)
+    evaluations = [evaluate(tuple(c)) for c in _every_candidate(space)]
+    within = [e for e in evaluations if e.feasible and energy.points_over_budget(e) == 0.0]
+    assert 0 < len(within) < len([e for e in evaluations if e.feasible]) < len(evaluations)
+    best_accuracy = max(evaluations, key=accurate)
+    assert best_accuracy.feasible
+    assert np.mean(best_accuracy.accuracy) == max(np.mean(e.accuracy) for e in evaluations if e.feasible)
+    best_energy = max(evaluations, key=energy)
+    assert best_energy.feasible and energy.points_over_budget(best_energy) == 0.0
+    assert energy.battery_ratio(best_energy) == max(energy.battery_ratio(e) for e in within)
+    assert energy.battery_ratio(best_energy) > energy.battery_ratio(best_accuracy)
+    # A search with the energy objective settles on a candidate within the budget, never on a cheaper
+    # one over it.
+    log = random_search(space, CachedEvaluator(evaluate), energy, 200, batch_size=8, seed=0)
+    assert log.best.evaluation.feasible and energy.points_over_budget(log.best.evaluation) == 0.0
+    assert any(energy.points_over_budget(e.evaluation) > 0 for e in log.episodes if e.evaluation.feasible)
+
+
+def test_max_loss_parsing() -> None:
+    assert parse_max_loss("1,1.5,2", 3) == (1.0, 1.5, 2.0)
+    for text, culprit in (
+        ("1,2", "2 values"),
+        ("1,x,2", "numbers"),
+        ("1,nan,2", "between"),
+        ("-1,1,1", "between"),
+    ):
+        with pytest.raises(UserError, match=culprit):
+            parse_max_loss(text, 3)
 
 
 def test_controller_learns_and_beats_its_start() -> None:
-    log = reinforce(SPACE, CachedEvaluator(synthetic), 0.9, 240, batch_size=8, seed=0)
+    log = reinforce(SPACE, CachedEvaluator(synthetic), AccuracyObjective(0.9), 240, batch_size=8, seed=0)
     rewards = [e.reward for e in log.episodes]
     assert len(rewards) == 240
     assert np.mean(rewards[-48:]) > np.mean(rewards[:48]) + 0.15
     assert log.best.evaluation.feasible
-    random_log = random_search(SPACE, CachedEvaluator(synthetic), 0.9, 240, batch_size=8, seed=0)
+    random_log = random_search(
+        SPACE, CachedEvaluator(synthetic), AccuracyObjective(0.9), 240, batch_size=8, seed=0
+    )
     assert len(random_log.episodes) == 240
     assert np.mean(rewards[-48:]) > np.mean([e.reward for e in random_log.episodes])
 
@@ -79,7 +175,8 @@ def test_candidate_plans_share_block_pruning_and_follow_the_choices() -> None:
     rng = np.random.default_rng(0)
     weights = {"a": rng.standard_normal((16, 32)), "b": rng.standard_normal((32, 16))}
     space = SearchSpace(layers=("a", "b"), n_levels=3, densities=(1.0, 0.5, 0.25))
-    planner = CandidatePlanner(weights, (4, 4), 0.25, space)
+    kept = {name: block_prune(weight, (4, 4), 0.25) for name, weight in weights.items()}
+    planner = CandidatePlanner(weights, (4, 4), kept, space)
     # a: 8 patterns, densities 1.0 / 0.5 / 0.25; b: 2 patterns, 0.5 at every level.
     layers = planner.layers([2, 0, 1, 2, 0, 1, 1, 1])
     assert [len(level.patterns) for level in layers["a"].levels] == [8, 8, 8]
@@ -93,13 +190,6 @@ def test_candidate_plans_share_block_pruning_and_follow_the_choices() -> None:
     assert level_sparsity(layers, 2) == 1 - 0.75 * (0.25 * 512 + 0.5 * 512) / 1024
 
 
-def test_ray_backend_needs_ray() -> None:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        with pytest.raises(UserError, match="rt3c\\[ray\\]"), evaluation_pool(None, "ray", 2, None):
-            pass
-    else:
-        pytest.skip("ray is installed")
+def test_unknown_backend() -> None:
     with pytest.raises(UserError, match="--backend threads"), evaluation_pool(None, "threads", 2, None):
         pass

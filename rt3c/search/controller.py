@@ -1,10 +1,9 @@
 """RT3's search: REINFORCE with a recurrent controller, and random search with the same budget.
 
 The controller is an LSTM cell that emits the decisions of a `SearchSpace` one after another; each step
-sees the previous action and samples from a softmax restricted to the legal options. Reward (RT3 §4):
-the mean accuracy of the levels normalised by the dense model's when every level meets its deadline; a
-penalty growing with the worst overshoot otherwise; and a further penalty unless accuracy falls (or stays)
-as the level gets sparser. A moving-average baseline reduces the variance of the policy gradient.
+sees the previous action and samples from a softmax restricted to the legal options. The reward is the
+search's objective (`rt3c.search.objective`: RT3's accuracy reward, or energy within an accuracy budget).
+A moving-average baseline reduces the variance of the policy gradient.
 
 Candidates of one batch are evaluated with `map_fn` (the caller's choice: the built-in `map`, a process
 pool's `map`, or a Ray pool's), and every evaluation is cached by its decisions.
@@ -12,7 +11,6 @@ pool's `map`, or a Ray pool's), and every evaluation is cached by its decisions.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -20,37 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from rt3c.search.objective import Evaluation
 from rt3c.search.space import SearchSpace
 
-INFEASIBLE_REWARD = -1.0
-NON_MONOTONE_PENALTY = 0.5
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    accuracy: tuple[float, ...]
-    """Per level, densest first."""
-    latency_s: tuple[float, ...]
-    deadline_s: tuple[float, ...]
-    sparsity: tuple[float, ...] = ()
-    """Per level: fraction of the planned layers' weights removed."""
-
-    @property
-    def feasible(self) -> bool:
-        return all(lat <= dl for lat, dl in zip(self.latency_s, self.deadline_s, strict=True))
-
-
-def reward(evaluation: Evaluation, dense_accuracy: float, tolerance: float = 0.0) -> float:
-    """`tolerance`: how much accuracy may rise from a level to a sparser one before it counts as rising
-    (the noise of accuracy measured on a subset)."""
-    if not evaluation.feasible:
-        overshoot = max(lat / dl for lat, dl in zip(evaluation.latency_s, evaluation.deadline_s, strict=True))
-        return INFEASIBLE_REWARD - min(overshoot - 1.0, 1.0)
-    value = float(np.mean(evaluation.accuracy)) / dense_accuracy
-    accuracies = evaluation.accuracy
-    if any(sparser > denser + tolerance + 1e-9 for denser, sparser in itertools.pairwise(accuracies)):
-        value -= NON_MONOTONE_PENALTY
-    return value
+Reward = Callable[[Evaluation], float]
+"""A candidate's evaluation -> its reward (an objective of `rt3c.search.objective`)."""
 
 
 @dataclass
@@ -138,7 +110,7 @@ class Controller(nn.Module):
 def reinforce(
     space: SearchSpace,
     evaluator: CachedEvaluator,
-    dense_accuracy: float,
+    objective: Reward,
     episodes: int,
     *,
     batch_size: int = 4,
@@ -146,7 +118,6 @@ def reinforce(
     learning_rate: float = 0.02,
     baseline_decay: float = 0.8,
     entropy_weight: float = 1e-3,
-    tolerance: float = 0.0,
     on_episode: Callable[[Episode], None] | None = None,
 ) -> SearchLog:
     """Train the controller for `episodes` sampled candidates (in batches) and log every one."""
@@ -161,7 +132,7 @@ def reinforce(
         results = evaluator([choices for choices, _, _ in samples])
         loss = torch.zeros(())
         for (choices, log_prob, entropy), (evaluation, cached) in zip(samples, results, strict=True):
-            value = reward(evaluation, dense_accuracy, tolerance)
+            value = objective(evaluation)
             baseline = value if baseline is None else baseline_decay * baseline + (1 - baseline_decay) * value
             loss = loss - (value - baseline) * log_prob - entropy_weight * entropy
             episode = Episode(len(log.episodes), choices, value, evaluation, cached)
@@ -177,12 +148,11 @@ def reinforce(
 def random_search(
     space: SearchSpace,
     evaluator: CachedEvaluator,
-    dense_accuracy: float,
+    objective: Reward,
     episodes: int,
     *,
     batch_size: int = 4,
     seed: int = 0,
-    tolerance: float = 0.0,
     on_episode: Callable[[Episode], None] | None = None,
 ) -> SearchLog:
     """Uniform samples over the legal candidates, with the same budget and evaluator as `reinforce`."""
@@ -196,9 +166,7 @@ def random_search(
                 choices.append(int(rng.choice(np.flatnonzero(space.allowed(position, choices)))))
             batch.append(choices)
         for choices, (evaluation, cached) in zip(batch, evaluator(batch), strict=True):
-            episode = Episode(
-                len(log.episodes), choices, reward(evaluation, dense_accuracy, tolerance), evaluation, cached
-            )
+            episode = Episode(len(log.episodes), choices, objective(evaluation), evaluation, cached)
             log.episodes.append(episode)
             if on_episode:
                 on_episode(episode)

@@ -1,11 +1,12 @@
 """Evaluating a candidate of `rt3c search`: its plan, the accuracy of every level on the shared weights,
 and every level's latency from the latency model.
 
-A candidate's plan reuses one block pruning for all candidates (the BP backbone: magnitude, the search's
-`block_ratio`) and fits each layer's pattern set (`sparsify.pattern_sets`, nested over the levels) with
-the candidate's pattern count and nonzeros per tile. Accuracy: the model with the dense weights masked by
-each level's plan, on a validation subset (one-shot); or, with `finetune_steps`, after a short joint
-fine-tune of all levels from the dense weights (as `rt3c prune`'s joint stage).
+Every candidate stands on one BP backbone (the tiles block pruning kept, and the weights trained with them)
+and fits each layer's pattern set (`sparsify.pattern_sets`, nested over the levels) on the backbone's
+weights with the candidate's pattern count and nonzeros per tile. Accuracy of each level on the validation
+subset: after a short recovery (`recovery.steps` of joint distillation of all levels from the backbone's
+weights, as `rt3c prune`'s joint stage; the same warm start for every candidate), or with the backbone's
+weights masked as they are (`--one-shot`).
 
 Candidates run in worker processes (`evaluation_pool`): each worker builds its `CandidateEvaluator` once
 from a picklable `EvaluatorSpec`. Ray, when installed (`pip install rt3c[ray]`), runs the same workers.
@@ -13,6 +14,7 @@ from a picklable `EvaluatorSpec`. Ray, when installed (`pip install rt3c[ray]`),
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -29,9 +31,9 @@ from rt3c.models import load_model
 from rt3c.models.base import LoadedModel
 from rt3c.plan import LayerPlan
 from rt3c.prune.training import TrainSettings, evaluate, train
-from rt3c.search.controller import Evaluation
+from rt3c.search.objective import Evaluation
 from rt3c.search.space import SearchSpace
-from rt3c.sparsify import block_prune, pattern_sets
+from rt3c.sparsify import pattern_sets
 
 BACKENDS = ("process", "ray", "serial")
 
@@ -41,10 +43,11 @@ class EvaluatorSpec:
     """Everything a worker needs to evaluate candidates (picklable)."""
 
     model: str
-    dense_state: dict[str, torch.Tensor]
-    layers: tuple[str, ...]
+    backbone_state: dict[str, torch.Tensor]
+    """The weights every candidate starts from (BP-trained, or the dense ones with BP's masks)."""
+    kept_tiles: dict[str, np.ndarray]
+    """Per planned layer, the tiles the backbone's block pruning kept."""
     tile: tuple[int, int]
-    block_ratio: float
     space: SearchSpace
     validation: Split
     latency: dict
@@ -52,21 +55,26 @@ class EvaluatorSpec:
     board: Board
     cycles_per_unit: float
     train: Split | None = None
-    finetune_steps: int = 0
-    finetune_lr: float = 3e-5
-    seed: int = 0
+    recovery: TrainSettings | None = None
+    """Joint distillation of each candidate's levels before it is measured (None or 0 steps: none)."""
+    teacher_state: dict[str, torch.Tensor] | None = None
+    """The dense model's weights: the teacher of the recovery."""
 
 
 class CandidatePlanner:
-    """Candidate decisions -> plan layers, over the dense weights and one shared block pruning."""
+    """Candidate decisions -> plan layers, over the backbone's weights and its block pruning."""
 
     def __init__(
-        self, weights: dict[str, np.ndarray], tile: tuple[int, int], block_ratio: float, space: SearchSpace
+        self,
+        weights: dict[str, np.ndarray],
+        tile: tuple[int, int],
+        kept_tiles: dict[str, np.ndarray],
+        space: SearchSpace,
     ):
         self.weights = weights
         self.tile = tile
         self.space = space
-        self.kept = {name: block_prune(weight, tile, block_ratio) for name, weight in weights.items()}
+        self.kept = kept_tiles
 
     def nonzeros(self, density: float) -> int:
         size = self.tile[0] * self.tile[1]
@@ -105,33 +113,40 @@ class CandidateEvaluator:
     def __init__(self, spec: EvaluatorSpec, model: LoadedModel | None = None) -> None:
         self.spec = spec
         self.model = model or load_model(spec.model)
-        self.model.module.load_state_dict(spec.dense_state)
+        self.teacher = None
+        if spec.teacher_state is not None and spec.recovery is not None and spec.recovery.distill > 0:
+            self.teacher = copy.deepcopy(self.model.module).requires_grad_(False)
+            self.teacher.load_state_dict(spec.teacher_state)
+        self.model.module.load_state_dict(spec.backbone_state)
         parameters = dict(self.model.module.named_parameters())
-        weights = {name: parameters[name].detach().numpy().astype(np.float64) for name in spec.layers}
-        self.planner = CandidatePlanner(weights, spec.tile, spec.block_ratio, spec.space)
+        weights = {name: parameters[name].detach().numpy().astype(np.float64) for name in spec.kept_tiles}
+        self.planner = CandidatePlanner(weights, spec.tile, spec.kept_tiles, spec.space)
         self.latency = LatencyModel.from_json(spec.latency)
 
     def masks(self, layers: dict[str, LayerPlan], level: int) -> dict[str, torch.Tensor]:
         return {name: torch.from_numpy(layer.mask(level).copy()) for name, layer in layers.items()}
 
     def accuracies(self, layers: dict[str, LayerPlan], split: Split) -> tuple[float, ...]:
+        """Each level's accuracy on `split`, after the recovery from the backbone (which stays as it is)."""
         n_levels = len(self.spec.board.levels)
         level_masks = [self.masks(layers, level) for level in range(n_levels)]
-        if self.spec.finetune_steps:
+        recovery = self.spec.recovery
+        if recovery is not None and recovery.steps > 0:
             assert self.spec.train is not None
-            self.model.module.load_state_dict(self.spec.dense_state)
-            settings = TrainSettings(self.spec.finetune_steps, self.spec.finetune_lr, seed=self.spec.seed)
+            # Dropout draws from torch's global generator: seeded per candidate, a candidate's accuracy does
+            # not depend on which worker evaluates it or what that worker evaluated before.
+            torch.manual_seed(recovery.seed)
             train(
                 self.model,
                 self.spec.train,
-                settings,
-                "candidate fine-tune",
+                recovery,
+                "candidate recovery",
                 level_masks=level_masks,
                 keep=level_masks[0],
+                teacher=self.teacher,
             )
         accuracy = tuple(evaluate(self.model, split, masks)["accuracy"] for masks in level_masks)
-        if self.spec.finetune_steps:
-            self.model.module.load_state_dict(self.spec.dense_state)
+        self.model.module.load_state_dict(self.spec.backbone_state)
         return accuracy
 
     def __call__(self, choices: tuple[int, ...]) -> Evaluation:

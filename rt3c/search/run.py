@@ -1,58 +1,58 @@
-"""`rt3c search`: pattern sets and sparsity per layer and DVFS level, meeting every level's deadline.
+"""`rt3c search`: from (model, data, board) to a trained multi-level model that meets every level's deadline.
 
-Steps: the dense baseline (cached, as `rt3c prune`'s), the model exported at the search's token count
-(`DIR/model.onnx`, for `rt3c compile`), the latency model for the board's target (`rt3c.latency`), then
-REINFORCE with the recurrent controller and random search with the same budget over one cache of
-evaluated candidates, and for the best candidate found: its plan (`DIR/plan.json`), its SparseLinear
-kernels built and measured, and its accuracy per level on the test split.
+RT3's two levels joined, each stage cached in `DIR/stages/` (a rerun with the same settings resumes):
 
-Outputs in DIR: `plan.json`, `model.onnx` (+ `model.json`), `search.json` (settings, every episode of both
-methods, the best candidate), `latency.json` (the latency model and the best plan's measured cost per
-level, with the source of every number). `rt3c simulate DIR` and `rt3c report DIR` read them.
+1. the dense baseline (cached across commands, shared with `rt3c prune`);
+2. the latency model for the board's target (`rt3c.latency`, cached) and the block ratio: the smallest one
+   (not below `DEFAULT_BLOCK_RATIO`) at which the sparsest choices meet every level's deadline;
+3. **backbone**: BP trained: reweighted group lasso, hard block prune, masked fine-tune (prune's stages);
+4. **search**: REINFORCE with the recurrent controller and random search with the same budget, over pattern
+   sets per layer and level fitted on the backbone's weights; each candidate measured after a short recovery
+   (joint distillation from the backbone, `recovery` steps) on the validation subset, scored by the objective
+   (`rt3c.search.objective`);
+5. **joint**: the winner's levels trained jointly with distillation (prune's joint stage);
+6. the trained model exported (`DIR/model.onnx`), compiled with the plan for the board's target and every
+   kernel measured per level (`latency.json`), test accuracy per level (`eval.json`).
+
+`--one-shot` runs the same chain with no training after the dense baseline (magnitude BP, one-shot masks).
+Outputs: `rt3c.search.outputs`; every file is documented in docs/SEARCH.md.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from rt3c.boards import Board, load_board
+from rt3c.boards import load_board
 from rt3c.codegen.targets import get_target
 from rt3c.datasets import Split, load_dataset
 from rt3c.errors import UserError
-from rt3c.export import export_model
-from rt3c.files import atomic_output
-from rt3c.latency import (
-    LatencyModel,
-    build_latency_model,
-    check_source,
-    cycles_per_unit,
-    default_source,
-    host_clock_hz,
-    measure_plan,
-)
 from rt3c.models import load_model
 from rt3c.plan import Level, Plan
 from rt3c.progress import console, step
-from rt3c.prune.pipeline import DEFAULT_LAYERS, PruneConfig, dense_baseline, select_layers
-from rt3c.prune.training import evaluate
-from rt3c.search.controller import CachedEvaluator, Episode, SearchLog, random_search, reinforce
-from rt3c.search.evaluate import (
-    CandidateEvaluator,
-    EvaluatorSpec,
-    evaluation_pool,
-    level_latencies,
-    level_sparsity,
+from rt3c.prune.pipeline import DEFAULT_LAYERS, select_layers
+from rt3c.prune.stages import (
+    DenseRecipe,
+    StageFiles,
+    block_prune_and_finetune,
+    dense_baseline,
+    group_lasso,
+    joint_finetune,
 )
-from rt3c.search.space import SearchSpace
+from rt3c.prune.training import TrainSettings, evaluate
+from rt3c.search.controller import CachedEvaluator, Episode, SearchLog, random_search, reinforce
+from rt3c.search.evaluate import BACKENDS, CandidateEvaluator, EvaluatorSpec, evaluation_pool
+from rt3c.search.objective import OBJECTIVES, AccuracyObjective, EnergyObjective
+from rt3c.search.outputs import SearchResult, write_outputs
+from rt3c.search.setup import prepare
 
-SEARCH_FORMAT = "rt3c-search"
+DEFAULT_MAX_LOSS = (1.0, 1.5, 2.0)
 
 
 @dataclass
@@ -61,6 +61,10 @@ class SearchConfig:
     data: str
     board: str
     out: Path
+    objective: str = "accuracy"
+    max_loss: tuple[float, ...] | None = None
+    """`energy`: accuracy points each level may lose against dense (default 1.0 / 1.5 / 2.0 for 3 levels)."""
+    one_shot: bool = False
     episodes: int = 24
     """Per method: the controller and random search get the same budget."""
     batch_size: int = 4
@@ -68,9 +72,10 @@ class SearchConfig:
     """Tokens of the compiled model, whose latency is modelled."""
     max_len: int = 64
     """Tokens of the data the accuracy is measured on."""
-    validation_size: int = 200
+    validation_size: int = 400
     tile: tuple[int, int] = (4, 4)
-    block_ratio: float = 0.1
+    block_ratio: float | None = None
+    """None: chosen from the latency model (see `rt3c.search.setup.choose_block_ratio`)."""
     pattern_counts: tuple[int, ...] = (2, 4, 8)
     densities: tuple[float, ...] = (1.0, 0.75, 0.625, 0.5, 0.375, 0.25)
     layers: str = DEFAULT_LAYERS
@@ -78,8 +83,17 @@ class SearchConfig:
     """"qemu" or "host"; default: qemu for ARM targets, host for the host."""
     backend: str = "process"
     workers: int | None = None
-    finetune_steps: int = 0
     dense_steps: int = 300
+    lasso_steps: int = 150
+    finetune_steps: int = 100
+    recovery_steps: int = 16
+    joint_steps: int = 600
+    learning_rate: float = 3e-5
+    lasso_strength: float = 1e-5
+    distill: float = 0.7
+    level_weights: tuple[float, ...] | None = None
+    batch: int = 32
+    """Training batch size."""
     seed: int = 0
 
     def settings(self) -> dict:
@@ -88,10 +102,19 @@ class SearchConfig:
         return json.loads(json.dumps(values))
 
 
+MAX_STEPS = 100_000
+MAX_EPISODES = 10_000
+
+
 def check_config(config: SearchConfig) -> None:
-    if config.episodes < 1 or config.batch_size < 1:
-        raise UserError("--episodes and --batch-size: must be at least 1")
-    if not 0.0 <= config.block_ratio < 1.0:
+    """Every option in range before any work starts (a board-dependent check follows in `prepare`)."""
+    if config.objective not in OBJECTIVES:
+        raise UserError(f"--objective {config.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    if config.backend not in BACKENDS:
+        raise UserError(f"--backend {config.backend}: choose one of {', '.join(BACKENDS)}")
+    if not 1 <= config.episodes <= MAX_EPISODES or not 1 <= config.batch_size <= MAX_EPISODES:
+        raise UserError(f"--episodes and --batch-size: must be between 1 and {MAX_EPISODES}")
+    if config.block_ratio is not None and not 0.0 <= config.block_ratio < 1.0:
         raise UserError(f"--block-ratio {config.block_ratio}: must be in [0, 1)")
     if not config.densities or any(not 0.0 < d <= 1.0 for d in config.densities):
         raise UserError(f"--densities {list(config.densities)}: each must be in (0, 1]")
@@ -101,31 +124,19 @@ def check_config(config: SearchConfig) -> None:
         raise UserError(f"--patterns {list(config.pattern_counts)}: each must be between 1 and 36")
     if config.validation_size < 1:
         raise UserError(f"--validation-size {config.validation_size}: must be at least 1")
-
-
-def _shortest_first(split: Split, size: int | None = None) -> Split:
-    """The first `size` examples (the split is already shuffled), ordered by length: `Split.batch` trims
-    each batch to its longest row, so sorted batches carry little padding (2-3x faster evaluation)."""
-    count = len(split) if size is None else min(size, len(split))
-    index = torch.arange(count)
-    if len(split.inputs) == 2:  # (input_ids, attention_mask)
-        index = index[torch.argsort(split.inputs[1][:count].sum(dim=1), stable=True)]
-    return Split(tuple(t[index] for t in split.inputs), split.targets[index])
-
-
-def _episode_json(episode: Episode) -> dict:
-    evaluation = episode.evaluation
-    return {
-        "episode": episode.episode,
-        "choices": episode.choices,
-        "reward": episode.reward,
-        "cached": episode.cached,
-        "feasible": evaluation.feasible,
-        "accuracy": list(evaluation.accuracy),
-        "latency_s": list(evaluation.latency_s),
-        "deadline_s": list(evaluation.deadline_s),
-        "sparsity": list(evaluation.sparsity),
-    }
+    steps = (
+        config.dense_steps,
+        config.lasso_steps,
+        config.finetune_steps,
+        config.recovery_steps,
+        config.joint_steps,
+    )
+    if any(not 0 <= s <= MAX_STEPS for s in steps):
+        raise UserError(f"--steps {','.join(map(str, steps))}: each count must be between 0 and {MAX_STEPS}")
+    if not 0.0 <= config.distill <= 1.0:
+        raise UserError(f"--distill {config.distill}: must be in [0, 1]")
+    if config.workers is not None and config.workers < 1:
+        raise UserError(f"--workers {config.workers}: must be at least 1")
 
 
 def _print_episode(method: str, episode: Episode) -> None:
@@ -139,216 +150,205 @@ def _print_episode(method: str, episode: Episode) -> None:
     )
 
 
-@dataclass
-class SearchResult:
-    out: Path
-    best_method: str
-    best: Episode
-    test_accuracy: list[float]
-    dense_test_accuracy: float
-    measured_latency_s: list[float]
-    deadlines_s: list[float]
-    logs: dict[str, SearchLog]
-
-    @property
-    def meets_constraints(self) -> bool:
-        return all(lat <= dl for lat, dl in zip(self.measured_latency_s, self.deadlines_s, strict=True))
+def _train_settings(config: SearchConfig, steps: int) -> TrainSettings:
+    return TrainSettings(
+        steps,
+        config.learning_rate,
+        config.batch,
+        config.seed,
+        warmup=0.1,
+        length_buckets=True,
+        distill=config.distill,
+    )
 
 
 def search_model(config: SearchConfig) -> SearchResult:
-    """Run the search and write DIR (see the module docstring)."""
+    """Run (or resume) every stage and write DIR (see the module docstring)."""
     check_config(config)
     started = time.perf_counter()
     board = load_board(config.board)
     target = get_target(board.target)
-    source = config.latency or default_source(target)
-    check_source(source, target)
+    max_loss = config.max_loss
+    if config.objective == "energy" and max_loss is None:
+        if len(board.levels) != len(DEFAULT_MAX_LOSS):
+            raise UserError(f"--max-loss: board {board.name} has {len(board.levels)} levels, give one each")
+        max_loss = DEFAULT_MAX_LOSS
+    if max_loss is not None and len(max_loss) != len(board.levels):
+        raise UserError(
+            f"--max-loss: {len(max_loss)} values for board {board.name}'s {len(board.levels)} levels"
+        )
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
     model = load_model(config.model)
     with step(f"loading {config.data} for {model.name}"):
         data = load_dataset(config.data, model, config.max_len)
-    prune_config = PruneConfig(
-        model=config.model,
-        data=config.data,
-        out=out,
-        sparsities=[0.5],
-        tile=config.tile,
-        max_len=config.max_len,
-        dense_steps=config.dense_steps,
-        seed=config.seed,
-    )
-    with step("dense baseline (cached)"):
-        dense_baseline(model, data, prune_config)
     parameters = select_layers(model, config.layers, config.tile)
-    weights = {name: p.detach().numpy().astype(np.float32) for name, p in parameters.items()}
-    out.mkdir(parents=True, exist_ok=True)
-    onnx_path = out / "model.onnx"
-    export_model(model, onnx_path, seq_len=config.seq_len)
-    latency_model, _ = build_latency_model(onnx_path, weights, config.tile, config.seq_len, target, source)
-    host_hz = host_clock_hz() if source == "host" else None
-    per_unit = cycles_per_unit(source, board.cycles_per_instruction, host_hz)
+    recipe = DenseRecipe(config.model, config.data, config.max_len, config.dense_steps, seed=config.seed)
+    with step("dense baseline (cached)"):
+        dense_baseline(model, data, recipe)
+    dense_state = copy.deepcopy(model.module.state_dict())
+    # Everything that can refuse the input (latency source, deadlines, block ratio) runs before DIR exists.
+    setup = prepare(config, model, parameters, board, target)
 
-    space = SearchSpace(tuple(weights), len(board.levels), config.pattern_counts, config.densities)
     validation = _shortest_first(data.validation, config.validation_size)
     with step(f"dense accuracy on {len(validation)} validation examples"):
         dense_validation = evaluate(model, validation)["accuracy"]
     # Accuracy on n examples has a standard error of sqrt(p (1 - p) / n): a sparser level "gaining" less
     # than that is noise, not a reason for the monotonicity penalty.
     tolerance = math.sqrt(dense_validation * (1 - dense_validation) / len(validation))
+    if config.objective == "energy":
+        assert max_loss is not None
+        objective = EnergyObjective(board, setup.dense_cycles, setup.trace, dense_validation, tuple(max_loss))
+    else:
+        objective = AccuracyObjective(dense_validation, tolerance)
+
+    out.mkdir(parents=True, exist_ok=True)
+    stages = StageFiles(out)
+    teacher = None
+    if config.distill > 0.0 and not config.one_shot:
+        teacher = copy.deepcopy(model.module).requires_grad_(False)
+    trains = 0 if config.one_shot else 1
+    backbone_tag = {
+        "dense": asdict(recipe),
+        "layers": sorted(parameters),
+        "tile": list(config.tile),
+        "block_ratio": setup.block_ratio,
+        "steps": [config.lasso_steps * trains, config.finetune_steps * trains],
+        "lr": config.learning_rate,
+        "lasso_strength": config.lasso_strength,
+        "distill": config.distill,
+        "seed": config.seed,
+    }
+
+    def train_backbone() -> dict:
+        group_lasso(
+            model,
+            data,
+            parameters,
+            config.tile,
+            _train_settings(config, config.lasso_steps * trains),
+            config.lasso_strength,
+            1e-3,
+            50,
+            teacher,
+        )
+        ratios = dict.fromkeys(parameters, setup.block_ratio)
+        finetune = _train_settings(config, config.finetune_steps * trains)
+        return block_prune_and_finetune(model, data, parameters, config.tile, ratios, finetune, teacher)
+
+    with step(f"backbone: group lasso, block pruning at ratio {setup.block_ratio:.2f}, masked fine-tune"):
+        kept_tiles = stages.run("backbone", backbone_tag, model, train_backbone)
+    backbone_state = copy.deepcopy(model.module.state_dict())
+
     spec = EvaluatorSpec(
         model=config.model,
-        dense_state={name: t.detach().clone() for name, t in model.module.state_dict().items()},
-        layers=tuple(weights),
+        backbone_state=backbone_state,
+        kept_tiles=kept_tiles,
         tile=config.tile,
-        block_ratio=config.block_ratio,
-        space=space,
+        space=setup.space,
         validation=validation,
-        latency=latency_model.to_json(),
+        latency=setup.latency_model.to_json(),
         board=board,
-        cycles_per_unit=per_unit,
-        train=data.train if config.finetune_steps else None,
-        finetune_steps=config.finetune_steps,
-        seed=config.seed,
+        cycles_per_unit=setup.cycles_per_unit,
+        train=data.train,
+        recovery=_train_settings(config, config.recovery_steps * trains),
+        teacher_state=dense_state,
     )
+    search_tag = {
+        "backbone": backbone_tag,
+        "objective": config.objective,
+        "max_loss": list(max_loss or []),
+        "episodes": config.episodes,
+        "batch_size": config.batch_size,
+        "validation_size": len(validation),
+        "recovery_steps": config.recovery_steps * trains,
+        "space": asdict(setup.space),
+        "latency": setup.latency_model.to_json(),
+    }
     local = CandidateEvaluator(spec, model)
-    logs: dict[str, SearchLog] = {}
-    with evaluation_pool(spec, config.backend, config.workers, local) as (evaluate_fn, map_fn):
-        evaluator = CachedEvaluator(evaluate_fn, map_fn)
-        for method, run in (("reinforce", reinforce), ("random", random_search)):
-            with step(f"{method}: {config.episodes} episodes"):
-                logs[method] = run(
-                    space,
-                    evaluator,
-                    dense_validation,
-                    config.episodes,
-                    batch_size=config.batch_size,
-                    seed=config.seed,
-                    tolerance=tolerance,
-                    on_episode=lambda episode, method=method: _print_episode(method, episode),
-                )
+
+    def run_search() -> dict:
+        logs: dict[str, SearchLog] = {}
+        with evaluation_pool(spec, config.backend, config.workers, local) as (evaluate_fn, map_fn):
+            evaluator = CachedEvaluator(evaluate_fn, map_fn)
+            for method, run in (("reinforce", reinforce), ("random", random_search)):
+                with step(f"{method}: {config.episodes} episodes"):
+                    logs[method] = run(
+                        setup.space,
+                        evaluator,
+                        objective,
+                        config.episodes,
+                        batch_size=config.batch_size,
+                        seed=config.seed,
+                        on_episode=lambda episode, method=method: _print_episode(method, episode),
+                    )
+        return {"logs": logs, "distinct": len(evaluator.cache)}
+
+    searched = stages.run("search", search_tag, None, run_search)
+    logs: dict[str, SearchLog] = searched["logs"]
     best_method = max(logs, key=lambda method: logs[method].best.reward)
     best = logs[best_method].best
     layers = local.planner.layers(best.choices)
-
     plan = Plan(
         [Level(f"L{i}", level.frequency_khz) for i, level in enumerate(board.levels)],
         layers,
-        config.model,
+        model.name,
         {
-            "planner": f"rt3c search ({best_method}, episode {best.episode})",
+            "planner": f"rt3c search ({best_method}, episode {best.episode}, objective {config.objective})",
             "board": board.name,
-            "block_ratio": config.block_ratio,
-            "choices": space.describe(best.choices),
+            "block_ratio": setup.block_ratio,
+            "choices": setup.space.describe(best.choices),
         },
     )
-    plan.save(out / "plan.json")
-    with step(f"measure the best plan's {len(layers) * len(board.levels)} SparseLinear kernels ({source})"):
-        measured = measure_plan(latency_model, layers, weights)
+    joint = _train_settings(config, config.joint_steps * trains)
+    joint_tag = {
+        "search": search_tag,
+        "best": best.choices,
+        "steps": joint.steps,
+        "weights": config.level_weights,
+    }
+    stages.run(
+        "joint",
+        joint_tag,
+        model,
+        lambda: joint_finetune(
+            model, data, plan, joint, teacher, list(config.level_weights) if config.level_weights else None
+        ),
+    )
     with step(f"test accuracy of the dense model and {len(board.levels)} levels"):
         test = _shortest_first(data.test)
-        dense_test = evaluate(model, test)["accuracy"]
         test_accuracy = [
             evaluate(model, test, local.masks(layers, level))["accuracy"]
             for level in range(len(board.levels))
         ]
-    latency = _latency_json(latency_model, layers, measured.to_json(), board, source, per_unit, host_hz)
-    result = SearchResult(
-        out,
-        best_method,
-        best,
-        test_accuracy,
-        dense_test,
-        [level["latency_s"] for level in latency["levels"]],
-        [lv.deadline_s for lv in board.levels],
-        logs,
+        trained_state = copy.deepcopy(model.module.state_dict())
+        model.module.load_state_dict(dense_state)
+        dense_test = evaluate(model, test)["accuracy"]
+        model.module.load_state_dict(trained_state)
+    return write_outputs(
+        config=config,
+        model=model,
+        board=board,
+        setup=setup,
+        plan=plan,
+        logs=logs,
+        best_method=best_method,
+        distinct_candidates=searched["distinct"],
+        dense_validation=dense_validation,
+        tolerance=tolerance,
+        max_loss=max_loss,
+        test_accuracy=test_accuracy,
+        dense_test_accuracy=dense_test,
+        started=started,
     )
-    search = {
-        "format": SEARCH_FORMAT,
-        "model": config.model,
-        "data": config.data,
-        "board": board.name,
-        "target": target.name,
-        "settings": config.settings(),
-        "space": {
-            "layers": list(space.layers),
-            "pattern_counts": list(space.pattern_counts),
-            "densities": list(space.densities),
-            "block_ratio": config.block_ratio,
-            "tile": list(config.tile),
-        },
-        "dense": {"validation_accuracy": dense_validation, "test_accuracy": dense_test},
-        "monotone_tolerance": tolerance,
-        "methods": {method: [_episode_json(e) for e in log.episodes] for method, log in logs.items()},
-        "distinct_candidates": len(evaluator.cache),
-        "best": {
-            "method": best_method,
-            **_episode_json(best),
-            "plan": space.describe(best.choices),
-            "test_accuracy": test_accuracy,
-            "measured_latency_s": result.measured_latency_s,
-            "meets_constraints": result.meets_constraints,
-        },
-        "elapsed_s": time.perf_counter() - started,
-    }
-    _write_json(out / "latency.json", latency)
-    _write_json(out / "search.json", search)
-    return result
 
 
-def _latency_json(
-    model: LatencyModel,
-    layers: dict,
-    measured: dict,
-    board: Board,
-    source: str,
-    per_unit: float,
-    host_hz: float | None,
-) -> dict:
-    """The best plan's cost per level, measured (its kernels) and predicted (the cost model)."""
-    kernel_units = {k["symbol"]: k for k in measured["kernels"]}
-    levels = []
-    for level, board_level in enumerate(board.levels):
-        sparse = sum(k["units"] * k["calls"][level] for k in kernel_units.values())
-        units = model.other_units + sparse
-        latency_s = units * per_unit / board_level.frequency_hz
-        levels.append(
-            {
-                "name": f"L{level}",
-                "frequency_hz": board_level.frequency_hz,
-                "deadline_s": board_level.deadline_s,
-                "sparsity": level_sparsity(layers, level),
-                "units": units,
-                "sparse_units": sparse,
-                "other_units": model.other_units,
-                "predicted_units": model.predict_units(layers, level),
-                "latency_s": latency_s,
-                "meets_deadline": latency_s <= board_level.deadline_s,
-            }
-        )
-    return {
-        "format": "rt3c-latency",
-        "board": board.name,
-        "target": model.target,
-        "source": source,
-        "unit": model.unit,
-        "cycles_per_unit": per_unit,
-        "host_hz": host_hz,
-        "how": {
-            "sparse_units": "the best plan's SparseLinear kernels, built for the target and measured",
-            "other_units": "every other kernel of the model compiled with a reference plan, measured",
-            "predicted_units": "the fitted SparseLinear cost model plus other_units (what the search used)",
-            "dense_units": "other_units plus the dense linear kernel of each planned layer, measured",
-        },
-        "dense_units": model.dense_units(),
-        "levels": levels,
-        "predicted_latency_s": list(level_latencies(model, layers, board, per_unit)),
-        "model": model.to_json(),
-        "plan_kernels": measured,
-    }
-
-
-def _write_json(path: Path, value: dict) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=1) + "\n")
+def _shortest_first(split: Split, size: int | None = None) -> Split:
+    """The first `size` examples (the split is already shuffled), ordered by length: `Split.batch` trims
+    each batch to its longest row, so sorted batches carry little padding (2-3x faster evaluation)."""
+    count = len(split) if size is None else min(size, len(split))
+    index = torch.arange(count)
+    if len(split.inputs) == 2:  # (input_ids, attention_mask)
+        index = index[torch.argsort(split.inputs[1][:count].sum(dim=1), stable=True)]
+    return Split(tuple(t[index] for t in split.inputs), split.targets[index])

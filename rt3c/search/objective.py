@@ -1,0 +1,117 @@
+"""What `rt3c search` maximises: a reward for a candidate's `Evaluation` (accuracy and latency per level).
+
+- `accuracy` (RT3's): the mean accuracy of the levels normalised by the dense model's, when every level meets
+  its deadline; a penalty growing with the worst overshoot otherwise; and a further penalty unless accuracy
+  falls (or stays) as the level gets sparser.
+- `energy`: the battery ratio along the board's DVFS trace (inferences per charge of the levels over the
+  dense model's at the top frequency, `rt3c.battery`), when every level meets its deadline and loses at most
+  its budget of accuracy points against the dense model; a candidate over budget scores below any candidate
+  within it (1 minus a tenth of the points it is over), so the search first finds the budget, then saves energy.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from rt3c.battery import simulate
+from rt3c.boards import Board
+from rt3c.errors import UserError
+
+OBJECTIVES = ("accuracy", "energy")
+INFEASIBLE_REWARD = -1.0
+NON_MONOTONE_PENALTY = 0.5
+OVER_BUDGET_PER_POINT = 0.1
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: tuple[float, ...]
+    """Per level, densest first."""
+    latency_s: tuple[float, ...]
+    deadline_s: tuple[float, ...]
+    sparsity: tuple[float, ...] = ()
+    """Per level: fraction of the planned layers' weights removed."""
+
+    @property
+    def feasible(self) -> bool:
+        return all(lat <= dl for lat, dl in zip(self.latency_s, self.deadline_s, strict=True))
+
+
+def late_reward(evaluation: Evaluation) -> float:
+    """Below every feasible candidate's reward, and lower the later the worst level is."""
+    overshoot = max(lat / dl for lat, dl in zip(evaluation.latency_s, evaluation.deadline_s, strict=True))
+    return INFEASIBLE_REWARD - min(overshoot - 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class AccuracyObjective:
+    dense_accuracy: float
+    tolerance: float = 0.0
+    """How much accuracy may rise from a level to a sparser one before it counts as rising (the noise of
+    accuracy measured on a subset)."""
+
+    name = "accuracy"
+
+    def __call__(self, evaluation: Evaluation) -> float:
+        if not evaluation.feasible:
+            return late_reward(evaluation)
+        value = float(np.mean(evaluation.accuracy)) / self.dense_accuracy
+        if any(
+            sparser > denser + self.tolerance + 1e-9
+            for denser, sparser in itertools.pairwise(evaluation.accuracy)
+        ):
+            value -= NON_MONOTONE_PENALTY
+        return value
+
+
+@dataclass(frozen=True)
+class EnergyObjective:
+    board: Board
+    dense_cycles: float
+    """Cycles of one dense inference (the battery baseline runs it at the top frequency)."""
+    trace: tuple[float, ...]
+    dense_accuracy: float
+    max_loss_points: tuple[float, ...]
+    """Per level: accuracy points (0-100 scale) the level may lose against the dense model."""
+
+    name = "energy"
+
+    def battery_ratio(self, evaluation: Evaluation) -> float:
+        cycles = [
+            latency * level.frequency_hz
+            for latency, level in zip(evaluation.latency_s, self.board.levels, strict=True)
+        ]
+        return simulate(self.board, self.dense_cycles, cycles, self.trace).battery_ratio
+
+    def points_over_budget(self, evaluation: Evaluation) -> float:
+        return sum(
+            max(0.0, 100.0 * (self.dense_accuracy - accuracy) - budget)
+            for accuracy, budget in zip(evaluation.accuracy, self.max_loss_points, strict=True)
+        )
+
+    def __call__(self, evaluation: Evaluation) -> float:
+        if not evaluation.feasible:
+            return late_reward(evaluation)
+        over = self.points_over_budget(evaluation)
+        if over > 0.0:
+            return max(1.0 - OVER_BUDGET_PER_POINT * over, INFEASIBLE_REWARD + 1e-3)
+        return 1.0 + self.battery_ratio(evaluation)
+
+
+Objective = AccuracyObjective | EnergyObjective
+
+
+def parse_max_loss(text: str, levels: int) -> tuple[float, ...]:
+    """`--max-loss 1.0,1.5,2.0`: accuracy points per level, densest first."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"--max-loss {text!r}: expected comma-separated numbers of points") from None
+    if len(values) != levels:
+        raise UserError(f"--max-loss {text!r}: {len(values)} values for the board's {levels} levels")
+    if any(not 0.0 <= v <= 100.0 for v in values):
+        raise UserError(f"--max-loss {text!r}: each budget must be between 0 and 100 points")
+    return values

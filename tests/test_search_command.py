@@ -1,0 +1,213 @@
+"""`rt3c search` as users run it (bert-tiny, synthetic data, tiny budgets): every candidate on one trained
+BP backbone, outputs that agree with each other, a plan that compiles, resume after a kill, the Ray backend
+against local processes, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from search_helpers import run_cli, search_argv
+
+from rt3c.battery import simulate
+from rt3c.boards import load_board
+from rt3c.datasets import load_dataset
+from rt3c.models import load_model
+from rt3c.plan import LayerPlan, Plan
+from rt3c.prune.pipeline import DEFAULT_LAYERS, select_layers
+from rt3c.prune.training import TrainSettings
+from rt3c.search.evaluate import CandidateEvaluator, EvaluatorSpec, evaluation_pool
+from rt3c.search.space import SearchSpace
+from rt3c.sparsify import block_prune
+
+EVAL_LEVEL_KEYS = {
+    "level",
+    "frequency_mhz",
+    "sparsity",
+    "test_accuracy",
+    "loss_points",
+    "latency_ms",
+    "deadline_ms",
+    "meets_deadline",
+}
+
+
+@pytest.mark.slow
+def test_eval_json_agrees_with_latency_json(searched: tuple[Path, Path]) -> None:
+    out, board_path = searched
+    board = load_board(board_path)
+    evaluation = json.loads((out / "eval.json").read_text())
+    latency = json.loads((out / "latency.json").read_text())
+    search = json.loads((out / "search.json").read_text())
+    assert {"dense", "levels", "battery_ratio", "objective"} <= set(evaluation)
+    assert evaluation["objective"] == "accuracy"
+    assert evaluation["dense"]["test_accuracy"] == pytest.approx(100 * search["dense"]["test_accuracy"])
+    for row, measured, board_level in zip(evaluation["levels"], latency["levels"], board.levels, strict=True):
+        assert set(row) == EVAL_LEVEL_KEYS
+        assert row["latency_ms"] == pytest.approx(1e3 * measured["latency_s"])
+        assert row["deadline_ms"] == pytest.approx(1e3 * board_level.deadline_s)
+        assert row["frequency_mhz"] == pytest.approx(board_level.frequency_hz / 1e6)
+        assert row["meets_deadline"] == (row["latency_ms"] <= row["deadline_ms"]) is True
+        assert row["loss_points"] == pytest.approx(
+            evaluation["dense"]["test_accuracy"] - row["test_accuracy"]
+        )
+        # The whole compiled model was measured: its SparseLinear kernels and every other one.
+        assert measured["units"] == pytest.approx(measured["sparse_units"] + measured["other_units"])
+    expected = simulate(
+        board, latency["dense_units"], [level["units"] for level in latency["levels"]], (0.5, 0.3, 0.2)
+    )
+    assert evaluation["battery_ratio"] == pytest.approx(expected.battery_ratio)
+    sparsity = [row["sparsity"] for row in evaluation["levels"]]
+    assert sparsity == sorted(sparsity)
+    # Both methods are summarised for the comparison the docs report.
+    assert set(search["comparison"]) == {"reinforce", "random"}
+
+
+@pytest.mark.slow
+def test_candidates_share_the_trained_backbone(searched: tuple[Path, Path]) -> None:
+    out, _ = searched
+    backbone = torch.load(out / "stages" / "backbone.pt", map_location="cpu", weights_only=False)
+    kept_tiles = backbone["payload"]
+    plan = Plan.load(out / "plan.json")
+    assert set(plan.layers) == set(kept_tiles)
+    search = json.loads((out / "search.json").read_text())
+    ratio = search["space"]["block_ratio"]
+    for name, layer in plan.layers.items():
+        assert np.array_equal(layer.kept_tiles, kept_tiles[name])  # the winner stands on the backbone
+        assert np.mean(~layer.kept_tiles) == pytest.approx(ratio, abs=1 / layer.kept_tiles.size)
+        # The backbone was trained with its blocks removed: they are exactly zero in its weights.
+        assert not np.any(backbone["state"][name].numpy()[_removed_by_bp(layer)])
+    checkpoint = torch.load(out / "checkpoint" / "weights.pt", map_location="cpu", weights_only=True)
+    for name, layer in plan.layers.items():
+        assert not np.any(checkpoint[name].numpy()[~layer.mask(0)])  # joint training kept the union mask
+
+
+def _removed_by_bp(layer: LayerPlan) -> np.ndarray:
+    """bool [out, in]: the weights inside the tiles BP removed."""
+    rows, cols = layer.tile
+    full = np.repeat(np.repeat(~layer.kept_tiles, rows, axis=0), cols, axis=1)
+    return full[: layer.shape[0], : layer.shape[1]]
+
+
+@pytest.mark.slow
+def test_the_searched_plan_compiles(searched: tuple[Path, Path], tmp_path: Path) -> None:
+    out, _ = searched
+    argv = [
+        "compile",
+        str(out / "model.onnx"),
+        "--plan",
+        str(out / "plan.json"),
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    assert run_cli(argv) == 0
+    assert (tmp_path / "c" / "rt3_model.c").is_file()
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes(tight_board: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [*search_argv(tight_board, out), "--backend", "serial"]
+    command = [sys.executable, "-c", "import sys; from rt3c.cli import main; main(sys.argv[1:])", *argv]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    backbone = out / "stages" / "backbone.pt"
+    deadline = time.monotonic() + 300
+    while not backbone.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert backbone.exists() and not (out / "eval.json").exists()
+    trained_at = backbone.stat().st_mtime_ns
+    assert run_cli(argv) == 0
+    assert backbone.stat().st_mtime_ns == trained_at  # resumed: the backbone was not trained again
+    assert (out / "eval.json").is_file() and (out / "stages" / "joint.pt").is_file()
+
+
+@pytest.mark.slow
+def test_ray_backend_matches_local_processes(searched: tuple[Path, Path]) -> None:
+    ray = pytest.importorskip("ray")
+    out, board_path = searched
+    model = load_model("bert-tiny")
+    data = load_dataset("synthetic", model)
+    weights = {
+        name: p.detach().numpy().astype(np.float64)
+        for name, p in select_layers(model, DEFAULT_LAYERS, (4, 4)).items()
+    }
+    space = SearchSpace(tuple(weights), 3, (2, 4), (1.0, 0.5, 0.25))
+    spec = EvaluatorSpec(
+        model="bert-tiny",
+        backbone_state=model.module.state_dict(),
+        kept_tiles={name: block_prune(w, (4, 4), 0.3) for name, w in weights.items()},
+        tile=(4, 4),
+        space=space,
+        validation=data.validation,
+        latency=json.loads((out / "latency.json").read_text())["model"],
+        board=load_board(board_path),
+        cycles_per_unit=1.0,
+        train=data.train,
+        recovery=TrainSettings(3, 1e-3, 16, distill=0.5),
+        teacher_state=model.module.state_dict(),
+    )
+    rng = np.random.default_rng(0)
+    candidates = []
+    for _ in range(4):
+        choices: list[int] = []
+        for position in range(len(space.decisions)):
+            choices.append(int(rng.choice(np.flatnonzero(space.allowed(position, choices)))))
+        candidates.append(tuple(choices))
+    local = CandidateEvaluator(spec, model)
+    with evaluation_pool(spec, "process", 2, local) as (evaluate, map_fn):
+        by_processes = list(map_fn(evaluate, candidates))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with evaluation_pool(spec, "ray", 2, local) as (evaluate, map_fn):
+            by_ray = list(map_fn(evaluate, candidates))
+    finally:
+        ray.shutdown()
+    assert by_ray == by_processes
+    assert len({e.sparsity for e in by_ray}) > 1  # different candidates, not one evaluation repeated
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("extra", "board_text", "culprit"),
+    [
+        (["--objective", "fastest"], None, "--objective"),
+        (["--objective", "energy", "--max-loss", "1,2"], None, "--max-loss"),
+        (["--max-loss", "1,2,3"], None, "--max-loss"),
+        (["--steps", "60,-5,12,3,12"], None, "--steps"),
+        (["--steps", "60,12"], None, "--steps"),
+        (["--objective", "energy"], "two-levels", "--max-loss"),
+        ([], "impossible", "L2"),
+    ],
+)
+def test_bad_input(
+    tight_board: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    board_text: str | None,
+    culprit: str,
+) -> None:
+    board = tight_board
+    if board_text == "two-levels":  # a board whose levels do not match the default loss budgets
+        board = tmp_path / "two.toml"
+        board.write_text(tight_board.read_text().rsplit("[[levels]]", 1)[0])
+    elif board_text == "impossible":  # the slowest level's deadline is beyond any candidate
+        board = tmp_path / "impossible.toml"
+        text = tight_board.read_text().rstrip() + "\nlatency_ms = 0.9\n"
+        board.write_text(text)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert run_cli([*search_argv(board, out), *extra]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines of the checks
+    assert error.startswith("rt3c: error: ") and culprit in error, error
+    assert not out.exists()
