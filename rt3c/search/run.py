@@ -89,6 +89,9 @@ class SearchConfig:
     recovery_steps: int = 16
     joint_steps: int = 600
     learning_rate: float = 3e-5
+    """Masked fine-tune and joint stages (as `rt3c prune`'s)."""
+    fast_learning_rate: float = 1e-4
+    """Group lasso (as `rt3c prune`'s) and the few recovery steps of each candidate."""
     lasso_strength: float = 1e-5
     distill: float = 0.7
     level_weights: tuple[float, ...] | None = None
@@ -150,10 +153,10 @@ def _print_episode(method: str, episode: Episode) -> None:
     )
 
 
-def _train_settings(config: SearchConfig, steps: int) -> TrainSettings:
+def _train_settings(config: SearchConfig, steps: int, fast: bool = False) -> TrainSettings:
     return TrainSettings(
         steps,
-        config.learning_rate,
+        config.fast_learning_rate if fast else config.learning_rate,
         config.batch,
         config.seed,
         warmup=0.1,
@@ -215,7 +218,7 @@ def search_model(config: SearchConfig) -> SearchResult:
         "tile": list(config.tile),
         "block_ratio": setup.block_ratio,
         "steps": [config.lasso_steps * trains, config.finetune_steps * trains],
-        "lr": config.learning_rate,
+        "lr": [config.fast_learning_rate, config.learning_rate],
         "lasso_strength": config.lasso_strength,
         "distill": config.distill,
         "seed": config.seed,
@@ -227,7 +230,7 @@ def search_model(config: SearchConfig) -> SearchResult:
             data,
             parameters,
             config.tile,
-            _train_settings(config, config.lasso_steps * trains),
+            _train_settings(config, config.lasso_steps * trains, fast=True),
             config.lasso_strength,
             1e-3,
             50,
@@ -252,7 +255,7 @@ def search_model(config: SearchConfig) -> SearchResult:
         board=board,
         cycles_per_unit=setup.cycles_per_unit,
         train=data.train,
-        recovery=_train_settings(config, config.recovery_steps * trains),
+        recovery=_train_settings(config, config.recovery_steps * trains, fast=True),
         teacher_state=dense_state,
     )
     search_tag = {
