@@ -484,26 +484,46 @@ def demo_command(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns (and exits with) the process exit code."""
+    """Console entry point; returns (and exits with) the process exit code.
+
+    Ctrl-C exits 130 with one line wherever it lands. typer turns a KeyboardInterrupt into an exit code
+    that it returns (not raises) here, and one raised in a Python callback of TVM comes out of TVM as a
+    bare RuntimeError, so the SIGINT handler records that an interrupt happened.
+    """
+    import signal
+
+    interrupts: list[int] = []
+
+    def on_interrupt(signal_number: int, frame: object) -> None:
+        interrupts.append(signal_number)
+        raise KeyboardInterrupt
+
+    # Only over Python's default: a shell starts background jobs with Ctrl-C ignored, and so they stay.
+    previous_handler = signal.getsignal(signal.SIGINT)
+    if previous_handler is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_interrupt)
+    message = None
     try:
-        app(args=argv, standalone_mode=False)
-    except typer.Exit as exc:
-        return _exit(exc.exit_code)
+        code = app(args=argv, standalone_mode=False)
     except typer.Abort:
-        _error("interrupted")
-        return _exit(130)
+        code = 130
     except typer.TyperException as exc:  # usage errors (bad option, missing argument) exit 2
         exc.show()
-        return _exit(exc.exit_code)
+        code = exc.exit_code
     except UserError as exc:
-        _error(f"error: {exc}")
-        return _exit(2)
+        message, code = f"error: {exc}", 2
     except (VerificationError, Exception) as exc:
-        if os.environ.get("RT3C_DEBUG"):
+        if os.environ.get("RT3C_DEBUG") and not interrupts:
             raise
-        _error(f"internal error: {type(exc).__name__}: {exc}")
-        return _exit(1)
-    return _exit(0)
+        message, code = f"internal error: {type(exc).__name__}: {exc}", 1
+    finally:
+        if previous_handler is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_handler)
+    if interrupts or code == 130:
+        message, code = "interrupted", 130
+    if message is not None:
+        _error(message)
+    return _exit(code if isinstance(code, int) else 0)
 
 
 def _error(message: str) -> None:
