@@ -7,6 +7,7 @@
 2. rt3_invoke refuses token ids outside the embedding table (RT3_ERROR_INPUT_OUT_OF_RANGE) on the host
    (also under ASan + UBSan), on aarch64 (qemu-aarch64) and on Cortex-M4 (qemu-system-arm); ids at the
    table's edges still match onnxruntime.
+3. Ctrl-C is never taken for success: `rt3c` exits 130 with one line and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -439,3 +442,37 @@ def test_computed_indices_are_refused(tmp_path: Path, capsys: pytest.CaptureFixt
     model = _gather_model(tmp_path / "gather.onnx", ["Add"])
     err = _fails_cleanly([str(model)], tmp_path / "project", capsys)
     assert "node the_gather (Gather): its indices are computed from the model's inputs by Add" in err
+
+
+# -- interrupted commands --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "after", ["verify every level against the masked dense model", "lower the model to TVM kernels"]
+)
+def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing(
+    after: str, bert_tiny_export: ExportResult, bert_tiny_plan: Path, tmp_path: Path
+) -> None:
+    """SIGINT while `rt3c compile` lowers the model (Python and TVM's importer) or builds kernels (inside
+    TVM's passes, whose callbacks turn the KeyboardInterrupt into a RuntimeError)."""
+    out = tmp_path / "project"
+    command = [str(Path(sys.executable).with_name("rt3c")), "compile", str(bert_tiny_export.onnx_path)]
+    command += ["--plan", str(bert_tiny_plan), "--out", str(out)]
+    env = {**os.environ, "RT3C_CACHE_DIR": str(tmp_path / "cache")}  # no cached kernels: the build is slow
+    with subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored even if ours is
+    ) as process:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if after in line:  # that step is done, the next one runs
+                break
+        process.send_signal(signal.SIGINT)
+        rest = process.stderr.read()
+    assert process.returncode == 130, rest
+    assert rest.strip().splitlines() == ["rt3c: interrupted"]
+    assert {path.name for path in tmp_path.iterdir()} <= {"cache"}  # no --out, no staging folder
