@@ -446,7 +446,7 @@ def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.n
             raise UserError(
                 f"--input {path}: shape {list(array.shape)}, {spec['name']} needs {spec['shape']}"
             )
-        arrays.append(array.astype(spec["dtype"]))
+        arrays.append(_as_input_dtype(array, np.dtype(spec["dtype"]), f"--input {path}: {spec['name']}"))
     outputs = [Tensor(t["name"], tuple(t["shape"]), t["dtype"], "output") for t in manifest["outputs"]]
     try:
         results = run_level(project, target, level, arrays, outputs)
@@ -462,6 +462,18 @@ def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.n
             f"{'; '.join(refused) or refusal}; rt3_invoke refused it (RT3_ERROR_INPUT_OUT_OF_RANGE)"
         ) from None
     return {tensor.name: result for tensor, result in zip(outputs, results, strict=True)}
+
+
+def _as_input_dtype(array: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """`array` as `dtype`. Token ids and masks are integers: a float id would be truncated (3.7 -> 3) and
+    a value past the type would wrap, so an integer input takes only integers that its type holds."""
+    if np.issubdtype(dtype, np.integer):
+        if array.dtype.kind not in "biu":
+            raise UserError(f"{what} takes {dtype} integers, got {array.dtype} values")
+        info = np.iinfo(dtype)
+        if array.size and not info.min <= int(array.min()) <= int(array.max()) <= info.max:
+            raise UserError(f"{what} takes {dtype} integers, got values outside [{info.min}, {info.max}]")
+    return array.astype(dtype)
 
 
 def _move_into(staging: Path, out_dir: Path) -> None:

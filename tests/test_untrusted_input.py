@@ -476,3 +476,31 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing(
     assert process.returncode == 130, rest
     assert rest.strip().splitlines() == ["rt3c: interrupted"]
     assert {path.name for path in tmp_path.iterdir()} <= {"cache"}  # no --out, no staging folder
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (np.full((1, 16), 3.7), "takes int64 integers, got float64 values"),
+        (np.full((1, 16), 3 + 0j), "takes int64 integers, got complex128 values"),
+        (
+            np.full((1, 16), 2**63, np.uint64),
+            "takes int64 integers, got values outside [-9223372036854775808, 9223372036854775807]",
+        ),
+    ],
+    ids=["float", "complex", "uint64-past-int64"],
+)
+def test_run_refuses_ids_it_would_truncate_or_wrap(
+    ids: np.ndarray,
+    message: str,
+    bert_tiny_project: Callable[[str], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    paths = _save_inputs(tmp_path, ids)
+    np.save(paths[1], np.ones((1, 16), np.int64))
+    assert run_cli("run", str(bert_tiny_project("host")), "-i", str(paths[0]), "-i", str(paths[1])) == 2
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == f"rt3c: error: --input {paths[0]}: input_ids {message}"
+    )
