@@ -46,17 +46,21 @@ _BUILD_WORD = re.compile(r"[A-Za-z0-9_.,+=/:-]+\Z")
 _COMMENT_SAFE = re.compile(r"[ -\[\]-~]")  # printable ASCII except the backslash
 
 
-def _refuse(context: jinja2.runtime.Context, value: object, expected: str) -> UserError:
+def _refuse(
+    context: jinja2.runtime.Context, value: object, expected: str, field: str | None = None
+) -> UserError:
     if isinstance(value, jinja2.Undefined):
         str(value)  # a missing name is a template bug: StrictUndefined raises UndefinedError naming it
-    return UserError(f"{context.name}: expected {expected}, got {value!r:.80}")
+    where = f"{context.name}: {field}" if field else context.name
+    return UserError(f"{where}: expected {expected}, got {value!r:.80}")
 
 
-def _integer_filter(low: int, high: int, c_type: str) -> Callable[[jinja2.runtime.Context, object], int]:
+def _integer_filter(low: int, high: int, c_type: str) -> Callable[..., int]:
     @jinja2.pass_context
-    def check(context: jinja2.runtime.Context, value: object) -> int:
+    def check(context: jinja2.runtime.Context, value: object, field: str | None = None) -> int:
+        """`field` names a value that comes from the user's files (e.g. a plan's frequency) in the error."""
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
-            raise _refuse(context, value, f"an integer in [{low}, {high}] ({c_type})")
+            raise _refuse(context, value, f"an integer in [{low}, {high}] ({c_type})", field)
         return int(value)
 
     return check

@@ -146,7 +146,9 @@ def test_input_and_output_names_become_safe_distinct_identifiers(
 def test_a_value_of_the_wrong_type_is_refused_and_nothing_written(tmp_path: Path) -> None:
     program = _toy_program()
     program.frequencies_khz = ['1; system("touch PWNED")', 500_000]
-    with pytest.raises(UserError, match=r"rt3_model.c.j2: expected an integer in \[0, 4294967295\]"):
+    with pytest.raises(
+        UserError, match=r"rt3_model.c.j2: frequencies_khz\[0\]: expected an integer in \[0, 4294967295\]"
+    ):
         render_project(program, tmp_path / "project")
     assert not (tmp_path / "project").exists()
     env = environment()
