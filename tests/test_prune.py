@@ -148,11 +148,13 @@ def test_cli_prune_writes_checkpoint_plan_and_table(tmp_path: Path, monkeypatch,
     code = run_cli(
         "prune", "--model", "bert-tiny", "--data", "synthetic", "--out", str(out),
         "--sparsity", "0.5,0.6,0.7", "--steps", "20,5,5,5", "--layer-ratio", "query=0.1",
+        "--board", "rt3-default",
     )  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
     assert "one-shot" in printed and "L2" in printed
     plan = Plan.load(out / "plan.json")
+    assert [level.frequency_khz for level in plan.levels] == [1_400_000, 1_000_000, 800_000]  # the board's
     query = plan.layers["bert.encoder.layer.0.attention.self.query.weight"]
     assert np.mean(~query.kept_tiles) == pytest.approx(0.1, abs=1 / query.kept_tiles.size)
 
@@ -168,6 +170,10 @@ def test_cli_prune_writes_checkpoint_plan_and_table(tmp_path: Path, monkeypatch,
         (["--data", "synthetic", "--layer-ratio", "query=1.5"], "[0, 1)"),
         (["--data", "synthetic", "--tile", "128x4"], "larger than layer"),
         (["--data", "hamlet"], "language model"),
+        (
+            ["--data", "synthetic", "--levels", "2", "--sparsity", "0.5,0.7", "--board", "rt3-default"],
+            "--board",
+        ),
     ],
 )
 def test_bad_input_exits_2_without_output(tmp_path: Path, capsys, args: list[str], message: str) -> None:
