@@ -26,7 +26,7 @@ import tvm_ffi
 from rt3c.codegen.kernel_cache import write_kernels
 from rt3c.codegen.onnx_ops import LoweredNode, TensorInfo, lower_node
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
-from rt3c.codegen.targets import Target, get_target, workspace_bytes
+from rt3c.codegen.targets import TARGETS, Target, get_target, workspace_bytes
 from rt3c.encode import deterministic_feeds, encode_model, load_onnx, read_encoded_layers
 from rt3c.errors import UserError, VerificationError
 from rt3c.export import run_onnx
@@ -34,7 +34,7 @@ from rt3c.passes.encode import LEVEL_INPUT, LEVELS_METADATA_KEY, RemoveUnusedPas
 from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE
 from rt3c.plan import Plan
 from rt3c.progress import step
-from rt3c.runtime_c.program import Call, Program, Tensor
+from rt3c.runtime_c.program import C_TYPES, Call, Program, Tensor
 from rt3c.runtime_c.project import MAIN_EXIT_INPUT_OUT_OF_RANGE, render_build_files, render_project
 from rt3c.sparse_format import EncodedLayer
 
@@ -423,10 +423,7 @@ def _tensor_json(tensor: Tensor) -> dict[str, object]:
 
 def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.ndarray]:
     """Run a compiled project's example program (natively or under qemu) on .npy inputs."""
-    manifest_path = project / "rt3c-build.json"
-    if not manifest_path.is_file():
-        raise UserError(f"{project}: not an rt3c project (no rt3c-build.json); make one with `rt3c compile`")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = _read_manifest(project)
     target = get_target(manifest["target"])
     target.check_tools()
     if not 0 <= level < len(manifest["levels"]):
@@ -439,7 +436,8 @@ def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.n
     arrays = []
     for path, spec in zip(inputs, manifest["inputs"], strict=True):
         try:
-            array = np.load(path)
+            # Mapped, not read: a header may claim more elements than the file (or memory) holds.
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise UserError(f"--input {path}: cannot read a .npy array ({exc})") from None
         if list(array.shape) != spec["shape"]:
@@ -462,6 +460,46 @@ def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.n
             f"{'; '.join(refused) or refusal}; rt3_invoke refused it (RT3_ERROR_INPUT_OUT_OF_RANGE)"
         ) from None
     return {tensor.name: result for tensor, result in zip(outputs, results, strict=True)}
+
+
+def _read_manifest(project: Path) -> dict:
+    """rt3c-build.json of a compiled project, checked as far as `run_project` relies on it."""
+    path = project / "rt3c-build.json"
+    if not path.is_file():
+        raise UserError(f"{project}: not an rt3c project (no rt3c-build.json); make one with `rt3c compile`")
+    try:
+        manifest = json.loads(path.read_text())
+        target, levels = manifest["target"], manifest["levels"]
+        specs = [
+            (f"{kind}[{index}]", spec)
+            for kind in ("inputs", "outputs")
+            for index, spec in enumerate(manifest[kind])
+        ]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not an rt3c project manifest ({type(exc).__name__}: {exc})") from None
+    if not isinstance(target, str) or target not in TARGETS:
+        raise UserError(f"{path}: target {target!r:.40} is none of {', '.join(TARGETS)}")
+    if not isinstance(levels, list) or not levels:
+        raise UserError(f"{path}: levels: expected a non-empty list, got {levels!r:.40}")
+    for where, spec in specs:
+        if not _is_tensor_spec(spec):
+            raise UserError(f"{path}: {where}: expected name, shape and dtype as `rt3c compile` writes them")
+    return manifest
+
+
+def _is_tensor_spec(spec: object) -> bool:
+    def positive(value: object) -> bool:
+        return type(value) is int and value >= 1
+
+    return (
+        isinstance(spec, dict)
+        and isinstance(spec.get("name"), str)
+        and isinstance(spec.get("dtype"), str)
+        and spec["dtype"] in C_TYPES
+        and isinstance(spec.get("shape"), list)
+        and all(positive(dim) for dim in spec["shape"])
+        and (spec.get("index_limit") is None or positive(spec["index_limit"]))
+    )
 
 
 def _as_input_dtype(array: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:

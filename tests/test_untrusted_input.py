@@ -506,3 +506,51 @@ def test_run_refuses_ids_it_would_truncate_or_wrap(
         capsys.readouterr().err.strip().splitlines()[-1]
         == f"rt3c: error: --input {paths[0]}: input_ids {message}"
     )
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ("{", "not an rt3c project manifest (JSONDecodeError"),
+        ("[]", "not an rt3c project manifest (TypeError"),
+        ('{"target": ["host"], "levels": ["L0"], "inputs": [], "outputs": []}', "target ['host'] is none of"),
+        (
+            '{"target": "host", "levels": [], "inputs": [], "outputs": []}',
+            "levels: expected a non-empty list",
+        ),
+        (
+            '{"target": "host", "levels": ["L0"], "outputs": [],'
+            ' "inputs": [{"name": "x", "shape": [1, -4], "dtype": "int64"}]}',
+            "inputs[0]: expected name, shape and dtype",
+        ),
+        (
+            '{"target": "host", "levels": ["L0"], "inputs": [],'
+            ' "outputs": [{"name": "y", "shape": [2], "dtype": ["float32"]}]}',
+            "outputs[0]: expected name, shape and dtype",
+        ),
+    ],
+    ids=["not-json", "a-list", "target", "levels", "negative-shape", "dtype-list"],
+)
+def test_run_refuses_a_tampered_manifest(
+    manifest: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "rt3c-build.json").write_text(manifest)
+    assert run_cli("run", str(tmp_path)) == 2
+    assert (
+        capsys.readouterr().err.strip().startswith(f"rt3c: error: {tmp_path / 'rt3c-build.json'}: {message}")
+    )
+
+
+def test_run_refuses_a_npy_header_larger_than_its_file(
+    bert_tiny_project: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lying = tmp_path / "ids.npy"
+    with lying.open("wb") as handle:  # claims 10^12 ids (8 TB), holds 16
+        np.lib.format.write_array_header_1_0(
+            handle, {"descr": "<i8", "fortran_order": False, "shape": (10**12,)}
+        )
+        handle.write(np.zeros(16, np.int64).tobytes())
+    mask = tmp_path / "mask.npy"
+    np.save(mask, np.ones((1, 16), np.int64))
+    assert run_cli("run", str(bert_tiny_project("host")), "-i", str(lying), "-i", str(mask)) == 2
+    assert f"--input {lying}: cannot read a .npy array" in capsys.readouterr().err
