@@ -6,7 +6,8 @@
    frequency is code or out of range is refused before anything is written.
 2. rt3_invoke refuses token ids outside the embedding table (RT3_ERROR_INPUT_OUT_OF_RANGE) on the host
    (also under ASan + UBSan), on aarch64 (qemu-aarch64) and on Cortex-M4 (qemu-system-arm); ids at the
-   table's edges still match onnxruntime.
+   table's edges still match onnxruntime. `rt3c run` names the file, and refuses ids it would truncate
+   or wrap, a tampered project manifest and a .npy header claiming more than its file holds.
 3. Ctrl-C is never taken for success: `rt3c` exits 130 with one line and leaves nothing behind.
 """
 
