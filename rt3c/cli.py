@@ -88,6 +88,13 @@ def _floats(text: str, option: str) -> list[float]:
         raise UserError(f"{option} {text!r}: expected comma-separated numbers") from None
 
 
+def _integers(text: str, option: str) -> list[int]:
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise UserError(f"{option} {text!r}: expected comma-separated integers")
+    return [int(part) for part in parts]
+
+
 def parse_tile(text: str) -> tuple[int, int]:
     """`--tile ROWSxCOLS` as (rows, cols)."""
     rows, _, cols = text.lower().partition("x")
@@ -191,11 +198,28 @@ def compile_command(
         Path | None,
         typer.Option("--plan", "-p", help="The plan, for the levels' frequencies (rt3_on_frequency)."),
     ] = None,
+    board: Annotated[
+        str | None, typer.Option("--board", "-b", help="Board whose frequencies the levels get.")
+    ] = None,
+    frequencies: Annotated[
+        str | None,
+        typer.Option("--frequencies", help="Per level, densest first, the lowest CPU frequency in kHz."),
+    ] = None,
 ) -> None:
-    """Generate TVM kernels and the C runtime, build, and verify every level against onnxruntime."""
+    """Generate TVM kernels and the C runtime, build, and verify every level against onnxruntime.
+
+    A model of several levels needs their frequencies (for rt3_on_frequency): from the plan, --board or
+    --frequencies."""
     from rt3c.compile import compile_model
 
-    result = compile_model(model, out, target_name=target, plan_path=plan)
+    result = compile_model(
+        model,
+        out,
+        target_name=target,
+        plan_path=plan,
+        board=board,
+        frequencies_khz=None if frequencies is None else _integers(frequencies, "--frequencies"),
+    )
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
     typer.echo(
         f"{result.out_dir}  (arena {result.arena_bytes} B, lower bound {result.arena_lower_bound} B; "

@@ -32,7 +32,7 @@ from rt3c.errors import UserError, VerificationError
 from rt3c.export import run_onnx
 from rt3c.passes.encode import LEVEL_INPUT, LEVELS_METADATA_KEY, RemoveUnusedPass, SelectLevelPass
 from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE
-from rt3c.plan import Plan
+from rt3c.plan import MAX_FREQUENCY_KHZ, Plan
 from rt3c.progress import step
 from rt3c.runtime_c.program import C_TYPES, Call, Program, Tensor
 from rt3c.runtime_c.project import MAIN_EXIT_INPUT_OUT_OF_RANGE, render_build_files, render_project
@@ -131,11 +131,14 @@ class CompiledProgram:
     functions: dict[str, tvm.tirx.PrimFunc]
 
 
-def lower_model(encoded_path: Path, target: Target, plan: Plan | None = None) -> CompiledProgram:
+def lower_model(
+    encoded_path: Path, target: Target, frequencies_khz: list[int] | None = None
+) -> CompiledProgram:
     """The Program of an encoded model for `target`: tensors, kernels, one call list per level.
 
     The kernels are target-neutral TIR (the host check builds them too), but the sparse kernels block
-    tokens to fit `target`'s registers.
+    tokens to fit `target`'s registers. `frequencies_khz` (per level, see `level_frequencies`) goes into
+    the runtime's table for rt3_on_frequency; without it the table holds zeros (measurement builds only).
     """
     encoded = load_onnx(encoded_path)
     level_names = encoded.metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
@@ -166,11 +169,10 @@ def lower_model(encoded_path: Path, target: Target, plan: Plan | None = None) ->
         return name
 
     n_levels = len(level_names)
-    frequency_by_name = {level.name: level.frequency_khz for level in plan.levels} if plan else {}
     program = Program(
         name=encoded.metadata_props.get("rt3c.source", encoded_path.stem),
         levels=level_names,
-        frequencies_khz=[frequency_by_name[name] for name in level_names] if plan else [None] * n_levels,
+        frequencies_khz=list(frequencies_khz) if frequencies_khz else [None] * n_levels,
         tensors=tensors,
         inputs=graph_inputs,
         outputs=graph_outputs,
@@ -322,12 +324,19 @@ class CompileResult:
 
 
 def compile_model(
-    encoded_path: Path, out_dir: Path, *, target_name: str = "host", plan_path: Path | None = None
+    encoded_path: Path,
+    out_dir: Path,
+    *,
+    target_name: str = "host",
+    plan_path: Path | None = None,
+    board: str | None = None,
+    frequencies_khz: list[int] | None = None,
 ) -> CompileResult:
     """Lower, generate C, build for `target_name` (and the host), and verify every level of both builds.
 
     `encoded_path` is an encoded model (`rt3c encode`), or an exported model with `plan_path` (encoded
-    here), or a dense model (compiled as one level).
+    here), or a dense model (compiled as one level). A model of several levels needs their frequencies
+    (`level_frequencies`): from `frequencies_khz`, from `board`, or from the plan.
     """
     target = get_target(target_name)
     target.check_tools()
@@ -335,17 +344,83 @@ def compile_model(
     plan = Plan.load(plan_path) if plan_path else None
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"--out {out_dir}: exists and is not empty")
+    encoded_layers = read_encoded_layers(encoded_path, required=False) if plan is not None else {}
+    if plan is not None and plan_path is not None and encoded_layers:
+        _check_plan_matches(plan, plan_path, encoded_path, encoded_layers)
+    if plan is not None and not encoded_layers:
+        level_names = [level.name for level in plan.levels]  # the encoding below keeps every level
+    else:
+        level_names = load_onnx(encoded_path).metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
+    frequencies = level_frequencies(
+        level_names, plan, plan_path, board, frequencies_khz, source=str(encoded_path)
+    )
     with tempfile.TemporaryDirectory(prefix="rt3c-compile-") as scratch:
-        if plan is not None and plan_path is not None:
-            encoded_layers = read_encoded_layers(encoded_path, required=False)
-            if not encoded_layers:
-                # An exported model and its plan: run the encoding passes first (they verify every level).
-                encoded_path = encode_model(encoded_path, plan_path, Path(scratch) / "model.rt3.onnx").path
-            else:
-                _check_plan_matches(plan, plan_path, encoded_path, encoded_layers)
+        if plan is not None and plan_path is not None and not encoded_layers:
+            # An exported model and its plan: run the encoding passes first (they verify every level).
+            encoded_path = encode_model(encoded_path, plan_path, Path(scratch) / "model.rt3.onnx").path
         with step("lower the model to TVM kernels"):
-            compiled = lower_model(encoded_path, target, plan)
+            compiled = lower_model(encoded_path, target, frequencies)
         return _generate_and_verify(compiled, encoded_path, out_dir, target)
+
+
+FREQUENCY_OPTIONS = "--board BOARD or --frequencies KHZ,KHZ,... (kHz, one per level, densest first)"
+
+
+def level_frequencies(
+    level_names: list[str],
+    plan: Plan | None,
+    plan_path: Path | None,
+    board: str | None,
+    frequencies_khz: list[int] | None,
+    source: str,
+) -> list[int]:
+    """Per level, the lowest CPU frequency (kHz) at which rt3_on_frequency picks it.
+
+    `--frequencies` wins, then `--board`, then the plan's `frequency_khz`. A model of several levels
+    without them is refused: the runtime's table would hold zeros, and rt3_on_frequency would pick the
+    same level at every frequency. The frequencies must fall from level to level (densest first), or
+    some level could never be picked. A one-level model runs at every frequency (0: no lower bound).
+    """
+    if board is not None and frequencies_khz is not None:
+        raise UserError("--board and --frequencies: give the levels' frequencies with one of them")
+    count = len(level_names)
+    if frequencies_khz is not None:
+        given, where = list(frequencies_khz), "--frequencies " + ",".join(map(str, frequencies_khz))
+        if len(given) != count:
+            raise UserError(
+                f"{where}: {len(given)} values for the model's {count} levels ({','.join(level_names)})"
+            )
+    elif board is not None:
+        from rt3c.boards import load_board
+
+        given, where = [level.frequency_khz for level in load_board(board).levels], f"--board {board}"
+        if len(given) != count:
+            raise UserError(f"{where}: has {len(given)} frequency levels, the model has {count}")
+    else:
+        by_name = {level.name: level.frequency_khz for level in plan.levels} if plan is not None else {}
+        planned = [by_name.get(name) for name in level_names]
+        if count == 1:
+            return [planned[0] or 0]
+        where = f"--plan {plan_path}" if plan_path is not None else source
+        missing = [name for name, khz in zip(level_names, planned, strict=True) if khz is None]
+        if missing:
+            raise UserError(
+                f"{where}: level{'s' if len(missing) > 1 else ''} {','.join(missing)} "
+                f"{'have' if len(missing) > 1 else 'has'} no frequency, so rt3_on_frequency could not "
+                f"choose a level; give the frequencies with {FREQUENCY_OPTIONS}"
+            )
+        given = [int(khz) for khz in planned if khz is not None]
+    for index, khz in enumerate(given):
+        if isinstance(khz, bool) or not isinstance(khz, int) or not 1 <= khz <= MAX_FREQUENCY_KHZ:
+            raise UserError(
+                f"{where}: level {index}: expected a frequency in [1, {MAX_FREQUENCY_KHZ}] kHz, got {khz!r:.40}"
+            )
+        if index and khz >= given[index - 1]:
+            raise UserError(
+                f"{where}: level {index} ({khz} kHz) is not below level {index - 1} ({given[index - 1]} kHz); "
+                "the frequencies must fall from the densest level to the sparsest, or a level is never chosen"
+            )
+    return given
 
 
 def _check_plan_matches(

@@ -26,20 +26,57 @@ def bert_tiny_encoded(
 ) -> tuple[Path, Path]:
     directory = tmp_path_factory.mktemp("encoded")
     plan = directory / "plan.json"
-    plan_model(
-        bert_tiny_export.onnx_path, plan, sparsities=[0.5, 0.7, 0.8], tile=(4, 4), patterns=8,
-        frequencies_khz=[1_400_000, 1_000_000, 800_000],
-    )  # fmt: skip
+    # No frequencies in the plan: `rt3c plan` without --board, as the README's first steps do.
+    plan_model(bert_tiny_export.onnx_path, plan, sparsities=[0.5, 0.7, 0.8], tile=(4, 4), patterns=8)
     encoded = directory / "model.rt3.onnx"
     encode_model(bert_tiny_export.onnx_path, plan, encoded)
     return encoded, plan
 
 
+FREQUENCIES_KHZ = [1_400_000, 1_000_000, 800_000]
+
+
 @pytest.fixture(scope="module")
 def host_project(bert_tiny_encoded: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("host") / "project"
-    compile_model(bert_tiny_encoded[0], out, target_name="host", plan_path=bert_tiny_encoded[1])
+    compile_model(
+        bert_tiny_encoded[0], out, target_name="host", plan_path=bert_tiny_encoded[1],
+        frequencies_khz=FREQUENCIES_KHZ,
+    )  # fmt: skip
     return out
+
+
+def test_frequencies_reach_the_runtime_table(host_project: Path) -> None:
+    assert (
+        "rt3_level_khz[RT3_NUM_LEVELS] = { 1400000u, 1000000u, 800000u };"
+        in (host_project / "rt3_model.c").read_text()
+    )
+
+
+def test_levels_without_frequencies_are_refused(
+    bert_tiny_export: ExportResult,
+    bert_tiny_encoded: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without frequencies the runtime's table would be zeros and rt3_on_frequency would pick one level at
+    every frequency: compile says which options give them, and writes nothing."""
+    encoded, plan = bert_tiny_encoded
+    out = tmp_path / "project"
+    fix = "give the frequencies with --board BOARD or --frequencies KHZ,KHZ,..."
+    err = _fails_cleanly([str(bert_tiny_export.onnx_path), "--plan", str(plan)], out, capsys)
+    assert f"--plan {plan}: levels L0,L1,L2 have no frequency" in err and fix in err
+    err = _fails_cleanly([str(encoded)], out, capsys)  # an encoded model alone has no frequencies either
+    assert f"{encoded}: levels L0,L1,L2 have no frequency" in err and fix in err
+    bad = {
+        "--frequencies 1400000,1000000": "2 values for the model's 3 levels (L0,L1,L2)",
+        "--frequencies 800000,1000000,1400000": "level 1 (1000000 kHz) is not below level 0 (800000 kHz)",
+        "--frequencies 1400000,1000000,0": "level 2: expected a frequency in [1, 4294967295] kHz, got 0",
+        "--frequencies 1.4e6,1e6,8e5": "expected comma-separated integers",
+        "--board cortex-m7 --frequencies 3,2,1": "--board and --frequencies: give the levels' frequencies",
+    }
+    for options, message in bad.items():
+        assert message in _fails_cleanly([str(encoded), *options.split()], out, capsys), options
 
 
 def _check_against_onnxruntime(project: Path, encoded: Path, seed: int) -> None:
@@ -78,7 +115,9 @@ def _build_with_cmake(project: Path, build: Path) -> None:
 @pytest.mark.parametrize("target", ["aarch64", "cortex-m4", "cortex-m7"])
 def test_cross_targets_every_level(target: str, bert_tiny_encoded: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "project"
-    result = compile_model(bert_tiny_encoded[0], out, target_name=target, plan_path=bert_tiny_encoded[1])
+    result = compile_model(
+        bert_tiny_encoded[0], out, target_name=target, plan_path=bert_tiny_encoded[1], board="rt3-default"
+    )
     assert max(result.max_abs_diff) <= 1e-4  # the Makefile's build, on the host and on the target under qemu
     # The CMake build of the same project (toolchain file, startup, linker script) on fresh inputs.
     _build_with_cmake(out, tmp_path / "cmake-build")
@@ -236,7 +275,13 @@ def test_plan_that_does_not_match_the_model(
     (tmp_path / "two_levels.json").write_text(json.dumps(two_levels))
     out = tmp_path / "project"
     # An exported model: the plan names a layer the model does not have.
-    args = [str(bert_tiny_export.onnx_path), "--plan", str(tmp_path / "renamed.json")]
+    args = [
+        str(bert_tiny_export.onnx_path),
+        "--plan",
+        str(tmp_path / "renamed.json"),
+        "--board",
+        "rt3-default",
+    ]
     assert "plan layer no.such.layer: not a linear layer" in _fails_cleanly(args, out, capsys)
     # An encoded model with the plan of other layers, or of other levels.
     args = [str(encoded), "--plan", str(tmp_path / "renamed.json")]
@@ -349,7 +394,9 @@ def test_zoo_models_compile_from_export_and_plan(
     exported: ExportResult = request.getfixturevalue(fixture)
     plan = tmp_path / "plan.json"
     plan_model(exported.onnx_path, plan, sparsities=sparsities, tile=(8, 8), patterns=8, layers=layers)
-    result = compile_model(exported.onnx_path, tmp_path / target, target_name=target, plan_path=plan)
+    result = compile_model(
+        exported.onnx_path, tmp_path / target, target_name=target, plan_path=plan, board="rt3-default"
+    )
     assert len(result.max_abs_diff) == 3 and max(result.max_abs_diff) <= 1e-4
     assert result.arena_bytes >= result.arena_lower_bound
 

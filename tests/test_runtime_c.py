@@ -88,6 +88,16 @@ int main(void) {
   rt3_on_frequency(2000000);
   rt3_invoke(x, y);
   printf("%d %g\n", rt3_active_level(), y[0]);
+  /* The rule at its edges: a level's own frequency picks it; below the sparsest level's, the sparsest. */
+  rt3_on_frequency(1000000);
+  rt3_invoke(x, y);
+  printf("%d", rt3_active_level());
+  rt3_on_frequency(999999);
+  rt3_invoke(x, y);
+  printf(" %d", rt3_active_level());
+  rt3_on_frequency(1);
+  rt3_invoke(x, y);
+  printf(" %d\n", rt3_active_level());
   printf("arena %zu\n", rt3_arena_bytes());
   return 0;
 }
@@ -111,7 +121,8 @@ def test_toy_program_runs_every_level(tmp_path: Path, compiler: str) -> None:
     assert lines[3] == "0 4"
     # x dies after step 0 and y is born at step 1: they share bytes, so the arena is two (aligned) tensors.
     assert info["arena"].size == info["arena"].lower_bound == 2 * ALIGNMENT
-    assert lines[4] == f"arena {2 * ALIGNMENT}"
+    assert lines[4] == "0 1 1"
+    assert lines[5] == f"arena {2 * ALIGNMENT}"
 
 
 def test_library_has_no_heap_and_no_printf(tmp_path: Path) -> None:
