@@ -205,6 +205,16 @@ def compile_command(
         str | None,
         typer.Option("--frequencies", help="Per level, densest first, the lowest CPU frequency in kHz."),
     ] = None,
+    prefix: Annotated[
+        str | None,
+        typer.Option("--prefix", help="Start of every external C name (default: the model's name)."),
+    ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify", help="Run every level against onnxruntime (--no-verify: build only)."
+        ),
+    ] = True,
 ) -> None:
     """Generate TVM kernels and the C runtime, build, and verify every level against onnxruntime.
 
@@ -219,11 +229,14 @@ def compile_command(
         plan_path=plan,
         board=board,
         frequencies_khz=None if frequencies is None else _integers(frequencies, "--frequencies"),
+        prefix=prefix,
+        verify=verify,
     )
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
+    checked = f"max |C - onnxruntime| per level: {diffs}" if verify else "not verified (--no-verify)"
     typer.echo(
         f"{result.out_dir}  (arena {result.arena_bytes} B, lower bound {result.arena_lower_bound} B; "
-        f"weights {result.weight_bytes} B; max |C - onnxruntime| per level: {diffs})"
+        f"weights {result.weight_bytes} B; {checked})"
     )
 
 
@@ -355,8 +368,10 @@ def search_command(
     ] = False,
     steps: Annotated[
         str,
-        typer.Option("--steps", help="Training steps: dense,lasso,finetune,recovery (per candidate),joint."),
-    ] = "300,150,100,16,600",
+        typer.Option(
+            "--steps", help="Training steps: dense,lasso,finetune,warm,recovery (per candidate),joint."
+        ),
+    ] = "300,150,100,300,16,600",
     episodes: Annotated[int, typer.Option("--episodes", help="Per method (controller, random).")] = 24,
     controller_batch: Annotated[
         int, typer.Option("--controller-batch", help="Candidates per controller update.")
@@ -390,9 +405,9 @@ def search_command(
     from rt3c.search.run import SearchConfig, search_model
 
     counts = [int(s) for s in _floats(steps, "--steps")]
-    if len(counts) != 5:
-        raise UserError(f"--steps {steps!r}: expected five counts (dense,lasso,finetune,recovery,joint)")
-    dense_steps, lasso_steps, finetune_steps, recovery_steps, joint_steps = counts
+    if len(counts) != 6:
+        raise UserError(f"--steps {steps!r}: expected six counts (dense,lasso,finetune,warm,recovery,joint)")
+    dense_steps, lasso_steps, finetune_steps, warm_steps, recovery_steps, joint_steps = counts
     if max_loss is not None and objective != "energy":
         raise UserError("--max-loss: only with --objective energy")
     budgets = None
@@ -424,6 +439,7 @@ def search_command(
             dense_steps=dense_steps,
             lasso_steps=lasso_steps,
             finetune_steps=finetune_steps,
+            warm_steps=warm_steps,
             recovery_steps=recovery_steps,
             joint_steps=joint_steps,
             seed=seed,

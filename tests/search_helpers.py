@@ -28,8 +28,8 @@ frequency_mhz = 250
 voltage = 0.9
 """
 SEARCH_EPISODES = 8
-# dense, lasso, finetune, recovery (per candidate), joint: tiny, but every stage trains.
-SEARCH_STEPS = "60,12,12,3,12"
+# dense, lasso, finetune, warm, recovery (per candidate), joint: tiny, but every stage trains.
+SEARCH_STEPS = "60,12,12,12,3,12"
 
 
 def search_argv(board: Path, out: Path) -> list[str]:

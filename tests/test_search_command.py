@@ -183,7 +183,7 @@ def test_ray_backend_matches_local_processes(searched: tuple[Path, Path]) -> Non
         (["--objective", "fastest"], None, "--objective"),
         (["--objective", "energy", "--max-loss", "1,2"], None, "--max-loss"),
         (["--max-loss", "1,2,3"], None, "--max-loss"),
-        (["--steps", "60,-5,12,3,12"], None, "--steps"),
+        (["--steps", "60,-5,12,12,3,12"], None, "--steps"),
         (["--steps", "60,12"], None, "--steps"),
         (["--objective", "energy"], "two-levels", "--max-loss"),
         ([], "impossible", "L2"),
