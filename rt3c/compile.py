@@ -35,7 +35,15 @@ from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE
 from rt3c.plan import MAX_FREQUENCY_KHZ, Plan
 from rt3c.progress import step
 from rt3c.runtime_c.program import C_TYPES, Call, Program, Tensor
-from rt3c.runtime_c.project import MAIN_EXIT_INPUT_OUT_OF_RANGE, render_build_files, render_project
+from rt3c.runtime_c.project import (
+    MAIN_EXIT_INPUT_OUT_OF_RANGE,
+    PREFIX_PATTERN,
+    check_prefix,
+    default_prefix,
+    project_files,
+    render_build_files,
+    render_project,
+)
 from rt3c.sparse_format import EncodedLayer
 
 TOLERANCE = 1e-4
@@ -331,16 +339,29 @@ def compile_model(
     plan_path: Path | None = None,
     board: str | None = None,
     frequencies_khz: list[int] | None = None,
+    prefix: str | None = None,
+    verify: bool = True,
 ) -> CompileResult:
     """Lower, generate C, build for `target_name` (and the host), and verify every level of both builds.
 
     `encoded_path` is an encoded model (`rt3c encode`), or an exported model with `plan_path` (encoded
     here), or a dense model (compiled as one level). A model of several levels needs their frequencies
-    (`level_frequencies`): from `frequencies_khz`, from `board`, or from the plan.
+    (`level_frequencies`): from `frequencies_khz`, from `board`, or from the plan. Every external name of
+    the generated library starts with `prefix` (default: the model's name made an identifier). Without
+    `verify`, the project is generated and its library built for the target only: no emulator is needed,
+    and the qemu board's memory does not bound the weights.
     """
+    if prefix is not None:
+        check_prefix(prefix)
     target = get_target(target_name)
-    target.check_tools()
-    get_target("host").check_tools()  # the host build is verified too
+    if verify:
+        target.check_tools()
+        get_target("host").check_tools()  # the host build is verified too
+    elif shutil.which(target.cc) is None:
+        raise UserError(
+            f"--target {target.name}: {target.cc} not found; install it with "
+            f"`apt-get install {target.tools[target.cc]}`"
+        )
     plan = Plan.load(plan_path) if plan_path else None
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"--out {out_dir}: exists and is not empty")
@@ -360,7 +381,8 @@ def compile_model(
             encoded_path = encode_model(encoded_path, plan_path, Path(scratch) / "model.rt3.onnx").path
         with step("lower the model to TVM kernels"):
             compiled = lower_model(encoded_path, target, frequencies)
-        return _generate_and_verify(compiled, encoded_path, out_dir, target)
+        compiled.program.prefix = prefix or default_prefix(compiled.program.name)
+        return _generate_and_verify(compiled, encoded_path, out_dir, target, verify)
 
 
 FREQUENCY_OPTIONS = "--board BOARD or --frequencies KHZ,KHZ,... (kHz, one per level, densest first)"
@@ -441,7 +463,7 @@ def _check_plan_matches(
 
 
 def _generate_and_verify(
-    compiled: CompiledProgram, encoded_path: Path, out_dir: Path, target: Target
+    compiled: CompiledProgram, encoded_path: Path, out_dir: Path, target: Target, verify: bool
 ) -> CompileResult:
     host = get_target("host")
     staging = Path(
@@ -451,30 +473,25 @@ def _generate_and_verify(
         with step(f"generate the C project and compile {len(compiled.functions)} kernels"):
             info = render_project(compiled.program, staging)
             check_dir = staging if target.name == "host" else staging / "host-check"
-            builds = [(target, staging)] + ([] if target.name == "host" else [(host, check_dir)])
+            builds = [(target, staging)] + ([(host, check_dir)] if verify and target.name != "host" else [])
             for build_target, build_dir in builds:
-                build_project(compiled, build_target, build_dir, sources_dir=staging)
-        with step(f"verify {len(compiled.program.levels)} levels of the host build against onnxruntime"):
-            diffs = verify_project(encoded_path, check_dir, host, compiled.program)
-        if check_dir != staging:
-            shutil.rmtree(check_dir)
-            runner = target.board or " ".join(target.run_prefix)
-            with step(
-                f"verify {len(compiled.program.levels)} levels of the {target.name} build under {runner}"
-            ):
-                target_diffs = verify_project(encoded_path, staging, target, compiled.program)
-            diffs = [max(a, b) for a, b in zip(diffs, target_diffs, strict=True)]
+                build_project(compiled, build_target, build_dir, sources_dir=staging, example=verify)
+        diffs: list[float] = []
+        if verify:
+            diffs = _verify_builds(compiled, encoded_path, staging, check_dir, target)
         program = compiled.program
         (staging / "rt3c-build.json").write_text(
             json.dumps(
                 {
                     "target": target.name,
+                    "prefix": program.prefix,
                     "levels": program.levels,
                     "inputs": [
                         {**_tensor_json(program.tensors[name]), "index_limit": program.index_limits.get(name)}
                         for name in program.inputs
                     ],
                     "outputs": [_tensor_json(program.tensors[name]) for name in program.outputs],
+                    "verified": verify,
                     "max_abs_diff": diffs,
                     "arena_bytes": info["arena"].size,
                     "arena_lower_bound": info["arena"].lower_bound,
@@ -492,6 +509,23 @@ def _generate_and_verify(
     return CompileResult(out_dir, diffs, arena.size, arena.lower_bound, info["weight_bytes"])
 
 
+def _verify_builds(
+    compiled: CompiledProgram, encoded_path: Path, staging: Path, check_dir: Path, target: Target
+) -> list[float]:
+    """Every level of the host build, then of the target's (under its emulator), against onnxruntime:
+    per level the larger difference."""
+    levels = len(compiled.program.levels)
+    with step(f"verify {levels} levels of the host build against onnxruntime"):
+        diffs = verify_project(encoded_path, check_dir, get_target("host"), compiled.program)
+    if check_dir == staging:
+        return diffs
+    shutil.rmtree(check_dir)
+    runner = target.board or " ".join(target.run_prefix)
+    with step(f"verify {levels} levels of the {target.name} build under {runner}"):
+        target_diffs = verify_project(encoded_path, staging, target, compiled.program)
+    return [max(a, b) for a, b in zip(diffs, target_diffs, strict=True)]
+
+
 def _tensor_json(tensor: Tensor) -> dict[str, object]:
     return {"name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype}
 
@@ -499,7 +533,7 @@ def _tensor_json(tensor: Tensor) -> dict[str, object]:
 def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.ndarray]:
     """Run a compiled project's example program (natively or under qemu) on .npy inputs."""
     manifest = _read_manifest(project)
-    target = get_target(manifest["target"])
+    target, prefix = get_target(manifest["target"]), manifest["prefix"]
     target.check_tools()
     if not 0 <= level < len(manifest["levels"]):
         raise UserError(f"--level {level}: the model has levels 0..{len(manifest['levels']) - 1}")
@@ -532,7 +566,8 @@ def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.n
             and not np.all((array >= 0) & (array < spec["index_limit"]))
         ]
         raise UserError(
-            f"{'; '.join(refused) or refusal}; rt3_invoke refused it (RT3_ERROR_INPUT_OUT_OF_RANGE)"
+            f"{'; '.join(refused) or refusal}; {prefix}_invoke refused it "
+            f"({prefix.upper()}_ERROR_INPUT_OUT_OF_RANGE)"
         ) from None
     return {tensor.name: result for tensor, result in zip(outputs, results, strict=True)}
 
@@ -554,6 +589,10 @@ def _read_manifest(project: Path) -> dict:
         raise UserError(f"{path}: not an rt3c project manifest ({type(exc).__name__}: {exc})") from None
     if not isinstance(target, str) or target not in TARGETS:
         raise UserError(f"{path}: target {target!r:.40} is none of {', '.join(TARGETS)}")
+    if not isinstance(manifest.get("prefix"), str) or not PREFIX_PATTERN.match(manifest["prefix"]):
+        raise UserError(
+            f"{path}: prefix {manifest.get('prefix')!r:.40} is not a prefix `rt3c compile` writes"
+        )
     if not isinstance(levels, list) or not levels:
         raise UserError(f"{path}: levels: expected a non-empty list, got {levels!r:.40}")
     for where, spec in specs:
@@ -595,19 +634,22 @@ def _move_into(staging: Path, out_dir: Path) -> None:
     staging.rmdir()
 
 
-def build_project(compiled: CompiledProgram, target: Target, build_dir: Path, sources_dir: Path) -> None:
-    """Compile the kernels for `target` into `build_dir` and make the rendered project's rt3_main there."""
+def build_project(
+    compiled: CompiledProgram, target: Target, build_dir: Path, sources_dir: Path, example: bool = True
+) -> None:
+    """Compile the kernels for `target` into `build_dir` and make the rendered project's library there,
+    and with `example` its rt3_main (on a qemu board: for that board's memory)."""
     build_dir.mkdir(exist_ok=True)
     kernel_file = "kernels.o" if target.kernel_output == "object" else "kernels.c"
     write_kernels(compiled.functions, target, build_dir / kernel_file)
-    render_build_files(compiled.program, build_dir, target, kernel_file, sources_dir=sources_dir)
-    _make(build_dir)
-
-
-def _make(build_dir: Path) -> None:
-    result = subprocess.run(
-        ["make", "-s", "rt3_main"], cwd=build_dir, capture_output=True, text=True, check=False
+    render_build_files(
+        compiled.program, build_dir, target, kernel_file, sources_dir=sources_dir, check_board_memory=example
     )
+    _make(build_dir, "rt3_main" if example else project_files(compiled.program.prefix).library)
+
+
+def _make(build_dir: Path, goal: str) -> None:
+    result = subprocess.run(["make", "-s", goal], cwd=build_dir, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise VerificationError(
             f"building {build_dir} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"

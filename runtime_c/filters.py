@@ -113,19 +113,20 @@ FILTERS: dict[str, Callable[..., object]] = {
 """Every filter a template may end a `{{ ... }}` with."""
 
 
-def c_identifier(name: str, taken: set[str]) -> str:
+def c_identifier(name: str, taken: set[str], prefix: str = "rt3") -> str:
     """An ASCII C identifier for `name`, unused in `taken` (compared case-insensitively, as the
     identifier is also used upper-cased in macro names), which it is added to.
 
     Characters outside [A-Za-z0-9_] become `_`; a name that would not start with a letter, is a keyword or
-    a name the generated code uses, or starts with the runtime's prefix `rt3_`, gets the prefix `t_`.
+    a name the generated code uses, or starts with the runtime's internal prefix `rt3_` or the library's
+    `prefix` followed by `_`, gets the prefix `t_`.
     """
     identifier = re.sub(r"[^A-Za-z0-9_]", "_", name)
     if (
         not identifier[:1].isalpha()
         or identifier in C_KEYWORDS
         or identifier in RESERVED_NAMES
-        or identifier.lower().startswith("rt3_")
+        or identifier.lower().startswith(("rt3_", f"{prefix.lower()}_"))
     ):
         identifier = f"t_{identifier}"
     unique, suffix = identifier, 2

@@ -90,6 +90,9 @@ class Program:
     index_limits: dict[str, int] = field(default_factory=dict)
     """Inputs whose values index a table (token ids feeding a Gather): input -> the table's row count.
     rt3_invoke refuses an inference with any such value outside [0, limit) before a kernel runs."""
+    prefix: str = "rt3"
+    """What every external name of the generated library starts with: `<prefix>_invoke`, the macros
+    `<PREFIX>_...`, the files `<prefix>_model.h`, ... (a lower-case C identifier, see `check_prefix`)."""
 
     def add_step(self, per_level: list[Call], writes: tuple[str, ...]) -> None:
         assert len(per_level) == len(self.levels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import rt3c
 from rt3c.codegen.targets import Target
 from rt3c.errors import UserError
-from rt3c.runtime_c.filters import FILTERS, c_identifier
+from rt3c.runtime_c.filters import C_KEYWORDS, FILTERS, c_identifier
 from rt3c.runtime_c.program import Program, Tensor
 
 TEMPLATES = Path(__file__).resolve().parent / "templates" / "project"
@@ -74,8 +75,54 @@ def _render_all(
     }
 
 
+@dataclass(frozen=True)
+class ProjectFiles:
+    """The names of a generated project's library files, which carry its prefix."""
+
+    header: str
+    source: str
+    weights_assembly: str
+    weights_binary: str
+    exports: str
+    """The API symbols, one a line: all that stays global in the prelinked library object."""
+    library: str
+
+
+def project_files(prefix: str) -> ProjectFiles:
+    return ProjectFiles(
+        header=f"{prefix}_model.h",
+        source=f"{prefix}_model.c",
+        weights_assembly=f"{prefix}_weights.S",
+        weights_binary=f"{prefix}_weights.bin",
+        exports=f"{prefix}.exports",
+        library=f"lib{prefix}.a",
+    )
+
+
+PREFIX_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
+
+
+def check_prefix(prefix: str) -> str:
+    """`--prefix`: a lower-case C identifier of at most 32 characters that is not a keyword (upper-cased,
+    it starts the macros, so one case keeps two prefixes from sharing macros)."""
+    if not PREFIX_PATTERN.match(prefix) or prefix in C_KEYWORDS:
+        raise UserError(
+            f"--prefix {prefix!r:.40}: expected a lower-case C identifier ([a-z][a-z0-9_]*, at most 32 "
+            "characters, not a C keyword)"
+        )
+    return prefix
+
+
+def default_prefix(model_name: str) -> str:
+    """The prefix for a model named `model_name` (`bert-tiny` -> `bert_tiny`)."""
+    words = re.sub(r"[^a-z0-9]+", "_", model_name.lower()).strip("_")
+    prefix = words if words[:1].isalpha() else f"m_{words}"
+    prefix = prefix[:32].rstrip("_")
+    return prefix if prefix not in C_KEYWORDS else f"{prefix}_model"
+
+
 def render_project(program: Program, out_dir: Path) -> dict[str, object]:
-    """Write rt3_model.h, rt3_model.c, rt3_weights.S and rt3_weights.bin into `out_dir`.
+    """Write the header, source, weights (assembly and binary), exports and example main into `out_dir`.
 
     Returns what the build and the report need: the arena plan and the bytes of weights.
     """
@@ -83,7 +130,9 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
     names = list(program.tensors)
     index_of = {name: index for index, name in enumerate(names)}
     taken: set[str] = set()
-    identifiers = {name: c_identifier(name, taken) for name in program.inputs + program.outputs}
+    identifiers = {
+        name: c_identifier(name, taken, program.prefix) for name in program.inputs + program.outputs
+    }
     file_offset = 0
     tensors: list[CTensor] = []
     blobs: list[tuple[int, bytes]] = []
@@ -134,6 +183,8 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
 
     context = {
         "name": program.name,
+        "prefix": program.prefix,
+        "macro": program.prefix.upper(),
         "version": rt3c.__version__,
         "target": "any",
         "levels": program.levels,
@@ -149,17 +200,21 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
         "workspace_bytes": program.workspace_bytes,
         "exit_input_out_of_range": MAIN_EXIT_INPUT_OUT_OF_RANGE,
     }
+    files = project_files(program.prefix)
     texts = _render_all(
         environment(),
         {
-            output: (f"{output}.j2", context)
-            for output in ("rt3_model.h", "rt3_model.c", "rt3_weights.S", "main.c")
+            files.header: ("rt3_model.h.j2", context),
+            files.source: ("rt3_model.c.j2", context),
+            files.weights_assembly: ("rt3_weights.S.j2", context),
+            files.exports: ("exports.j2", context),
+            "main.c": ("main.c.j2", context),
         },
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     for output, text in texts.items():
         (out_dir / output).write_text(text)
-    with (out_dir / "rt3_weights.bin").open("wb") as handle:
+    with (out_dir / files.weights_binary).open("wb") as handle:
         for offset, payload in blobs:
             handle.write(b"\0" * (offset - handle.tell()))
             handle.write(payload)
@@ -182,10 +237,16 @@ PSRAM_MIB = 16
 
 
 def render_build_files(
-    program: Program, build_dir: Path, target: Target, kernel_file: str, sources_dir: Path
+    program: Program,
+    build_dir: Path,
+    target: Target,
+    kernel_file: str,
+    sources_dir: Path,
+    check_board_memory: bool = True,
 ) -> None:
     """Write the Makefile and CMakeLists.txt (+ a toolchain file when cross compiling) that build
-    `sources_dir`'s project for `target` in `build_dir`; for a board, also its startup file and linker script.
+    `sources_dir`'s project for `target` in `build_dir`; for a board, also its startup file and linker script
+    (and, with `check_board_memory`, refuse weights that the board's PSRAM cannot hold).
     """
     sources = Path(os.path.relpath(sources_dir, build_dir))
     c_kernels = kernel_file.endswith(".c")
@@ -194,8 +255,10 @@ def render_build_files(
     arch_flags = [flag for flag in target.cflags if cross and flag.startswith("-m")]
     context = {
         "name": program.name,
+        "prefix": program.prefix,
         "target": target,
-        "ar": target.cc.replace("gcc", "ar") if target.cc.endswith("gcc") else "ar",
+        "ar": _binutil(target, "ar"),
+        "objcopy": _binutil(target, "objcopy"),
         "sources_dir": str(sources),
         "kernel_file": kernel_file,
         "c_kernels": c_kernels,
@@ -215,9 +278,15 @@ def render_build_files(
     if cross:
         files[build_dir / "toolchain.cmake"] = ("toolchain.cmake.j2", context)
     if target.board is not None:
-        _check_weights_fit(sources_dir / "rt3_weights.bin", target)
+        if check_board_memory:
+            _check_weights_fit(sources_dir / project_files(program.prefix).weights_binary, target)
         context["startup"] = {"source": "startup.c", "linker_script": "mps2.ld"}
-        board = {"board": target.board, "psram_origin": PSRAM_ORIGIN[target.board], "psram_mib": PSRAM_MIB}
+        board = {
+            "board": target.board,
+            "prefix": program.prefix,
+            "psram_origin": PSRAM_ORIGIN[target.board],
+            "psram_mib": PSRAM_MIB,
+        }
         files[sources_dir / "mps2.ld"] = ("cortex_m/mps2.ld.j2", board)
     texts = _render_all(environment(), files)
     if c_kernels:
@@ -226,6 +295,11 @@ def render_build_files(
         shutil.copyfile(TEMPLATES / "cortex_m" / "startup.c", sources_dir / "startup.c")
     for path, text in texts.items():
         path.write_text(text)
+
+
+def _binutil(target: Target, tool: str) -> str:
+    """`tool` of the target's binutils: `aarch64-linux-gnu-ar`, `arm-none-eabi-objcopy`, `objcopy`."""
+    return target.cc[: -len("gcc")] + tool if target.cc.endswith("gcc") else tool
 
 
 def _check_weights_fit(weights: Path, target: Target) -> None:

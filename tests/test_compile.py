@@ -41,7 +41,7 @@ def host_project(bert_tiny_encoded: tuple[Path, Path], tmp_path_factory: pytest.
     out = tmp_path_factory.mktemp("host") / "project"
     compile_model(
         bert_tiny_encoded[0], out, target_name="host", plan_path=bert_tiny_encoded[1],
-        frequencies_khz=FREQUENCIES_KHZ,
+        frequencies_khz=FREQUENCIES_KHZ, prefix="rt3",  # the API tests/c/level_switch.c calls
     )  # fmt: skip
     return out
 
@@ -401,7 +401,8 @@ def test_zoo_models_compile_from_export_and_plan(
     assert result.arena_bytes >= result.arena_lower_bound
 
 
-def test_weights_beyond_the_board_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _big_model(tmp_path: Path) -> Path:
+    """y = x @ w with 17 MiB of weights."""
     from onnx import helper, numpy_helper
 
     weight = numpy_helper.from_array(np.zeros((2048, 2176), np.float32), "w")  # 17 MiB
@@ -414,13 +415,39 @@ def test_weights_beyond_the_board_memory(tmp_path: Path, capsys: pytest.CaptureF
     )
     model = tmp_path / "big.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), model)
+    return model
+
+
+def test_weights_beyond_the_board_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _big_model(tmp_path)
     err = _fails_cleanly([str(model), "--target", "cortex-m7"], tmp_path / "project", capsys)
     assert "--target cortex-m7: the weights take 17.0 MiB, but qemu's mps2-an500 holds 16 MiB" in err
+
+
+def test_no_verify_needs_no_emulator_and_no_board_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--no-verify` generates and builds the library only: no qemu, and 17 MiB of weights are fine (the
+    16 MiB bound is the qemu board's, for verification)."""
+    model = _big_model(tmp_path)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ["make", "rm", "arm-none-eabi-gcc", "arm-none-eabi-ar", "arm-none-eabi-objcopy"]:
+        (tools / tool).symlink_to(shutil.which(tool))
+    monkeypatch.setenv("PATH", str(tools))  # a cross compiler, no emulator and no host compiler
+    out = tmp_path / "project"
+    args = ["compile", str(model), "--target", "cortex-m7", "--no-verify", "--out", str(out)]
+    assert run_cli(*args) == 0
+    assert "not verified (--no-verify)" in capsys.readouterr().out
+    manifest = json.loads((out / "rt3c-build.json").read_text())
+    assert manifest["verified"] is False and manifest["max_abs_diff"] == []
+    assert (out / "libbig.a").is_file() and not (out / "rt3_main").exists()
+    assert (out / "big_weights.bin").stat().st_size > 16 << 20
 
 
 def test_demo_runs_the_chain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli("demo", "--out", str(tmp_path), "--target", "host") == 0
     out = capsys.readouterr().out
     assert "L2" in out and "|C-ORT|" in out
-    assert (tmp_path / "c-host" / "rt3_model.h").is_file()
+    assert (tmp_path / "c-host" / "bert_tiny_model.h").is_file()  # the prefix comes from the model
     assert (tmp_path / "model.rt3.onnx").is_file()

@@ -90,7 +90,7 @@ def _is_typed(expression: nodes.Node) -> bool:
 def test_every_rendered_value_passes_a_typed_filter() -> None:
     env = environment()
     templates = sorted(TEMPLATES.rglob("*.j2"))
-    assert len(templates) == 8
+    assert len(templates) == 9
     for path in templates:
         for output in env.parse(path.read_text()).find_all(nodes.Output):
             for expression in output.nodes:
@@ -218,7 +218,8 @@ def _render(model: Path, plan: Path, out: Path) -> dict[str, str]:
     """Every text file of the project: sources, build files for the host, aarch64 and Cortex-M4, and the
     Cortex-M4 kernels' C source (TVM's C target names variables after the tensors it is given)."""
     encoded = encode_model(model, plan, out.parent / f"{out.name}.rt3.onnx").path
-    compiled = lower_model(encoded, get_target("host"), Plan.load(plan))
+    frequencies = [level.frequency_khz for level in Plan.load(plan).levels]
+    compiled = lower_model(encoded, get_target("host"), frequencies)
     render_project(compiled.program, out)
     for target, kernel_file in (("host", "kernels.o"), ("aarch64", "kernels.o"), ("cortex-m4", "kernels.c")):
         build = out / target
@@ -342,14 +343,14 @@ def test_out_of_range_token_ids_are_refused(
             cwd=project, capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
         assert result.returncode == MAIN_EXIT_INPUT_OUT_OF_RANGE, (bad, result.stderr)
-        assert "RT3_ERROR_INPUT_OUT_OF_RANGE): input_ids takes values in [0, 1024)" in result.stderr
+        assert "BERT_TINY_ERROR_INPUT_OUT_OF_RANGE): input_ids takes values in [0, 1024)" in result.stderr
         assert not (project / "out.bin").exists()
         # rt3c run: exit 2, naming the file.
         assert run_cli("run", str(project), "-i", str(paths[0]), "-i", str(paths[1])) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err == (
             f"rt3c: error: --input {paths[0]}: input_ids takes values in [0, 1024); "
-            "rt3_invoke refused it (RT3_ERROR_INPUT_OUT_OF_RANGE)"
+            "bert_tiny_invoke refused it (BERT_TINY_ERROR_INPUT_OUT_OF_RANGE)"
         )
         ids[0, 3 + number] = number  # one bad id at a time
 
@@ -379,7 +380,7 @@ def test_ids_at_the_table_edges_match_onnxruntime(
 def test_out_of_range_ids_under_sanitizers(bert_tiny_project: Callable[[str], Path]) -> None:
     """The example program and runtime built with ASan + UBSan: refused ids exit cleanly, good ones run."""
     project = bert_tiny_project("host")
-    sources = [project / name for name in ("main.c", "rt3_model.c", "rt3_weights.S", "kernels.o")]
+    sources = [project / name for name in ("main.c", "bert_tiny_model.c", "bert_tiny_weights.S", "kernels.o")]
     flags = ["-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", f"-I{project}", f"-Wa,-I{project}"]
     sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
     binary = project / "rt3_main_asan"
@@ -433,7 +434,7 @@ def test_ids_through_cast_and_reshape_are_bounded(tmp_path: Path, capsys: pytest
     model = _gather_model(tmp_path / "gather.onnx", ["Reshape", "Cast"])
     out = tmp_path / "project"
     assert run_cli("compile", str(model), "--out", str(out)) == 0
-    assert "#define RT3_INPUT_IDS_LIMIT 10" in (out / "rt3_model.h").read_text()
+    assert "#define GATHER_INPUT_IDS_LIMIT 10" in (out / "gather_model.h").read_text()
     np.save(
         tmp_path / "ids.npy", np.array([[9, 0, 2**32 + 1, 3]], np.int64)
     )  # int32 would wrap 2^32 + 1 to 1
@@ -516,21 +517,25 @@ def test_run_refuses_ids_it_would_truncate_or_wrap(
         ("[]", "not an rt3c project manifest (TypeError"),
         ('{"target": ["host"], "levels": ["L0"], "inputs": [], "outputs": []}', "target ['host'] is none of"),
         (
-            '{"target": "host", "levels": [], "inputs": [], "outputs": []}',
+            '{"target": "host", "prefix": "m; rm", "levels": ["L0"], "inputs": [], "outputs": []}',
+            "prefix 'm; rm' is not a prefix `rt3c compile` writes",
+        ),
+        (
+            '{"target": "host", "prefix": "m", "levels": [], "inputs": [], "outputs": []}',
             "levels: expected a non-empty list",
         ),
         (
-            '{"target": "host", "levels": ["L0"], "outputs": [],'
+            '{"target": "host", "prefix": "m", "levels": ["L0"], "outputs": [],'
             ' "inputs": [{"name": "x", "shape": [1, -4], "dtype": "int64"}]}',
             "inputs[0]: expected name, shape and dtype",
         ),
         (
-            '{"target": "host", "levels": ["L0"], "inputs": [],'
+            '{"target": "host", "prefix": "m", "levels": ["L0"], "inputs": [],'
             ' "outputs": [{"name": "y", "shape": [2], "dtype": ["float32"]}]}',
             "outputs[0]: expected name, shape and dtype",
         ),
     ],
-    ids=["not-json", "a-list", "target", "levels", "negative-shape", "dtype-list"],
+    ids=["not-json", "a-list", "target", "prefix", "levels", "negative-shape", "dtype-list"],
 )
 def test_run_refuses_a_tampered_manifest(
     manifest: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
