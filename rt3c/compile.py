@@ -497,6 +497,7 @@ def _generate_and_verify(
                     "arena_lower_bound": info["arena"].lower_bound,
                     "weight_bytes": info["weight_bytes"],
                     "workspace_bytes": program.workspace_bytes,
+                    "memory_bytes": info["memory_bytes"],
                 },
                 indent=1,
             )

@@ -13,13 +13,14 @@ import jinja2
 import numpy as np
 
 import rt3c
+from rt3c.arena import ALIGNMENT as ARENA_ALIGNMENT
 from rt3c.codegen.targets import Target
 from rt3c.errors import UserError
 from rt3c.runtime_c.filters import C_KEYWORDS, FILTERS, c_identifier
 from rt3c.runtime_c.program import Program, Tensor
 
 TEMPLATES = Path(__file__).resolve().parent / "templates" / "project"
-WEIGHTS_ALIGNMENT = 64  # see rt3c.arena.ALIGNMENT
+WEIGHTS_ALIGNMENT = ARENA_ALIGNMENT  # TVM's kernels use aligned vector loads
 MAIN_EXIT_INPUT_OUT_OF_RANGE = 3
 """The exit code of the example `rt3_main` when rt3_invoke refuses an input (RT3_ERROR_INPUT_OUT_OF_RANGE)."""
 
@@ -169,6 +170,9 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
             )
         )
 
+    # The kernels' scratch follows the activations in the model's memory, aligned like every buffer.
+    scratch_offset = -(-max(arena.size, 1) // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
+
     # Distinct calls get one argument array each; level tables index into them.
     calls: list[dict[str, object]] = []
     call_index: dict[tuple[str, tuple[str, ...]], int] = {}
@@ -197,6 +201,9 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
         "calls": calls,
         "level_tables": level_tables,
         "arena": arena,
+        "arena_tensors": [t for t in tensors if not t.constant],
+        "scratch_offset": scratch_offset,
+        "arena_bytes": scratch_offset + program.workspace_bytes,
         "workspace_bytes": program.workspace_bytes,
         "exit_input_out_of_range": MAIN_EXIT_INPUT_OUT_OF_RANGE,
     }
@@ -219,7 +226,11 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
             handle.write(b"\0" * (offset - handle.tell()))
             handle.write(payload)
     _copy_dlpack_header(out_dir)
-    return {"arena": arena, "weight_bytes": file_offset}
+    return {
+        "arena": arena,
+        "weight_bytes": file_offset,
+        "memory_bytes": scratch_offset + program.workspace_bytes,
+    }
 
 
 def _copy_dlpack_header(out_dir: Path) -> None:

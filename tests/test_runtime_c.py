@@ -71,9 +71,11 @@ def _toy_program() -> Program:
 MAIN = r"""
 #include <stdio.h>
 #include "rt3_model.h"
+static double memory[(RT3_ARENA_BYTES + 2 * RT3_ARENA_ALIGNMENT) / sizeof(double)];
 int main(void) {
   float x[4] = {1, 1, 1, 1}, y[4];
-  int level;
+  int level, used;
+  unsigned char *aligned = (unsigned char *)(((uintptr_t)memory + RT3_ARENA_ALIGNMENT - 1) & ~(uintptr_t)(RT3_ARENA_ALIGNMENT - 1));
   if (rt3_invoke(x, y) != RT3_ERROR_NOT_INITIALIZED) return 10;
   if (rt3_init() != RT3_OK) return 11;
   if (rt3_set_level(RT3_NUM_LEVELS) != RT3_ERROR_BAD_LEVEL || rt3_set_level(-1) != RT3_ERROR_BAD_LEVEL) return 12;
@@ -99,6 +101,16 @@ int main(void) {
   rt3_invoke(x, y);
   printf(" %d\n", rt3_active_level());
   printf("arena %zu\n", rt3_arena_bytes());
+  /* The caller's memory: checked (a status, and the model is then uninitialized), then used. */
+  if (rt3_init_with_arena(NULL, RT3_ARENA_BYTES) != RT3_ERROR_BAD_ARGUMENT) return 15;
+  if (rt3_invoke(x, y) != RT3_ERROR_NOT_INITIALIZED) return 16;
+  if (rt3_init_with_arena(aligned + 8, RT3_ARENA_BYTES) != RT3_ERROR_ARENA_MISALIGNED) return 17;
+  if (rt3_init_with_arena(aligned, RT3_ARENA_BYTES - 1) != RT3_ERROR_ARENA_TOO_SMALL) return 18;
+  if (rt3_invoke(x, y) != RT3_ERROR_NOT_INITIALIZED) return 19;
+  if (rt3_init_with_arena(aligned, RT3_ARENA_BYTES) != RT3_OK || rt3_set_level(1) != RT3_OK) return 20;
+  if (rt3_invoke(x, y) != RT3_OK) return 21;
+  for (level = 0, used = 0; level < RT3_ARENA_BYTES; ++level) used |= aligned[level];
+  printf("caller %d %g %g %g %g %d\n", rt3_active_level(), y[0], y[1], y[2], y[3], used != 0);
   return 0;
 }
 """
@@ -123,6 +135,30 @@ def test_toy_program_runs_every_level(tmp_path: Path, compiler: str) -> None:
     assert info["arena"].size == info["arena"].lower_bound == 2 * ALIGNMENT
     assert lines[4] == "0 1 1"
     assert lines[5] == f"arena {2 * ALIGNMENT}"
+    assert lines[6] == "caller 1 6 9 12 15 1"
+
+
+def test_descriptors_and_shapes_are_const(tmp_path: Path) -> None:
+    """Without position-independent code (as on a microcontroller) the library has no initialized RAM:
+    descriptors, shapes, argument and level tables are read-only; RAM is the arena, the arena tensors'
+    descriptors (filled in at init) and the level state, all zero-initialized."""
+    render_project(_toy_program(), tmp_path)
+    subprocess.run(["gcc", *CFLAGS, "-fno-pic", "-c", "rt3_model.c", "-o", "m.o"], cwd=tmp_path, check=True)
+    sizes = subprocess.run(["size", "-A", "m.o"], cwd=tmp_path, check=True, capture_output=True, text=True)
+    sections = {
+        line.split()[0]: int(line.split()[1]) for line in sizes.stdout.splitlines()[2:] if line.strip()
+    }
+    assert not {name: size for name, size in sections.items() if name.startswith(".data") and size}
+    assert sections[".bss.rt3_arena"] == 2 * ALIGNMENT
+    symbols = subprocess.run(["nm", "m.o"], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    in_ram = {line.split()[2] for line in symbols.splitlines() if line.split()[1] in "bBdD"}
+    arena_tensors = {
+        "rt3_tensor_0",
+        "rt3_tensor_2",
+        "rt3_tensor_3",
+    }  # x, t, y (tensor 1 is the constant bias)
+    state = {"rt3_arena", "rt3_default_arena", "rt3_initialized", "rt3_requested_level", "rt3_running_level"}
+    assert in_ram == arena_tensors | state
 
 
 def test_library_has_no_heap_and_no_printf(tmp_path: Path) -> None:
