@@ -215,6 +215,12 @@ def compile_command(
             "--verify/--no-verify", help="Run every level against onnxruntime (--no-verify: build only)."
         ),
     ] = True,
+    mcpu: Annotated[
+        str | None,
+        typer.Option(
+            "--mcpu", help="Cortex-M targets: build for this part (e.g. cortex-m33; needs --no-verify)."
+        ),
+    ] = None,
 ) -> None:
     """Generate TVM kernels and the C runtime, build, and verify every level against onnxruntime.
 
@@ -231,6 +237,7 @@ def compile_command(
         frequencies_khz=None if frequencies is None else _integers(frequencies, "--frequencies"),
         prefix=prefix,
         verify=verify,
+        mcpu=mcpu,
     )
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
     checked = f"max |C - onnxruntime| per level: {diffs}" if verify else "not verified (--no-verify)"

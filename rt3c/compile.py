@@ -9,6 +9,7 @@ input and must match onnxruntime on the encoded model of that level.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -341,6 +342,7 @@ def compile_model(
     frequencies_khz: list[int] | None = None,
     prefix: str | None = None,
     verify: bool = True,
+    mcpu: str | None = None,
 ) -> CompileResult:
     """Lower, generate C, build for `target_name` (and the host), and verify every level of both builds.
 
@@ -349,11 +351,14 @@ def compile_model(
     (`level_frequencies`): from `frequencies_khz`, from `board`, or from the plan. Every external name of
     the generated library starts with `prefix` (default: the model's name made an identifier). Without
     `verify`, the project is generated and its library built for the target only: no emulator is needed,
-    and the qemu board's memory does not bound the weights.
+    and the qemu board's memory does not bound the weights. `mcpu` builds a Cortex-M target for another
+    Cortex-M part (`cortex_m_part`).
     """
     if prefix is not None:
         check_prefix(prefix)
     target = get_target(target_name)
+    if mcpu is not None:
+        target = cortex_m_part(target, mcpu, verify)
     if verify:
         target.check_tools()
         get_target("host").check_tools()  # the host build is verified too
@@ -383,6 +388,46 @@ def compile_model(
             compiled = lower_model(encoded_path, target, frequencies)
         compiled.program.prefix = prefix or default_prefix(compiled.program.name)
         return _generate_and_verify(compiled, encoded_path, out_dir, target, verify)
+
+
+# The -mfpu of each Cortex-M part arm-none-eabi-gcc 12 knows; None: no FPU (soft-float ABI).
+CORTEX_M_FPU = {
+    "cortex-m0plus": None,
+    "cortex-m3": None,
+    "cortex-m23": None,
+    "cortex-m4": "fpv4-sp-d16",
+    "cortex-m7": "fpv5-d16",
+    "cortex-m33": "fpv5-sp-d16",
+    "cortex-m35p": "fpv5-sp-d16",
+    "cortex-m55": "auto",
+}
+
+
+def cortex_m_part(target: Target, mcpu: str, verify: bool) -> Target:
+    """`target` (cortex-m4 or cortex-m7: TVM's C kernels, bare metal) built for the part `mcpu`.
+
+    Only the qemu board's own CPU can be verified; any other part needs `verify` off, and gets no
+    startup file or linker script (those are qemu's MPS2 boards'): the library is what it is for.
+    """
+    if target.board is None:
+        raise UserError(
+            f"--mcpu {mcpu}: only with a Cortex-M target (cortex-m4, cortex-m7), not {target.name}"
+        )
+    if mcpu not in CORTEX_M_FPU:
+        raise UserError(
+            f"--mcpu {mcpu!r:.40}: not a Cortex-M part rt3c builds for; choose one of {', '.join(CORTEX_M_FPU)}"
+        )
+    if f"-mcpu={mcpu}" in target.cflags:
+        return target
+    if verify:
+        raise UserError(
+            f"--mcpu {mcpu}: qemu's {target.board} (--target {target.name}) cannot run it; add --no-verify to "
+            "generate and build the project without running it"
+        )
+    fpu = CORTEX_M_FPU[mcpu]
+    kept = [flag for flag in target.cflags if not flag.startswith(("-mcpu=", "-mfpu=", "-mfloat-abi="))]
+    float_flags = [f"-mfpu={fpu}", "-mfloat-abi=hard"] if fpu else ["-mfloat-abi=soft"]
+    return dataclasses.replace(target, cflags=(f"-mcpu={mcpu}", *float_flags, *kept), board=None)
 
 
 FREQUENCY_OPTIONS = "--board BOARD or --frequencies KHZ,KHZ,... (kHz, one per level, densest first)"
@@ -484,6 +529,7 @@ def _generate_and_verify(
             json.dumps(
                 {
                     "target": target.name,
+                    "cflags": list(target.cflags),
                     "prefix": program.prefix,
                     "levels": program.levels,
                     "inputs": [
@@ -535,6 +581,11 @@ def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.n
     """Run a compiled project's example program (natively or under qemu) on .npy inputs."""
     manifest = _read_manifest(project)
     target, prefix = get_target(manifest["target"]), manifest["prefix"]
+    if not (project / "rt3_main").is_file():
+        raise UserError(
+            f"{project}: has no example program rt3_main (compiled with --no-verify); "
+            f"build it with `make -C {project} rt3_main`"
+        )
     target.check_tools()
     if not 0 <= level < len(manifest["levels"]):
         raise UserError(f"--level {level}: the model has levels 0..{len(manifest['levels']) - 1}")

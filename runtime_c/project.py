@@ -277,6 +277,7 @@ def render_build_files(
         "startup": None,
         "toolchain": "toolchain.cmake" if cross else None,
         "processor": "aarch64" if target.name == "aarch64" else "arm",
+        "bare_metal": target.name.startswith("cortex-m"),
         "arch_flags": arch_flags,
         "cflags": [flag for flag in target.cflags if flag not in arch_flags],
         "link_options": [flag for flag in target.ldflags if not flag.startswith("-l")],

@@ -445,6 +445,34 @@ def test_no_verify_needs_no_emulator_and_no_board_memory(
     assert (out / "big_weights.bin").stat().st_size > 16 << 20
 
 
+def test_another_cortex_m_part(
+    bert_tiny_encoded: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--mcpu: a Cortex-M part beyond qemu's two boards, generated and built (not run: no board runs it)."""
+    encoded, _ = bert_tiny_encoded
+    common = [str(encoded), "--frequencies", ",".join(map(str, FREQUENCIES_KHZ)), "--target", "cortex-m4"]
+    out = tmp_path / "project"
+    refused = {
+        "--mcpu cortex-m33": "--mcpu cortex-m33: qemu's mps2-an386 (--target cortex-m4) cannot run it; add --no-verify",
+        "--mcpu cortex-a53 --no-verify": "--mcpu 'cortex-a53': not a Cortex-M part rt3c builds for",
+    }
+    for options, message in refused.items():
+        assert message in _fails_cleanly([*common, *options.split()], out, capsys), options
+    host = [str(encoded), "--frequencies", "3,2,1", "--mcpu", "cortex-m4", "--no-verify"]
+    assert "--mcpu cortex-m4: only with a Cortex-M target" in _fails_cleanly(host, out, capsys)
+    assert run_cli("compile", *common, "--mcpu", "cortex-m33", "--no-verify", "--out", str(out)) == 0
+    attributes = subprocess.run(
+        ["arm-none-eabi-readelf", "-A", str(out / "libbert_tiny.a")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Tag_CPU_arch: v8-M.mainline" in attributes and "Tag_ABI_VFP_args: VFP registers" in attributes
+    assert not (out / "mps2.ld").exists() and "-mcpu=cortex-m33" in (out / "toolchain.cmake").read_text()
+    assert run_cli("run", str(out)) == 2
+    assert "has no example program rt3_main (compiled with --no-verify)" in capsys.readouterr().err
+
+
 def test_demo_runs_the_chain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli("demo", "--out", str(tmp_path), "--target", "host") == 0
     out = capsys.readouterr().out
