@@ -221,6 +221,13 @@ def compile_command(
             "--mcpu", help="Cortex-M targets: build for this part (e.g. cortex-m33; needs --no-verify)."
         ),
     ] = None,
+    weights_format: Annotated[
+        str,
+        typer.Option(
+            "--weights-format",
+            help="incbin (GNU assembler .incbin, fast) or c (const C arrays, any C99 toolchain).",
+        ),
+    ] = "incbin",
 ) -> None:
     """Generate TVM kernels and the C runtime, build, and verify every level against onnxruntime.
 
@@ -238,6 +245,7 @@ def compile_command(
         prefix=prefix,
         verify=verify,
         mcpu=mcpu,
+        weights_format=weights_format,
     )
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
     checked = f"max |C - onnxruntime| per level: {diffs}" if verify else "not verified (--no-verify)"

@@ -39,6 +39,7 @@ from rt3c.runtime_c.program import C_TYPES, Call, Program, Tensor
 from rt3c.runtime_c.project import (
     MAIN_EXIT_INPUT_OUT_OF_RANGE,
     PREFIX_PATTERN,
+    WEIGHTS_FORMATS,
     check_prefix,
     default_prefix,
     project_files,
@@ -343,6 +344,7 @@ def compile_model(
     prefix: str | None = None,
     verify: bool = True,
     mcpu: str | None = None,
+    weights_format: str = "incbin",
 ) -> CompileResult:
     """Lower, generate C, build for `target_name` (and the host), and verify every level of both builds.
 
@@ -352,10 +354,14 @@ def compile_model(
     the generated library starts with `prefix` (default: the model's name made an identifier). Without
     `verify`, the project is generated and its library built for the target only: no emulator is needed,
     and the qemu board's memory does not bound the weights. `mcpu` builds a Cortex-M target for another
-    Cortex-M part (`cortex_m_part`).
+    Cortex-M part (`cortex_m_part`). `weights_format` is one of `WEIGHTS_FORMATS`.
     """
     if prefix is not None:
         check_prefix(prefix)
+    if weights_format not in WEIGHTS_FORMATS:
+        raise UserError(
+            f"--weights-format {weights_format!r:.40}: choose one of {', '.join(WEIGHTS_FORMATS)}"
+        )
     target = get_target(target_name)
     if mcpu is not None:
         target = cortex_m_part(target, mcpu, verify)
@@ -387,6 +393,7 @@ def compile_model(
         with step("lower the model to TVM kernels"):
             compiled = lower_model(encoded_path, target, frequencies)
         compiled.program.prefix = prefix or default_prefix(compiled.program.name)
+        compiled.program.weights_format = weights_format
         return _generate_and_verify(compiled, encoded_path, out_dir, target, verify)
 
 
@@ -531,6 +538,7 @@ def _generate_and_verify(
                     "target": target.name,
                     "cflags": list(target.cflags),
                     "prefix": program.prefix,
+                    "weights_format": program.weights_format,
                     "levels": program.levels,
                     "inputs": [
                         {**_tensor_json(program.tensors[name]), "index_limit": program.index_limits.get(name)}

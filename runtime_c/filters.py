@@ -98,6 +98,35 @@ def comment(value: object) -> str:
     return text
 
 
+VALUES_PER_LINE = 8
+
+
+@jinja2.pass_context
+def c_values(context: jinja2.runtime.Context, value: object) -> str:
+    """The elements of a numpy array as the initializer list of a C array of its type: decimal integers,
+    floats with 9 significant digits (which give back the same float32), INFINITY and NAN from math.h."""
+    if not isinstance(value, np.ndarray) or value.dtype.name not in C_TYPES or value.size == 0:
+        raise _refuse(context, value, f"a non-empty numpy array of {', '.join(C_TYPES)}")
+    flat = value.reshape(-1)
+    if flat.dtype.kind == "f":
+        wide = flat.astype(np.float64)
+        finite = np.isfinite(wide)
+        text = np.char.mod("%.9g", np.where(finite, wide, 0.0)).astype(object)
+        text[np.isnan(wide)] = "NAN"
+        text[np.isposinf(wide)] = "INFINITY"
+        text[np.isneginf(wide)] = "-INFINITY"
+        text[(wide == 0) & np.signbit(wide)] = "-0.0"  # "-0" would be the integer 0
+    else:
+        numbers = flat.astype(np.int64) if flat.dtype.kind == "b" else flat
+        text = np.char.mod("%d", numbers).astype(object)
+        if flat.dtype == np.int64:
+            # -9223372036854775808 is not a literal: 9223372036854775808 does not fit any C99 integer type.
+            text = text + "LL"
+            text[flat == np.iinfo(np.int64).min] = "(-9223372036854775807LL - 1)"
+    lines = [", ".join(text[i : i + VALUES_PER_LINE]) for i in range(0, len(text), VALUES_PER_LINE)]
+    return ",\n".join(f"  {line}" for line in lines)
+
+
 FILTERS: dict[str, Callable[..., object]] = {
     "c_int": _integer_filter(-(2**31), 2**31 - 1, "int"),
     "c_uint8": _integer_filter(0, 2**8 - 1, "uint8_t"),
@@ -109,6 +138,7 @@ FILTERS: dict[str, Callable[..., object]] = {
     "c_type": c_type,
     "comment": comment,
     "build_word": build_word,
+    "c_values": c_values,
 }
 """Every filter a template may end a `{{ ... }}` with."""
 

@@ -90,6 +90,8 @@ class Program:
     index_limits: dict[str, int] = field(default_factory=dict)
     """Inputs whose values index a table (token ids feeding a Gather): input -> the table's row count.
     rt3_invoke refuses an inference with any such value outside [0, limit) before a kernel runs."""
+    weights_format: str = "incbin"
+    """`incbin` or `c`: see `rt3c.runtime_c.project.WEIGHTS_FORMATS`."""
     prefix: str = "rt3"
     """What every external name of the generated library starts with: `<prefix>_invoke`, the macros
     `<PREFIX>_...`, the files `<prefix>_model.h`, ... (a lower-case C identifier, see `check_prefix`)."""

@@ -48,6 +48,8 @@ class CTensor:
     """Where a constant lives in rt3_weights.bin."""
     index_limit: int | None = None
     """Inputs that index a table: rt3_invoke refuses any value outside [0, index_limit)."""
+    data: np.ndarray | None = None
+    """A constant's values (rendered only as const C arrays, `--weights-format c`)."""
 
 
 def environment() -> jinja2.Environment:
@@ -82,19 +84,26 @@ class ProjectFiles:
 
     header: str
     source: str
-    weights_assembly: str
-    weights_binary: str
+    weights_source: str
+    """`incbin`: assembly that pulls in `weights_binary`; `c`: const C arrays."""
+    weights_binary: str | None
     exports: str
     """The API symbols, one a line: all that stays global in the prelinked library object."""
     library: str
 
 
-def project_files(prefix: str) -> ProjectFiles:
+WEIGHTS_FORMATS = ("incbin", "c")
+"""How the weights reach the library: `incbin` (assembly with GNU `.incbin` of a binary file: fast to build)
+or `c` (const C arrays: any C99 toolchain)."""
+
+
+def project_files(prefix: str, weights_format: str = "incbin") -> ProjectFiles:
+    incbin = weights_format == "incbin"
     return ProjectFiles(
         header=f"{prefix}_model.h",
         source=f"{prefix}_model.c",
-        weights_assembly=f"{prefix}_weights.S",
-        weights_binary=f"{prefix}_weights.bin",
+        weights_source=f"{prefix}_weights.S" if incbin else f"{prefix}_weights.c",
+        weights_binary=f"{prefix}_weights.bin" if incbin else None,
         exports=f"{prefix}.exports",
         library=f"lib{prefix}.a",
     )
@@ -167,6 +176,7 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
                 offset=offset,
                 file_offset=this_file_offset,
                 index_limit=program.index_limits.get(name),
+                data=tensor.data,
             )
         )
 
@@ -207,13 +217,14 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
         "workspace_bytes": program.workspace_bytes,
         "exit_input_out_of_range": MAIN_EXIT_INPUT_OUT_OF_RANGE,
     }
-    files = project_files(program.prefix)
+    files = project_files(program.prefix, program.weights_format)
+    weights_template = "rt3_weights.S.j2" if files.weights_binary else "weights.c.j2"
     texts = _render_all(
         environment(),
         {
             files.header: ("rt3_model.h.j2", context),
             files.source: ("rt3_model.c.j2", context),
-            files.weights_assembly: ("rt3_weights.S.j2", context),
+            files.weights_source: (weights_template, context),
             files.exports: ("exports.j2", context),
             "main.c": ("main.c.j2", context),
         },
@@ -221,10 +232,11 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
     out_dir.mkdir(parents=True, exist_ok=True)
     for output, text in texts.items():
         (out_dir / output).write_text(text)
-    with (out_dir / files.weights_binary).open("wb") as handle:
-        for offset, payload in blobs:
-            handle.write(b"\0" * (offset - handle.tell()))
-            handle.write(payload)
+    if files.weights_binary:
+        with (out_dir / files.weights_binary).open("wb") as handle:
+            for offset, payload in blobs:
+                handle.write(b"\0" * (offset - handle.tell()))
+                handle.write(payload)
     _copy_dlpack_header(out_dir)
     return {
         "arena": arena,
@@ -271,6 +283,8 @@ def render_build_files(
         "ar": _binutil(target, "ar"),
         "objcopy": _binutil(target, "objcopy"),
         "sources_dir": str(sources),
+        "weights_source": project_files(program.prefix, program.weights_format).weights_source,
+        "weights_binary": project_files(program.prefix, program.weights_format).weights_binary,
         "kernel_file": kernel_file,
         "c_kernels": c_kernels,
         "tvm_headers_dir": TVM_HEADERS_DIR,
@@ -291,7 +305,7 @@ def render_build_files(
         files[build_dir / "toolchain.cmake"] = ("toolchain.cmake.j2", context)
     if target.board is not None:
         if check_board_memory:
-            _check_weights_fit(sources_dir / project_files(program.prefix).weights_binary, target)
+            _check_weights_fit(weights_bytes(program), target)
         context["startup"] = {"source": "startup.c", "linker_script": "mps2.ld"}
         board = {
             "board": target.board,
@@ -314,8 +328,16 @@ def _binutil(target: Target, tool: str) -> str:
     return target.cc[: -len("gcc")] + tool if target.cc.endswith("gcc") else tool
 
 
-def _check_weights_fit(weights: Path, target: Target) -> None:
-    size = weights.stat().st_size
+def weights_bytes(program: Program) -> int:
+    """Bytes of the program's constants as the library lays them out (each array aligned)."""
+    end = 0
+    for tensor in program.tensors.values():
+        if tensor.storage == "constant":
+            end = -(-end // WEIGHTS_ALIGNMENT) * WEIGHTS_ALIGNMENT + tensor.nbytes
+    return end
+
+
+def _check_weights_fit(size: int, target: Target) -> None:
     if size > PSRAM_MIB << 20:
         raise UserError(
             f"--target {target.name}: the weights take {size / 2**20:.1f} MiB, but qemu's {target.board} "

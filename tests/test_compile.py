@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -44,6 +45,47 @@ def host_project(bert_tiny_encoded: tuple[Path, Path], tmp_path_factory: pytest.
         frequencies_khz=FREQUENCIES_KHZ, prefix="rt3",  # the API tests/c/level_switch.c calls
     )  # fmt: skip
     return out
+
+
+@pytest.fixture(scope="module")
+def c_weights_project(bert_tiny_encoded: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """host_project with its weights as const C arrays (`--weights-format c`)."""
+    out = tmp_path_factory.mktemp("c-weights") / "project"
+    compile_model(
+        bert_tiny_encoded[0], out, plan_path=bert_tiny_encoded[1], frequencies_khz=FREQUENCIES_KHZ,
+        prefix="rt3", weights_format="c",
+    )  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "clang"])
+def test_weights_as_c_arrays(
+    compiler: str,
+    c_weights_project: Path,
+    host_project: Path,
+    bert_tiny_encoded: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """No assembler, no binary file: the C arrays build with gcc and clang (-pedantic) and give the incbin
+    project's outputs bit for bit at every level."""
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} not installed")
+    assert not list(c_weights_project.glob("*.S")) and not list(c_weights_project.glob("*.bin"))
+    sources = [c_weights_project / name for name in ("main.c", "rt3_model.c", "rt3_weights.c", "kernels.o")]
+    for source in sources[:3]:
+        assert not re.search(r"\.incbin|\basm\b|__asm", source.read_text()), source
+    flags = ["-std=c99", "-pedantic", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{c_weights_project}"]
+    binary = tmp_path / "rt3_main"
+    subprocess.run([compiler, *flags, *map(str, sources), "-o", str(binary), "-lm"], check=True)
+    feeds = deterministic_feeds(_level_model(load_onnx(bert_tiny_encoded[0]), 0), seed=2)
+    inputs = []
+    for name in ("input_ids", "attention_mask"):
+        (tmp_path / f"{name}.bin").write_bytes(feeds[name].tobytes())
+        inputs.append(str(tmp_path / f"{name}.bin"))
+    for level in range(3):
+        for program, out in ((binary, "c.out"), (host_project / "rt3_main", "incbin.out")):
+            subprocess.run([str(program), str(level), *inputs, str(tmp_path / out)], check=True)
+        assert (tmp_path / "c.out").read_bytes() == (tmp_path / "incbin.out").read_bytes(), level
 
 
 def test_frequencies_reach_the_runtime_table(host_project: Path) -> None:

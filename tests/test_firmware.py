@@ -20,10 +20,11 @@ from rt3c.export import ExportResult, run_onnx
 from rt3c.runtime_c.project import TEMPLATES, check_prefix, default_prefix
 
 # Two plans of one model: the same kernel names (`__tvm_ffi_op3_add`, `sparse_5_L0`, ...) with other
-# patterns baked in, the same TVM globals, and levels of their own.
+# patterns baked in, the same TVM globals, and levels of their own; one with its weights as C arrays.
 MODELS = {
     "bert_tiny": {"sparsities": [0.5, 0.7, 0.8], "tile": (4, 4), "frequencies": [1_400_000, 1_000_000, 800_000]},
-    "sparse_bert": {"sparsities": [0.6, 0.9], "tile": (8, 8), "frequencies": [1_000_000, 500_000]},
+    "sparse_bert": {"sparsities": [0.6, 0.9], "tile": (8, 8), "frequencies": [1_000_000, 500_000],
+                    "weights_format": "c"},
 }  # fmt: skip
 SEED = 3
 
@@ -132,6 +133,7 @@ def test_two_models_in_one_program(target: str, encoded_models: dict[str, Path],
         compile_model(
             encoded, projects[prefix], target_name=target, prefix=prefix,
             frequencies_khz=MODELS[prefix]["frequencies"], verify=False,
+            weights_format=MODELS[prefix].get("weights_format", "incbin"),
         )  # fmt: skip
         # Only the API is global: nothing else of one model can meet the other's.
         nm = get_target(target).cc.removesuffix("gcc") + "nm" if target != "host" else "nm"

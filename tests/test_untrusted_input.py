@@ -90,7 +90,7 @@ def _is_typed(expression: nodes.Node) -> bool:
 def test_every_rendered_value_passes_a_typed_filter() -> None:
     env = environment()
     templates = sorted(TEMPLATES.rglob("*.j2"))
-    assert len(templates) == 9
+    assert len(templates) == 10
     for path in templates:
         for output in env.parse(path.read_text()).find_all(nodes.Output):
             for expression in output.nodes:
@@ -159,6 +159,9 @@ def test_a_value_of_the_wrong_type_is_refused_and_nothing_written(tmp_path: Path
     for value in ("int", "a b", "x;y", "é", 5):
         with pytest.raises(UserError, match="a C identifier"):
             env.from_string("{{ v | c_ident }}").render(v=value)
+    for value in ("1, 2", [1, 2], np.array(["1; x"]), np.array([1.0], np.float16), np.zeros(0, np.float32)):
+        with pytest.raises(UserError, match="a non-empty numpy array of"):
+            env.from_string("{{ v | c_values }}").render(v=value)
     for value in ("-O2 -lfoo", "$(shell id)", "a;b", "a\nb", "#x", '"'):
         with pytest.raises(UserError, match="Make/CMake word"):
             env.from_string("{{ v | build_word }}").render(v=value)
