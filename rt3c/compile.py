@@ -46,7 +46,7 @@ from rt3c.runtime_c.project import (
     render_build_files,
     render_project,
 )
-from rt3c.sparse_format import EncodedLayer
+from rt3c.sparse_format import EncodedLayer, encode_layer
 
 TOLERANCE = 1e-4
 
@@ -500,7 +500,9 @@ def level_frequencies(
 def _check_plan_matches(
     plan: Plan, plan_path: Path, encoded_path: Path, layers: dict[str, EncodedLayer]
 ) -> None:
-    """An encoded model compiled with --plan (for the levels' frequencies) must be that plan's encoding."""
+    """An encoded model compiled with --plan (for the levels' frequencies) must be that plan's encoding:
+    the same layers, levels (all of them, or the one `encode --level` kept), tiles, kept tiles and pattern
+    ids. The first difference is named."""
     plan.check_shapes({name: layer.shape for name, layer in layers.items()}, str(encoded_path))
     unplanned = sorted(set(layers) - set(plan.layers))
     if unplanned:
@@ -508,10 +510,32 @@ def _check_plan_matches(
     plan_levels = [level.name for level in plan.levels]
     model_levels = load_onnx(encoded_path).metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
     unknown = [name for name in model_levels if name not in plan_levels]
-    if unknown:
+    if unknown or (len(model_levels) > 1 and model_levels != plan_levels):
         raise UserError(
-            f"--plan {plan_path}: has levels {','.join(plan_levels)}, but {encoded_path} has level {unknown[0]}"
+            f"--plan {plan_path}: has levels {','.join(plan_levels)}, but {encoded_path} has "
+            + (f"level {unknown[0]}" if unknown else f"levels {','.join(model_levels)}")
         )
+    for name, layer in sorted(layers.items()):
+        where = f"--plan {plan_path}: layer {name}"
+        planned = encode_layer(np.zeros(layer.shape, np.float32), plan.layers[name])
+        if tuple(planned.tile) != tuple(layer.tile):
+            raise UserError(
+                f"{where}: tiles {planned.tile[0]}x{planned.tile[1]}, but {encoded_path} encodes "
+                f"{layer.tile[0]}x{layer.tile[1]}"
+            )
+        for model_level, level_name in enumerate(model_levels):
+            expected = planned.levels[plan_levels.index(level_name)]
+            encoded = layer.levels[model_level]
+            same_ids = (
+                np.array_equal(planned.tile_col, layer.tile_col)
+                and np.array_equal(planned.tile_run_ptr, layer.tile_run_ptr)
+                and np.array_equal(expected.pattern_table, encoded.pattern_table)
+                and np.array_equal(expected.chain_pattern, encoded.chain_pattern)
+            )
+            if not same_ids:
+                raise UserError(
+                    f"{where}: level {level_name}: other kept tiles or pattern ids than {encoded_path} encodes"
+                )
 
 
 def _generate_and_verify(

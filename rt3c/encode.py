@@ -117,6 +117,8 @@ def encode_model(onnx_path: Path, plan_path: Path, out: Path, level: int | None 
         if level is not None:
             SelectLevelPass(level)(model)
         RemoveUnusedPass()(model)
+        if level is not None:
+            _keep_read_values(model)
         encoded = ir.serde.serialize_model(model)
     with step("verify every level against the masked dense model with onnxruntime"):
         diffs = verify_encoding(
@@ -124,6 +126,19 @@ def encode_model(onnx_path: Path, plan_path: Path, out: Path, level: int | None 
         )
     save_onnx_atomically(model, out)
     return EncodeResult(out, diffs, dense_layers)
+
+
+def _keep_read_values(model: ir.Model) -> None:
+    """Cut each SparseLinear node's value buffer to what it reads: its tiles' first `nnz` values, which
+    section-major storage puts first (docs/FORMAT.md). After SelectLevelPass the rest of a shared buffer
+    belongs to denser levels that are gone."""
+    for node in sparse_linear_nodes(model.graph):
+        values = node.inputs[3]
+        read = node.inputs[2].const_value.numpy().shape[0] * node.attributes["nnz"].value
+        array = values.const_value.numpy()
+        if array.size > read:
+            values.const_value = ir.tensor(np.ascontiguousarray(array[:read]), name=values.name)
+            values.shape = ir.Shape([read])
 
 
 def verify_encoding(onnx_path: Path, plan: Plan, encoded: onnx.ModelProto, levels) -> list[float]:

@@ -15,7 +15,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from rt3c.encode import read_encoded_layers
+from rt3c.encode import load_onnx, read_encoded_layers
+from rt3c.passes.encode import LEVELS_METADATA_KEY
 from rt3c.progress import stdout
 from rt3c.sparse_format import EncodedLayer
 
@@ -27,6 +28,9 @@ INT32_BYTES = 4
 class LayerLevelRow:
     layer: str
     level: int
+    """The level's index in this file (a model encoded with `--level L` has one level, index 0)."""
+    level_name: str
+    """The plan's name of the level (`L2` for `--level 2`)."""
     shape: tuple[int, int]
     tile: tuple[int, int]
     sparsity: float
@@ -74,13 +78,14 @@ def _kept_inside(layer: EncodedLayer, level: int) -> int:
     return int(((rows < layer.shape[0]) & (cols < layer.shape[1])).sum())
 
 
-def _level_row(layer: EncodedLayer, level: int) -> LayerLevelRow:
+def _level_row(layer: EncodedLayer, level: int, level_name: str) -> LayerLevelRow:
     encoding = layer.levels[level]
     kept = layer.n_tiles * encoding.nnz
     rows, cols = layer.shape
     return LayerLevelRow(
         layer=layer.name,
         level=level,
+        level_name=level_name,
         shape=layer.shape,
         tile=layer.tile,
         sparsity=1 - _kept_inside(layer, level) / (rows * cols),
@@ -93,7 +98,12 @@ def _level_row(layer: EncodedLayer, level: int) -> LayerLevelRow:
 
 def inspect_model(path: Path) -> Report:
     layers = read_encoded_layers(path)
-    rows = [_level_row(layer, level) for layer in layers.values() for level in range(len(layer.levels))]
+    names = load_onnx(path).metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
+    rows = [
+        _level_row(layer, level, names[level])
+        for layer in layers.values()
+        for level in range(len(layer.levels))
+    ]
     return Report(
         rows,
         stored_value_bytes=sum(layer.value_bytes() for layer in layers.values()),
@@ -120,10 +130,11 @@ def print_report(report: Report) -> None:
     for row in report.rows:
         shape, tile = f"{row.shape[0]}x{row.shape[1]}", f"{row.tile[0]}x{row.tile[1]}"
         bytes_ = (row.value_bytes, row.index_bytes, row.dense_bytes, row.csr_bytes)
-        table.add_row(row.layer, str(row.level), shape, tile, *_byte_cells(row.sparsity, *bytes_))
+        table.add_row(row.layer, row.level_name, shape, tile, *_byte_cells(row.sparsity, *bytes_))
+    names = {row.level: row.level_name for row in report.rows}
     for level, total in report.level_totals().items():
         bytes_ = (total["value_bytes"], total["index_bytes"], total["dense_bytes"], total["csr_bytes"])
-        table.add_row("[b]total[/b]", str(level), "", "", *_byte_cells(total["sparsity"], *bytes_))
+        table.add_row("[b]total[/b]", names[level], "", "", *_byte_cells(total["sparsity"], *bytes_))
     # Piped output has no terminal width to fit: print the table whole rather than cut layer names.
     console = stdout if stdout.is_terminal else Console(highlight=False, width=_natural_width(table))
     console.print(table)
@@ -131,7 +142,7 @@ def print_report(report: Report) -> None:
     one_level = report.level_totals()[0]
     stdout.print(
         f"stored: {report.stored_value_bytes} value + {report.stored_index_bytes} index bytes = {stored} "
-        f"({stored / (one_level['value_bytes'] + one_level['index_bytes']):.3f}x level 0 alone, "
+        f"({stored / (one_level['value_bytes'] + one_level['index_bytes']):.3f}x level {names[0]} alone, "
         f"{stored / one_level['dense_bytes']:.3f}x dense)",
         soft_wrap=True,
     )

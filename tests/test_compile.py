@@ -334,6 +334,36 @@ def test_plan_that_does_not_match_the_model(
     )
 
 
+def test_encoded_model_and_plan_must_match(
+    bert_tiny_export: ExportResult,
+    bert_tiny_encoded: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An encoded model with another plan (its frequencies would be taken for levels it does not have)
+    is refused, naming the first difference; a model encoded with --level L goes with its full plan."""
+    encoded, plan = bert_tiny_encoded
+    out = tmp_path / "project"
+    other = {
+        "tiles": {"tile": (1, 8), "patterns": 8},
+        "ids": {"tile": (4, 4), "patterns": 4},
+    }
+    layer = "bert.encoder.layer.0.attention.output.dense.weight"
+    for kind, settings in other.items():
+        other_plan = tmp_path / f"{kind}.json"
+        plan_model(bert_tiny_export.onnx_path, other_plan, sparsities=[0.5, 0.7, 0.8], **settings)
+        err = _fails_cleanly([str(encoded), "--plan", str(other_plan), "--board", "rt3-default"], out, capsys)
+        expected = (
+            f"layer {layer}: tiles 1x8, but {encoded} encodes 4x4"
+            if kind == "tiles"
+            else f"layer {layer}: level L0: other kept tiles or pattern ids than {encoded} encodes"
+        )
+        assert f"--plan {other_plan}: " in err and expected in err, err
+    level_two = encode_model(bert_tiny_export.onnx_path, plan, tmp_path / "l2.rt3.onnx", level=2).path
+    result = compile_model(level_two, out, plan_path=plan, verify=True)
+    assert len(result.max_abs_diff) == 1 and result.max_abs_diff[0] <= 1e-4
+
+
 @pytest.mark.parametrize(
     ("target", "present", "package"),
     [

@@ -64,6 +64,10 @@ def test_minilm_every_level(minilm_export: ExportResult, tmp_path: Path) -> None
     _check_all_levels(minilm_export, tmp_path, (8, 8), 16)
 
 
+def _all_levels(exported: ExportResult, plan_path: Path) -> Path:
+    return encode_model(exported.onnx_path, plan_path, plan_path.with_name("all.rt3.onnx")).path
+
+
 def test_single_level_model(
     bert_tiny_export: ExportResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -90,8 +94,21 @@ def test_single_level_model(
     (got,) = run_onnx(out, feeds)
     (expected,) = run_onnx(_masked_reference(bert_tiny_export.onnx_path, plan, 1, tmp_path), feeds)
     assert np.max(np.abs(got - expected)) <= 1e-5
-    # The single-level file holds only level 1's pattern ids and no dense copy of planned weights.
-    assert {len(layer.levels) for layer in read_encoded_layers(out).values()} == {1}
+    # The single-level file holds only level 1's pattern ids and values, and no dense copy of planned weights.
+    layers = read_encoded_layers(out)
+    assert {len(layer.levels) for layer in layers.values()} == {1}
+    for name, layer in layers.items():  # each layer's values: its kept tiles times level 1's nonzeros
+        assert layer.value_bytes() == layer.n_tiles * plan.layers[name].levels[1].nonzeros_per_tile * 4
+    assert sum(layer.value_bytes() for layer in layers.values()) < 0.75 * sum(
+        layer.value_bytes()
+        for layer in read_encoded_layers(_all_levels(bert_tiny_export, plan_path)).values()
+    )
+    # inspect names the level the file keeps.
+    capsys.readouterr()
+    assert run_cli("inspect", str(out), "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {row["level_name"] for row in report["layers"]} == {"L1"}
+    assert report["stored"]["value_bytes"] == sum(layer.value_bytes() for layer in layers.values())
     bad = tmp_path / "l9.rt3.onnx"
     args = ("encode", str(bert_tiny_export.onnx_path), "--plan", str(plan_path), "--out", str(bad))
     assert run_cli(*args, "--level", "9") == 2
