@@ -234,6 +234,7 @@ def compile_command(
     A model of several levels needs their frequencies (for rt3_on_frequency): from the plan, --board or
     --frequencies."""
     from rt3c.compile import compile_model
+    from rt3c.runtime_c.report import summary
 
     result = compile_model(
         model,
@@ -253,6 +254,7 @@ def compile_command(
         f"{result.out_dir}  (arena {result.arena_bytes} B, lower bound {result.arena_lower_bound} B; "
         f"weights {result.weight_bytes} B; {checked})"
     )
+    typer.echo("\n".join(summary(result.report)) + f"\n(details: {result.out_dir / 'REPORT.md'})")
 
 
 @app.command("run")

@@ -31,6 +31,8 @@ from rt3c.codegen.targets import TARGETS, Target, get_target, workspace_bytes
 from rt3c.encode import deterministic_feeds, encode_model, load_onnx, read_encoded_layers
 from rt3c.errors import UserError, VerificationError
 from rt3c.export import run_onnx
+from rt3c.inspect_model import inspect_model
+from rt3c.instruction_count import count_instructions
 from rt3c.passes.encode import LEVEL_INPUT, LEVELS_METADATA_KEY, RemoveUnusedPass, SelectLevelPass
 from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE
 from rt3c.plan import MAX_FREQUENCY_KHZ, Plan
@@ -46,6 +48,7 @@ from rt3c.runtime_c.project import (
     render_build_files,
     render_project,
 )
+from rt3c.runtime_c.report import LevelReport, memory, section_sizes, write_report
 from rt3c.sparse_format import EncodedLayer, encode_layer
 
 TOLERANCE = 1e-4
@@ -331,6 +334,8 @@ class CompileResult:
     arena_bytes: int
     arena_lower_bound: int
     weight_bytes: int
+    report: dict[str, object]
+    """report.json of the project (rt3c.runtime_c.report)."""
 
 
 def compile_model(
@@ -553,9 +558,13 @@ def _generate_and_verify(
             for build_target, build_dir in builds:
                 build_project(compiled, build_target, build_dir, sources_dir=staging, example=verify)
         diffs: list[float] = []
+        costs: list[float | int | None] = [None] * len(compiled.program.levels)
         if verify:
             diffs = _verify_builds(compiled, encoded_path, staging, check_dir, target)
+            with step(f"measure every level of the {target.name} build"):
+                costs = _measure_levels(compiled.program, encoded_path, staging, target)
         program = compiled.program
+        report = _report(program, encoded_path, staging, target, info, diffs, costs)
         (staging / "rt3c-build.json").write_text(
             json.dumps(
                 {
@@ -585,7 +594,73 @@ def _generate_and_verify(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     arena = info["arena"]
-    return CompileResult(out_dir, diffs, arena.size, arena.lower_bound, info["weight_bytes"])
+    return CompileResult(out_dir, diffs, arena.size, arena.lower_bound, info["weight_bytes"], report)
+
+
+MEASURED_REPEATS = 20
+"""Inferences per level that the measurement times (host) or counts (qemu) beyond the first."""
+
+
+def _measure_levels(
+    program: Program, encoded_path: Path, build_dir: Path, target: Target
+) -> list[float | int | None]:
+    """Per level, processor µs per inference of a native build, or executed instructions per inference
+    of a qemu target (the count with MEASURED_REPEATS more inferences minus the count without)."""
+    feeds = deterministic_feeds(_level_model(load_onnx(encoded_path), 0))
+    costs: list[float | int | None] = []
+    with tempfile.TemporaryDirectory(prefix="measure-", dir=build_dir) as tmp:
+        directory = Path(tmp).relative_to(build_dir)
+        files = []
+        for index, name in enumerate(program.inputs):
+            (build_dir / directory / f"i{index}").write_bytes(np.ascontiguousarray(feeds[name]).tobytes())
+            files.append(str(directory / f"i{index}"))
+        files += [str(directory / f"o{index}") for index in range(len(program.outputs))]
+        for level in range(len(program.levels)):
+            args = [str(level), *files]
+            if target.board is None and not target.run_prefix:
+                command = [str((build_dir / "rt3_main").resolve()), *args, str(MEASURED_REPEATS)]
+                result = subprocess.run(command, cwd=build_dir, capture_output=True, text=True, check=True)
+                microseconds = float(result.stdout.split(":")[1].split()[0])
+                costs.append(microseconds / MEASURED_REPEATS)
+            else:
+                once = count_instructions(target, Path("rt3_main"), args, {}, build_dir).total
+                repeated = count_instructions(
+                    target, Path("rt3_main"), [*args, str(MEASURED_REPEATS)], {}, build_dir
+                ).total
+                costs.append(round((repeated - once) / MEASURED_REPEATS))
+    return costs
+
+
+def _report(
+    program: Program,
+    encoded_path: Path,
+    project: Path,
+    target: Target,
+    info: dict[str, object],
+    diffs: list[float],
+    costs: list[float | int | None],
+) -> dict[str, object]:
+    """report.json and REPORT.md in `project` (rt3c.runtime_c.report)."""
+    sections = section_sizes(project / f"{program.prefix}.o", target)
+    memory_bytes = int(info["memory_bytes"])  # type: ignore[call-overload]
+    flash, ram = memory(program, sections, memory_bytes - program.workspace_bytes)
+    sparsity = None
+    if read_encoded_layers(encoded_path, required=False):
+        totals = inspect_model(encoded_path).level_totals()
+        sparsity = [float(totals[level]["sparsity"]) for level in range(len(program.levels))]
+    native = target.board is None and not target.run_prefix
+    levels = [
+        LevelReport(
+            name=name,
+            frequency_khz=program.frequencies_khz[index],
+            sparsity=None if sparsity is None else sparsity[index],
+            max_abs_diff=diffs[index] if diffs else None,
+            host_us=costs[index] if native else None,
+            instructions=None if native else costs[index],  # type: ignore[arg-type]
+        )
+        for index, name in enumerate(program.levels)
+    ]
+    return write_report(project, program, target, flash, ram, levels, verified=bool(diffs))
 
 
 def _verify_builds(

@@ -17,6 +17,7 @@ from rt3c.export import export_model, run_onnx
 from rt3c.inspect_model import inspect_model
 from rt3c.models import load_model
 from rt3c.progress import stdout, step
+from rt3c.runtime_c.report import summary
 
 DEMO_SPARSITIES = [0.5, 0.7, 0.8]
 DEMO_BOARD = "rt3-default"
@@ -83,4 +84,7 @@ def run_demo(model_ref: str, out: Path, target: str = "aarch64") -> None:
     stdout.print(
         f"C project: {project} (arena {compiled.arena_bytes} B = lower bound {compiled.arena_lower_bound} B; "
         f"weights {compiled.weight_bytes} B). Rebuild with `make -C {project}`."
+    )
+    stdout.print(
+        "\n".join(summary(compiled.report)) + f"\n(details: {project / 'REPORT.md'})", soft_wrap=True
     )

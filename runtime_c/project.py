@@ -280,8 +280,8 @@ def render_build_files(
         "name": program.name,
         "prefix": program.prefix,
         "target": target,
-        "ar": _binutil(target, "ar"),
-        "objcopy": _binutil(target, "objcopy"),
+        "ar": binutil(target, "ar"),
+        "objcopy": binutil(target, "objcopy"),
         "sources_dir": str(sources),
         "weights_source": project_files(program.prefix, program.weights_format).weights_source,
         "weights_binary": project_files(program.prefix, program.weights_format).weights_binary,
@@ -323,7 +323,7 @@ def render_build_files(
         path.write_text(text)
 
 
-def _binutil(target: Target, tool: str) -> str:
+def binutil(target: Target, tool: str) -> str:
     """`tool` of the target's binutils: `aarch64-linux-gnu-ar`, `arm-none-eabi-objcopy`, `objcopy`."""
     return target.cc[: -len("gcc")] + tool if target.cc.endswith("gcc") else tool
 

@@ -139,6 +139,28 @@ def _check_against_onnxruntime(project: Path, encoded: Path, seed: int) -> None:
         assert np.max(np.abs(got - expected)) <= 1e-4, (project, level)
 
 
+def test_memory_and_speed_report(host_project: Path) -> None:
+    report = json.loads((host_project / "report.json").read_text())
+    manifest = json.loads((host_project / "rt3c-build.json").read_text())
+    flash, ram = report["flash_bytes"], report["ram_bytes"]
+    assert flash["weights"] + flash["indices"] + flash["padding"] == manifest["weight_bytes"]
+    assert flash["weights"] > 10 * flash["indices"] > 0 and flash["code"] > 0
+    assert flash["total"] == flash["code"] + manifest["weight_bytes"]
+    assert (
+        ram["activations"]
+        == manifest["memory_bytes"] - manifest["workspace_bytes"]
+        >= manifest["arena_bytes"]
+    )
+    assert ram["scratch"] == manifest["workspace_bytes"] and 0 < ram["descriptors"] < 16_384
+    levels = report["levels"]
+    assert [level["frequency_khz"] for level in levels] == FREQUENCIES_KHZ
+    assert levels[0]["sparsity"] < levels[1]["sparsity"] < levels[2]["sparsity"]
+    assert all(level["host_us"] > 0 and level["instructions"] is None for level in levels)
+    assert all(level["max_abs_diff"] <= 1e-4 for level in levels)
+    text = (host_project / "REPORT.md").read_text()
+    assert "| **total** | **" in text and "| L2 | 800,000 | 0.812 |" in text
+
+
 def test_host_every_level(host_project: Path, bert_tiny_encoded: tuple[Path, Path]) -> None:
     manifest = json.loads((host_project / "rt3c-build.json").read_text())
     assert max(manifest["max_abs_diff"]) <= 1e-4
@@ -161,6 +183,9 @@ def test_cross_targets_every_level(target: str, bert_tiny_encoded: tuple[Path, P
         bert_tiny_encoded[0], out, target_name=target, plan_path=bert_tiny_encoded[1], board="rt3-default"
     )
     assert max(result.max_abs_diff) <= 1e-4  # the Makefile's build, on the host and on the target under qemu
+    # The report counts executed instructions per inference under qemu: fewer at the sparser levels.
+    instructions = [level["instructions"] for level in result.report["levels"]]
+    assert instructions[0] > instructions[2] > 100_000
     # The CMake build of the same project (toolchain file, startup, linker script) on fresh inputs.
     _build_with_cmake(out, tmp_path / "cmake-build")
     _check_against_onnxruntime(out, bert_tiny_encoded[0], seed=5)
@@ -504,7 +529,7 @@ def test_no_verify_needs_no_emulator_and_no_board_memory(
     model = _big_model(tmp_path)
     tools = tmp_path / "bin"
     tools.mkdir()
-    for tool in ["make", "rm", "arm-none-eabi-gcc", "arm-none-eabi-ar", "arm-none-eabi-objcopy"]:
+    for tool in ["make", "rm", *(f"arm-none-eabi-{name}" for name in ("gcc", "ar", "objcopy", "size"))]:
         (tools / tool).symlink_to(shutil.which(tool))
     monkeypatch.setenv("PATH", str(tools))  # a cross compiler, no emulator and no host compiler
     out = tmp_path / "project"
@@ -515,6 +540,12 @@ def test_no_verify_needs_no_emulator_and_no_board_memory(
     assert manifest["verified"] is False and manifest["max_abs_diff"] == []
     assert (out / "libbig.a").is_file() and not (out / "rt3_main").exists()
     assert (out / "big_weights.bin").stat().st_size > 16 << 20
+    report = json.loads((out / "report.json").read_text())  # sizes without measurements
+    assert report["verified"] is False and report["flash_bytes"]["weights"] == 2048 * 2176 * 4
+    assert report["levels"] == [
+        {"name": "L0", "frequency_khz": 0, "sparsity": None, "max_abs_diff": None, "host_us": None,
+         "instructions": None}
+    ]  # fmt: skip
 
 
 def test_another_cortex_m_part(

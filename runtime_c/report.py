@@ -1,0 +1,195 @@
+"""The memory and speed report of a generated project: `report.json` and `REPORT.md` inside it.
+
+Flash and RAM come from the section sizes of the prelinked library object (`NAME.o`, whose sections are
+the library's whole footprint before the final link drops unused ones), split with what the program knows:
+the weights section holds float weights and integer indices; the arena section holds activations and
+scratch; what else is writable is descriptors and level state. Speed is measured when the project was
+verified: processor time per inference of the host build, and executed instructions per inference of a
+qemu target's build (each level run with and without repeats; the difference excludes startup and I/O).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rt3c.codegen.targets import Target
+from rt3c.errors import VerificationError
+from rt3c.runtime_c.filters import comment
+from rt3c.runtime_c.program import Program
+from rt3c.runtime_c.project import binutil, weights_bytes
+
+
+@dataclass(frozen=True)
+class Flash:
+    code: int
+    """Text and read-only data of the runtime and kernels (descriptors, tables), without the weights."""
+    weights: int
+    """Float constants: weights, biases, embeddings."""
+    indices: int
+    """Integer constants: block indices, shape constants."""
+    padding: int
+    """Alignment between the constants (each array starts on 64 bytes)."""
+
+    @property
+    def total(self) -> int:
+        return self.code + self.weights + self.indices + self.padding
+
+
+@dataclass(frozen=True)
+class Ram:
+    activations: int
+    """Activations, inputs and outputs (the planned part of the arena, aligned)."""
+    scratch: int
+    """Kernel intermediates (the rest of the arena)."""
+    descriptors: int
+    """The arena tensors' DLTensors and the level state (zero-initialized)."""
+
+    @property
+    def total(self) -> int:
+        return self.activations + self.scratch + self.descriptors
+
+
+@dataclass(frozen=True)
+class LevelReport:
+    name: str
+    frequency_khz: int | None
+    sparsity: float | None
+    """Fraction of the planned layers' weights removed at this level (None: no sparse layer)."""
+    max_abs_diff: float | None
+    """Against onnxruntime, when verified."""
+    host_us: float | None
+    """Processor time per inference of the host build, in µs, when verified."""
+    instructions: int | None
+    """Executed instructions per inference on the target under qemu, when verified on qemu."""
+
+
+def section_sizes(library_object: Path, target: Target) -> dict[str, int]:
+    """Size of every section of an object file, from the target's `size -A`."""
+    result = subprocess.run(
+        [binutil(target, "size"), "-A", str(library_object)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise VerificationError(f"size -A {library_object} failed: {result.stderr.strip()}")
+    sizes: dict[str, int] = {}
+    for line in result.stdout.splitlines()[2:]:
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit():
+            sizes[parts[0]] = sizes.get(parts[0], 0) + int(parts[1])
+    return sizes
+
+
+def memory(program: Program, sections: dict[str, int], activation_bytes: int) -> tuple[Flash, Ram]:
+    """Flash and RAM of the library from its sections (see the module docstring)."""
+    weights_section, arena_section = f".rodata.{program.prefix}_weights", f".bss.{program.prefix}_arena"
+    constants = [t for t in program.tensors.values() if t.storage == "constant"]
+    floats = sum(t.nbytes for t in constants if np.dtype(t.dtype).kind == "f")
+    integers = sum(t.nbytes for t in constants if np.dtype(t.dtype).kind != "f")
+    read_only = (".text", ".rodata", ".data.rel.ro", ".ARM.exidx", ".ARM.extab")
+    code = sum(
+        size for name, size in sections.items() if name.startswith(read_only) and name != weights_section
+    )
+    writable = sum(
+        size
+        for name, size in sections.items()
+        if name.startswith((".data", ".bss"))
+        and not name.startswith(".data.rel.ro")
+        and name != arena_section
+    )
+    flash = Flash(code, floats, integers, weights_bytes(program) - floats - integers)
+    ram = Ram(activation_bytes, program.workspace_bytes, writable)
+    return flash, ram
+
+
+def write_report(
+    project: Path,
+    program: Program,
+    target: Target,
+    flash: Flash,
+    ram: Ram,
+    levels: list[LevelReport],
+    verified: bool,
+) -> dict[str, object]:
+    """Write `report.json` and `REPORT.md` into `project`; returns the JSON."""
+    report = {
+        "model": program.name,
+        "prefix": program.prefix,
+        "target": target.name,
+        "cflags": list(target.cflags),
+        "weights_format": program.weights_format,
+        "verified": verified,
+        "flash_bytes": {**asdict(flash), "total": flash.total},
+        "ram_bytes": {**asdict(ram), "total": ram.total},
+        "levels": [asdict(level) for level in levels],
+    }
+    (project / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (project / "REPORT.md").write_text(_markdown(report, flash, ram, levels))
+    return report
+
+
+def summary(report: dict[str, object]) -> list[str]:
+    """What `rt3c compile` prints of the report: memory, then a line per level."""
+    flash, ram = report["flash_bytes"], report["ram_bytes"]
+    lines = [
+        f"flash {flash['total']:,} B (code {flash['code']:,}, weights {flash['weights']:,}, indices "
+        f"{flash['indices']:,}); RAM {ram['total']:,} B (activations {ram['activations']:,}, scratch "
+        f"{ram['scratch']:,}, descriptors {ram['descriptors']:,})"
+    ]
+    for level in report["levels"]:
+        measured = (
+            f"{level['host_us']:,.1f} us" if level["host_us"] is not None
+            else f"{level['instructions']:,} instructions" if level["instructions"] is not None
+            else "not measured"
+        )  # fmt: skip
+        sparsity = "" if level["sparsity"] is None else f"sparsity {level['sparsity']:.3f}, "
+        lines.append(f"{level['name']}: {sparsity}{measured} per inference")
+    return lines
+
+
+def _number(value: float | None, form: str = ",") -> str:
+    return "" if value is None else format(value, form)
+
+
+def _markdown(report: dict[str, object], flash: Flash, ram: Ram, levels: list[LevelReport]) -> str:
+    measured = "measured" if report["verified"] else "not measured (compiled with --no-verify)"
+    lines = [
+        f"# {comment(report['model'])}: memory and speed ({report['target']}, prefix `{report['prefix']}`)",
+        "",
+        "Generated by `rt3c compile`; the same numbers are in `report.json`. Sizes are of the library "
+        "(runtime, kernels, weights) before the final link.",
+        "",
+        "| flash | bytes |",
+        "| --- | --- |",
+        f"| code (runtime and kernels, descriptors and tables) | {flash.code:,} |",
+        f"| weights (float constants) | {flash.weights:,} |",
+        f"| indices (integer constants) | {flash.indices:,} |",
+        f"| alignment between constants | {flash.padding:,} |",
+        f"| **total** | **{flash.total:,}** |",
+        "",
+        "| RAM | bytes |",
+        "| --- | --- |",
+        f"| arena: activations, inputs, outputs | {ram.activations:,} |",
+        f"| arena: kernel scratch | {ram.scratch:,} |",
+        f"| descriptors and level state | {ram.descriptors:,} |",
+        f"| **total** (plus the caller's stack) | **{ram.total:,}** |",
+        "",
+        f"Per level ({measured}):",
+        "",
+        "| level | kHz | sparsity | max abs diff vs onnxruntime | host µs / inference "
+        "| instructions / inference | speed vs level 0 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    first = levels[0].host_us or levels[0].instructions
+    for level in levels:
+        cost = level.host_us or level.instructions
+        ratio = f"{first / cost:.2f}x" if first and cost else ""
+        lines.append(
+            f"| {comment(level.name)} | {_number(level.frequency_khz)} | {_number(level.sparsity, '.3f')} "
+            f"| {_number(level.max_abs_diff, '.1e')} | {_number(level.host_us, ',.1f')} "
+            f"| {_number(level.instructions)} | {ratio} |"
+        )
+    return "\n".join(lines) + "\n"
