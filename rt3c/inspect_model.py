@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rt3c.encode import load_onnx, read_encoded_layers
-from rt3c.passes.encode import LEVELS_METADATA_KEY
+from rt3c.passes.encode import LEVEL_INPUT, LEVELS_METADATA_KEY, sparse_linear_nodes
 from rt3c.progress import stdout
 from rt3c.sparse_format import EncodedLayer
 
@@ -41,10 +41,23 @@ class LayerLevelRow:
 
 
 @dataclass(frozen=True)
+class OtherTensor:
+    """A constant outside the sparse layers' values and indices: embeddings, layers the plan leaves
+    dense, biases, LayerNorm parameters, shape constants."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Report:
     rows: list[LayerLevelRow]
     stored_value_bytes: int
     stored_index_bytes: int
+    others: list[OtherTensor]
+    """Every other constant of the file, largest first."""
 
     def level_totals(self) -> dict[int, dict[str, float]]:
         totals: dict[int, dict[str, float]] = {}
@@ -65,7 +78,12 @@ class Report:
         return {
             "layers": [asdict(row) for row in self.rows],
             "levels": self.level_totals(),
-            "stored": {"value_bytes": self.stored_value_bytes, "index_bytes": self.stored_index_bytes},
+            "stored": {
+                "value_bytes": self.stored_value_bytes,
+                "index_bytes": self.stored_index_bytes,
+                "other_bytes": sum(tensor.bytes for tensor in self.others),
+            },
+            "others": [asdict(tensor) for tensor in self.others],
         }
 
 
@@ -98,7 +116,15 @@ def _level_row(layer: EncodedLayer, level: int, level_name: str) -> LayerLevelRo
 
 def inspect_model(path: Path) -> Report:
     layers = read_encoded_layers(path)
-    names = load_onnx(path).metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
+    model = load_onnx(path)
+    names = model.metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
+    sparse = {value.name for node in sparse_linear_nodes(model.graph) for value in node.inputs[1:4]}
+    others = [
+        OtherTensor(name, tuple(value.const_value.shape.numpy()), str(value.const_value.numpy().dtype),
+                    value.const_value.nbytes)
+        for name, value in model.graph.initializers.items()
+        if name not in sparse and name != LEVEL_INPUT and value.const_value is not None
+    ]  # fmt: skip
     rows = [
         _level_row(layer, level, names[level])
         for layer in layers.values()
@@ -108,6 +134,7 @@ def inspect_model(path: Path) -> Report:
         rows,
         stored_value_bytes=sum(layer.value_bytes() for layer in layers.values()),
         stored_index_bytes=sum(layer.index_bytes() for layer in layers.values()),
+        others=sorted(others, key=lambda tensor: -tensor.bytes),
     )
 
 
@@ -146,6 +173,14 @@ def print_report(report: Report) -> None:
         f"{stored / one_level['dense_bytes']:.3f}x dense)",
         soft_wrap=True,
     )
+    if report.others:
+        largest = report.others[0]
+        stdout.print(
+            f"other constants (embeddings, layers left dense, biases, norms): {len(report.others)} tensors, "
+            f"{sum(tensor.bytes for tensor in report.others)} bytes; the largest {largest.name} "
+            f"{largest.dtype}{list(largest.shape)} {largest.bytes} bytes",
+            soft_wrap=True,
+        )
 
 
 def _natural_width(table: Table) -> int:

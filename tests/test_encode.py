@@ -169,11 +169,19 @@ def test_inspect_reports_bytes(
     stored = report["stored"]["value_bytes"] + report["stored"]["index_bytes"]
     assert stored <= 1.05 * (levels["0"]["value_bytes"] + levels["0"]["index_bytes"])
     assert levels["0"]["index_over_value"] <= 0.05
+    # Every constant is counted: the sparse layers' values and indices, and all others (embeddings, the
+    # classifier the plan leaves dense, biases, norms), which add up to the file's initializers.
+    others = {tensor["name"]: tensor for tensor in report["others"]}
+    assert others["model.bert.embeddings.word_embeddings.weight"]["bytes"] == 1024 * 64 * 4
+    assert report["stored"]["other_bytes"] == sum(tensor["bytes"] for tensor in others.values())
+    initializers = [init for init in onnx.load(str(out)).graph.initializer if init.name != LEVEL_INPUT]
+    assert sum(report["stored"].values()) == sum(onnx.numpy_helper.to_array(i).nbytes for i in initializers)
     assert run_cli("inspect", str(out)) == 0
     table = capsys.readouterr().out
     # Piped, the table keeps whole layer names and numbers instead of cutting them to 80 columns.
     assert all(row["layer"] in table for row in report["layers"])
     assert "total" in table and str(int(levels["0"]["value_bytes"])) in table
+    assert "the largest model.bert.embeddings.word_embeddings.weight float32[1024, 64] 262144 bytes" in table
 
 
 # -- bad input ---------------------------------------------------------------------------------------
