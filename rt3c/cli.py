@@ -196,7 +196,9 @@ def compile_command(
     ] = "host",
     plan: Annotated[
         Path | None,
-        typer.Option("--plan", "-p", help="The plan, for the levels' frequencies (rt3_on_frequency)."),
+        typer.Option(
+            "--plan", "-p", help="The plan (of an encoded model: checked against it; gives the frequencies)."
+        ),
     ] = None,
     board: Annotated[
         str | None, typer.Option("--board", "-b", help="Board whose frequencies the levels get.")
@@ -231,8 +233,8 @@ def compile_command(
 ) -> None:
     """Generate TVM kernels and the C runtime, build, and verify every level against onnxruntime.
 
-    A model of several levels needs their frequencies (for rt3_on_frequency): from the plan, --board or
-    --frequencies."""
+    A model of several levels needs their frequencies (for NAME_on_frequency): from the plan, --board or
+    --frequencies. The project holds REPORT.md: flash, RAM and, when verified, the cost of each level."""
     from rt3c.compile import compile_model
     from rt3c.runtime_c.report import summary
 
