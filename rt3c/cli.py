@@ -23,6 +23,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: rich markup would eat text in brackets such as "[out, in]".
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -32,6 +34,24 @@ ModelOption = Annotated[
         "--model", "-m", help="Zoo name (see `rt3c models`), HF model directory, or module:factory."
     ),
 ]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from rt3c import __version__
+
+        typer.echo(f"rt3c {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    """Compile sparse Transformers (RT3 block + pattern pruning, DVFS levels) to C for ARM boards."""
 
 
 @app.command("models")
@@ -70,7 +90,10 @@ def export_command(
         Path, typer.Option("--out", "-o", help="Output .onnx path; the sidecar is written as .json.")
     ],
     seq_len: Annotated[int, typer.Option("--seq-len", help="Sequence length baked into the graph.")] = 16,
-    batch: Annotated[int, typer.Option("--batch", help="Batch size baked into the graph.")] = 1,
+    batch: Annotated[
+        int,
+        typer.Option("--batch", help="Batch dimension baked into the graph (not a training --batch-size)."),
+    ] = 1,
 ) -> None:
     """Export a model to ONNX and verify it against torch with onnxruntime."""
     from rt3c.export import export_model
@@ -79,6 +102,14 @@ def export_command(
     result = export_model(load_model(model), out, seq_len=seq_len, batch=batch)
     typer.echo(f"{result.onnx_path}  (max |onnxruntime - torch| = {result.max_abs_diff:.2e})")
     typer.echo(f"{result.sidecar_path}")
+
+
+LEVELS_HELP = "Number of DVFS levels (default: the number of --sparsity values; --board must have as many)."
+SPARSITY_HELP = "Per level, densest first: the fraction of the planned layers' weights removed."
+PATTERNS_HELP = "k, the number of patterns per pattern set."
+BATCH_SIZE_HELP = "Examples per training step (export's --batch is the graph's batch dimension)."
+PRUNE_STAGES = ("dense", "lasso", "finetune", "joint")
+SEARCH_STAGES = ("dense", "lasso", "finetune", "warm", "recovery", "joint")
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -107,12 +138,12 @@ def parse_tile(text: str) -> tuple[int, int]:
 def plan_command(
     model: Annotated[Path, typer.Argument(help="Exported model.onnx (from `rt3c export`).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Plan file to write (JSON).")],
-    levels: Annotated[int, typer.Option("--levels", help="Number of DVFS levels.")] = 3,
-    sparsity: Annotated[str, typer.Option("--sparsity", help="Per level, densest first.")] = "0.5,0.7,0.8",
+    levels: Annotated[int | None, typer.Option("--levels", help=LEVELS_HELP)] = None,
+    sparsity: Annotated[str, typer.Option("--sparsity", help=SPARSITY_HELP)] = "0.5,0.7,0.8",
     tile: Annotated[
         str, typer.Option("--tile", help="Tile ROWSxCOLS over the torch [out, in] weight.")
     ] = "4x4",
-    patterns: Annotated[int, typer.Option("--patterns", help="Patterns per set (k).")] = 8,
+    patterns: Annotated[int, typer.Option("--patterns", help=PATTERNS_HELP)] = 8,
     block_ratio: Annotated[
         float | None,
         typer.Option(
@@ -120,7 +151,7 @@ def plan_command(
         ),
     ] = None,
     board: Annotated[
-        str | None, typer.Option("--board", help="Board whose frequencies the levels get.")
+        str | None, typer.Option("--board", "-b", help="Board whose frequencies the levels get.")
     ] = None,
     layers: Annotated[
         str | None,
@@ -130,10 +161,7 @@ def plan_command(
     """One-shot plan: magnitude block pruning, then nested pattern sets per level (no training)."""
     from rt3c.encode import plan_model
 
-    sparsities = _floats(sparsity, "--sparsity")
-    if len(sparsities) != levels:
-        raise UserError(f"--sparsity {sparsity!r}: {len(sparsities)} values for --levels {levels}")
-    frequencies = _board_frequencies(board, levels)
+    sparsities, frequencies = _levels(sparsity, levels, board)
     plan = plan_model(
         model,
         out,
@@ -154,7 +182,7 @@ def encode_command(
     plan: Annotated[Path, typer.Option("--plan", "-p", help="Plan file (rt3c plan / rt3c prune).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Encoded model to write (.rt3.onnx).")],
     level: Annotated[
-        int | None, typer.Option("--level", help="Keep only this level (default: all levels).")
+        int | None, typer.Option("--level", "-l", help="Keep only this level (default: all levels).")
     ] = None,
 ) -> None:
     """Encode planned layers as rt3c.SparseLinear (block index + pattern ids), verified with onnxruntime."""
@@ -285,10 +313,12 @@ def prune_command(
     model: ModelOption,
     data: Annotated[str, typer.Option("--data", help="rotten-tomatoes, hamlet or synthetic.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for stages, checkpoint, plan, eval.")],
-    levels: Annotated[int, typer.Option("--levels", help="Number of DVFS levels.")] = 3,
-    sparsity: Annotated[str, typer.Option("--sparsity", help="Per level, densest first.")] = "0.6,0.7,0.8",
-    tile: Annotated[str, typer.Option("--tile", help="Tile (= BP block) ROWSxCOLS over [out, in].")] = "4x4",
-    patterns: Annotated[int, typer.Option("--patterns", help="Patterns per set (k).")] = 8,
+    levels: Annotated[int | None, typer.Option("--levels", help=LEVELS_HELP)] = None,
+    sparsity: Annotated[str, typer.Option("--sparsity", help=SPARSITY_HELP)] = "0.6,0.7,0.8",
+    tile: Annotated[
+        str, typer.Option("--tile", help="Tile (= BP block) ROWSxCOLS over the torch [out, in] weight.")
+    ] = "4x4",
+    patterns: Annotated[int, typer.Option("--patterns", help=PATTERNS_HELP)] = 8,
     block_ratio: Annotated[
         float | None, typer.Option("--block-ratio", help="Tiles BP removes (default: half of level 0's).")
     ] = None,
@@ -299,10 +329,10 @@ def prune_command(
         str | None, typer.Option("--layers", help="Regex of torch weight names (default: encoder linears).")
     ] = None,
     steps: Annotated[
-        str, typer.Option("--steps", help="Steps for dense,lasso,finetune,joint training.")
+        str, typer.Option("--steps", help=f"Training steps per stage: {','.join(PRUNE_STAGES)}.")
     ] = "300,150,100,120",
     lasso_strength: Annotated[float, typer.Option("--lasso-strength", help="Group lasso λ.")] = 1e-5,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", help=BATCH_SIZE_HELP)] = 32,
     distill: Annotated[
         float, typer.Option("--distill", help="Weight of distillation from the dense model, in [0, 1].")
     ] = 0.5,
@@ -314,19 +344,14 @@ def prune_command(
     from rt3c.prune.pipeline import DEFAULT_LAYERS, PruneConfig, prune_model
     from rt3c.prune.report import print_evaluation
 
-    sparsities = _floats(sparsity, "--sparsity")
-    if len(sparsities) != levels:
-        raise UserError(f"--sparsity {sparsity!r}: {len(sparsities)} values for --levels {levels}")
-    step_counts = [int(s) for s in _floats(steps, "--steps")]
-    if len(step_counts) != 4 or min(step_counts) < 0:
-        raise UserError(f"--steps {steps!r}: expected four counts >= 0 (dense,lasso,finetune,joint)")
+    sparsities, frequencies = _levels(sparsity, levels, board)
+    dense_steps, lasso_steps, finetune_steps, joint_steps = _steps(steps, PRUNE_STAGES)
     ratios = {}
     for item in layer_ratio:
         regex, _, ratio = item.rpartition("=")
         ratios[regex] = _floats(ratio, "--layer-ratio")[0] if regex and ratio else None
         if ratios[regex] is None:
             raise UserError(f"--layer-ratio {item!r}: expected REGEX=RATIO")
-    dense_steps, lasso_steps, finetune_steps, joint_steps = step_counts
     result = prune_model(
         PruneConfig(
             model=model,
@@ -345,23 +370,38 @@ def prune_command(
             finetune_steps=finetune_steps,
             joint_steps=joint_steps,
             distill=distill,
-            frequencies_khz=_board_frequencies(board, levels),
+            frequencies_khz=frequencies,
         )
     )
     print_evaluation(result.evaluation)
     typer.echo(f"{result.checkpoint}\n{result.plan_path}\n{result.eval_path}")
 
 
-def _board_frequencies(board: str | None, levels: int) -> list[int] | None:
-    """The levels' frequencies from `--board` (which must have `levels` levels), or None without one."""
+def _levels(sparsity: str, levels: int | None, board: str | None) -> tuple[list[float], list[int] | None]:
+    """Per level the sparsity, and the frequencies of `--board` (None without one). The number of levels is
+    that of `--sparsity`; `--levels` and the board's levels, when given, must agree with it."""
+    sparsities = _floats(sparsity, "--sparsity")
+    if levels is not None and levels != len(sparsities):
+        raise UserError(f"--levels {levels} but --sparsity {sparsity} gives {len(sparsities)} values")
     if board is None:
-        return None
+        return sparsities, None
     from rt3c.boards import load_board
 
-    board_levels = load_board(board).levels
-    if len(board_levels) != levels:
-        raise UserError(f"--board {board}: has {len(board_levels)} frequency levels, --levels is {levels}")
-    return [level.frequency_khz for level in board_levels]
+    frequencies = [level.frequency_khz for level in load_board(board).levels]
+    if len(frequencies) != len(sparsities):
+        raise UserError(
+            f"--board {board} has {len(frequencies)} frequency levels but --sparsity {sparsity} "
+            f"gives {len(sparsities)} values"
+        )
+    return sparsities, frequencies
+
+
+def _steps(text: str, stages: tuple[str, ...]) -> list[int]:
+    """`--steps`: one count per training stage."""
+    counts = _integers(text, "--steps")
+    if len(counts) != len(stages):
+        raise UserError(f"--steps {text!r}: expected {len(stages)} counts ({','.join(stages)})")
+    return counts
 
 
 @app.command("search")
@@ -388,15 +428,18 @@ def search_command(
     steps: Annotated[
         str,
         typer.Option(
-            "--steps", help="Training steps: dense,lasso,finetune,warm,recovery (per candidate),joint."
+            "--steps",
+            help=f"Training steps per stage: {','.join(SEARCH_STAGES)} (recovery: per candidate).",
         ),
     ] = "300,150,100,300,16,600",
     episodes: Annotated[int, typer.Option("--episodes", help="Per method (controller, random).")] = 24,
     controller_batch: Annotated[
         int, typer.Option("--controller-batch", help="Candidates per controller update.")
     ] = 4,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 32,
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens of the compiled model.")] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", help=BATCH_SIZE_HELP)] = 32,
+    seq_len: Annotated[
+        int, typer.Option("--seq-len", help="Sequence length baked into the exported graph.")
+    ] = 16,
     validation_size: Annotated[
         int, typer.Option("--validation-size", help="Validation examples per candidate.")
     ] = 400,
@@ -405,9 +448,19 @@ def search_command(
         typer.Option("--block-ratio", help="Tiles BP removes (default: from the deadlines, at least 0.3)."),
     ] = None,
     densities: Annotated[
-        str, typer.Option("--densities", help="Kept fraction of a tile per level, choices densest first.")
+        str,
+        typer.Option(
+            "--densities",
+            help="The choices, densest first, of the fraction of a kept tile a level keeps "
+            "(the search picks each level's; its --sparsity follows from them and the block ratio).",
+        ),
     ] = "1,0.75,0.625,0.5,0.375,0.25",
-    patterns: Annotated[str, typer.Option("--patterns", help="Pattern-set sizes to choose from.")] = "2,4,8",
+    pattern_choices: Annotated[
+        str,
+        typer.Option(
+            "--pattern-choices", help="The choices of k, the pattern-set size, the search picks per layer."
+        ),
+    ] = "2,4,8",
     distill: Annotated[
         float, typer.Option("--distill", help="Weight of distillation from the dense model, in [0, 1].")
     ] = 0.7,
@@ -423,10 +476,9 @@ def search_command(
     from rt3c.search.objective import parse_max_loss
     from rt3c.search.run import SearchConfig, search_model
 
-    counts = [int(s) for s in _floats(steps, "--steps")]
-    if len(counts) != 6:
-        raise UserError(f"--steps {steps!r}: expected six counts (dense,lasso,finetune,warm,recovery,joint)")
-    dense_steps, lasso_steps, finetune_steps, warm_steps, recovery_steps, joint_steps = counts
+    dense_steps, lasso_steps, finetune_steps, warm_steps, recovery_steps, joint_steps = _steps(
+        steps, SEARCH_STAGES
+    )
     if max_loss is not None and objective != "energy":
         raise UserError("--max-loss: only with --objective energy")
     budgets = None
@@ -450,7 +502,7 @@ def search_command(
             validation_size=validation_size,
             block_ratio=block_ratio,
             densities=tuple(_floats(densities, "--densities")),
-            pattern_counts=tuple(int(k) for k in _floats(patterns, "--patterns")),
+            pattern_counts=tuple(_integers(pattern_choices, "--pattern-choices")),
             distill=distill,
             latency=latency,
             backend=backend,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 
 from rt3c.cli import app, main
 
@@ -123,3 +124,140 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("rt3c: error: --model no-such-model")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from rt3c import __version__
+
+    assert run_cli("--version") == 0
+    assert capsys.readouterr().out == f"rt3c {__version__}\n"
+
+
+def test_help_keeps_brackets(capsys: pytest.CaptureFixture[str]) -> None:
+    """Help text is not read as markup: `[out, in]` survives (rich markup would drop it)."""
+    for command in ("prune", "plan"):
+        assert run_cli(command, "--help") == 0
+        assert "[out, in]" in " ".join(capsys.readouterr().out.split())
+
+
+def test_one_option_name_one_meaning() -> None:
+    """An option name has one type in every command, and the names that differ between the planner and
+    the search say so: k is `--patterns` (plan, prune), the search's choices of k `--pattern-choices`."""
+    typer_types: dict[str, dict[str, str]] = {}
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    for name, command in commands.items():
+        for param in command.params:
+            for option in param.opts:
+                typer_types.setdefault(option, {})[name] = str(param.type_descriptor.annotation)
+    mixed = {option: types for option, types in typer_types.items() if len(set(types.values())) > 1}
+    assert not mixed
+    assert set(typer_types["--patterns"]) == {"plan", "prune"}
+    assert set(typer_types["--pattern-choices"]) == {"search"}
+    assert set(typer_types["--batch"]) == {"export"}
+    assert set(typer_types["--batch-size"]) == {"prune", "search"}
+    assert set(typer_types["-b"]) == set(typer_types["--board"])
+
+
+class _FakePlan:
+    def __init__(self, sparsities: list[float]) -> None:
+        self.levels, self.layers = sparsities, {}
+
+    def sparsity(self, level: int) -> float:
+        return self.levels[level]
+
+
+@pytest.mark.parametrize(
+    ("args", "sparsities", "frequencies"),
+    [
+        (["--sparsity", "0.5,0.8"], [0.5, 0.8], None),
+        (["--levels", "2", "--sparsity", "0.5,0.8"], [0.5, 0.8], None),
+        (["--board", "rt3-default"], [0.5, 0.7, 0.8], "rt3-default"),
+    ],
+)
+def test_plan_levels_follow_the_lists(
+    args: list[str],
+    sparsities: list[float],
+    frequencies: str | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--levels` is the number of `--sparsity` values unless given; `--board` gives its frequencies."""
+    from rt3c import encode
+    from rt3c.boards import load_board
+
+    calls: list[dict] = []
+
+    def fake_plan_model(model: Path, out: Path, **kwargs: object) -> _FakePlan:
+        calls.append(kwargs)
+        return _FakePlan(kwargs["sparsities"])  # type: ignore[arg-type]
+
+    monkeypatch.setattr(encode, "plan_model", fake_plan_model)
+    assert run_cli("plan", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "p.json"), *args) == 0
+    expected = None if frequencies is None else [lv.frequency_khz for lv in load_board(frequencies).levels]
+    assert calls[0]["sparsities"] == sparsities
+    assert calls[0]["frequencies_khz"] == expected
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rt3c: error:"), err
+    return lines[0]
+
+
+LEVEL_MISMATCHES = [
+    (["--levels", "2"], ("--levels 2", "--sparsity")),
+    (["--levels", "3", "--sparsity", "0.5,0.8"], ("--levels 3", "--sparsity 0.5,0.8")),
+    (["--board", "rt3-default", "--sparsity", "0.5,0.8"], ("--board rt3-default", "--sparsity 0.5,0.8")),
+]
+
+
+@pytest.mark.parametrize(("args", "culprits"), LEVEL_MISMATCHES)
+@pytest.mark.parametrize("command", ["plan", "prune"])
+def test_level_count_mismatch(
+    command: str,
+    args: list[str],
+    culprits: tuple[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = str(tmp_path / "out")
+    inputs = (
+        [str(tmp_path / "m.onnx"), "--out", out]
+        if command == "plan"
+        else ["--model", "bert-tiny", "--data", "synthetic", "--out", out]
+    )
+    assert run_cli(command, *inputs, *args) == 2
+    line = _one_line_error(capsys)
+    assert all(culprit in line for culprit in culprits), line
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("command", "steps", "culprit"),
+    [
+        ("prune", "1,2,3", "4 counts (dense,lasso,finetune,joint)"),
+        ("prune", "1.5,1,1,1", "integers"),
+        ("search", "1,2,3,4", "6 counts (dense,lasso,finetune,warm,recovery,joint)"),
+        ("search", "1,2,3,4,5,-6", "integers"),
+    ],
+)
+def test_steps_name_the_stages(
+    command: str, steps: str, culprit: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--model", "bert-tiny", "--data", "synthetic", "--out", str(tmp_path / "out"), "--steps", steps]
+    if command == "search":
+        args += ["--board", "rt3-default"]
+    assert run_cli(command, *args) == 2
+    line = _one_line_error(capsys)
+    assert f"--steps {steps!r}" in line and culprit in line, line
+
+
+def test_search_pattern_choices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The search's choices of k are `--pattern-choices` (integers); `--patterns` is the planner's k."""
+    args = ["search", "--model", "bert-tiny", "--data", "synthetic", "--board", "rt3-default"]
+    args += ["--out", str(tmp_path / "out")]
+    assert run_cli(*args, "--pattern-choices", "2,x") == 2
+    assert "--pattern-choices '2,x'" in _one_line_error(capsys)
+    assert run_cli(*args, "--patterns", "2,4") == 2
+    assert "--patterns" in capsys.readouterr().err
