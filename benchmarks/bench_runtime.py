@@ -3,23 +3,22 @@
     .venv/bin/python benchmarks/bench_runtime.py [--tables switch,latency,sizes] [--work DIR]
 
 Every model is exported at 64 tokens, planned one-shot (3 levels, 4x4 tiles, 8 patterns) and compiled with
-`rt3c compile` (each build verified at every level against onnxruntime), all in this run.
+`rt3c compile --prefix bench` (each build verified at every level against onnxruntime), all in this run.
 
-- switch: bert-tiny's runtime (`level_switch_bench.c`). Host wall time per call of `rt3_set_level` and
-  `rt3_on_frequency`, and the median time of an inference right after a level switch minus one at the
+- switch: bert-tiny's runtime (`level_switch_bench.c`). Host wall time per call of `bench_set_level` and
+  `bench_on_frequency`, and the median time of an inference right after a level switch minus one at the
   same level without a switch (boundary and cache effects). On aarch64 (qemu-aarch64) the executed
-  instructions of the same calls, and of `rt3_invoke`'s own code per inference (the inference boundary,
+  instructions of the same calls, and of `bench_invoke`'s own code per inference (the inference boundary,
   the input/output copies and the step loop; the kernels are functions of their own) with a switch at
   every boundary minus without. Goal: <= 1 us.
 - latency: minilm-l6, per level, the CPU time of one inference of the host build (`rt3_main LEVEL ...
   REPEATS`, clock()) vs onnxruntime (one thread, CPU time) on the dense model and on the encoded model of
   that level; median of interleaved rounds of `--repeats` back-to-back inferences each. Goal: the sparsest level >= 2.5x faster than onnxruntime dense.
-- sizes: per model, plan and target, bytes of code (text of the runtime and kernel objects, incl. their
-  read-only tables), weights (float constants) and indices (integer constants) from the built library,
-  flash (all three, with alignment), the activation arena, the kernel scratch and the library's RAM (data
-  + bss: arena, scratch, tensor descriptors and, where the ABI puts them there, the kernel tables).
-  Cortex-M builds link the weights into the MPS2 boards' 16 MiB PSRAM; larger models are listed as not
-  fitting.
+- sizes: per model, plan and target, the project's report (`report.json`, from the sections of the
+  prelinked library object `bench.o`): bytes of code (runtime and kernels, incl. their read-only tables),
+  weights (float constants) and indices (integer constants), flash (all three, with alignment), the
+  activations and kernel scratch of the arena, and the library's RAM (arena and descriptors). Cortex-M builds
+  link the weights into the MPS2 boards' 16 MiB PSRAM; larger models are listed as not fitting.
 """
 
 from __future__ import annotations
@@ -50,6 +49,8 @@ from rt3c.plan import Plan
 from rt3c.runtime_c.project import PSRAM_MIB
 
 TOKENS = 64
+PREFIX = "bench"
+"""The projects' prefix (`rt3c compile --prefix`): files bench_model.c, bench.o, libbench.a; API bench_*."""
 HARNESS = Path(__file__).resolve().parent / "level_switch_bench.c"
 CORTEX_M = ("cortex-m4", "cortex-m7")
 
@@ -112,7 +113,7 @@ class Workspace:
         out = self._case_dir(case) / target
         if not (out / "rt3c-build.json").is_file():
             encoded, plan = self.encoded(case)
-            compile_model(encoded, out, target_name=target, plan_path=plan)
+            compile_model(encoded, out, target_name=target, plan_path=plan, prefix=PREFIX)
         return out
 
 
@@ -122,7 +123,8 @@ class Workspace:
 def _build_harness(project: Path, target: Target) -> Path:
     binary = project / "level_switch_bench"
     command = [target.cc, *target.cflags, "-Wall", "-Wextra", "-Werror", f"-I{project}", str(HARNESS)]
-    subprocess.run([*command, str(project / "librt3.a"), *target.ldflags, "-o", str(binary)], check=True)
+    library = project / f"lib{PREFIX}.a"
+    subprocess.run([*command, str(library), *target.ldflags, "-o", str(binary)], check=True)
     return binary
 
 
@@ -140,33 +142,34 @@ def switch_table(work: Workspace, rounds: int) -> Table:
     aarch64 = get_target("aarch64")
     project = work.project(BERT_TINY, "aarch64")
     binary = _build_harness(project, aarch64).relative_to(project)
-    functions = ["rt3_set_level", "rt3_on_frequency", "rt3_invoke"]
+    set_level, on_frequency, invoke = (f"{PREFIX}_{name}" for name in ("set_level", "on_frequency", "invoke"))
     counts = {}
     for mode, n in (("set", 1000), ("freq", 1000), ("same", 20), ("switch", 20)):
         regions = count_instructions(
-            aarch64, binary, [mode, str(n)], {f: [f] for f in functions}, cwd=project
+            aarch64, binary, [mode, str(n)], {f: [f] for f in (set_level, on_frequency, invoke)}, cwd=project
         )
         counts[mode] = {name: total / n for name, total in regions.regions.items()}
 
     table = Table("bert-tiny runtime", "host ns", "aarch64 instructions", title="(a) level switch")
-    table.add_row("rt3_set_level", f"{set_ns:.1f}", f"{counts['set']['rt3_set_level']:.0f}")
-    table.add_row("rt3_on_frequency", f"{freq_ns:.1f}", f"{counts['freq']['rt3_on_frequency']:.0f}")
+    table.add_row(set_level, f"{set_ns:.1f}", f"{counts['set'][set_level]:.0f}")
+    table.add_row(on_frequency, f"{freq_ns:.1f}", f"{counts['freq'][on_frequency]:.0f}")
     table.add_row(
         "inference right after a switch - without one",
         f"{switched - same:+.0f}",
-        f"{counts['switch']['rt3_invoke'] - counts['same']['rt3_invoke']:+.0f} (in rt3_invoke)",
+        f"{counts['switch'][invoke] - counts['same'][invoke]:+.0f} (in {invoke})",
     )
     table.add_row(
-        "rt3_invoke's own code per inference",
+        f"{invoke}'s own code per inference",
         "",
-        f"{counts['same']['rt3_invoke']:.0f} (boundary, copies, {_steps(project)} steps)",
+        f"{counts['same'][invoke]:.0f} (boundary, copies, {_steps(project)} steps)",
     )
     table.add_row("one inference without a switch (for scale)", f"{same:.0f}", "")
     return table
 
 
 def _steps(project: Path) -> int:
-    return int(re.search(r"#define RT3_NUM_STEPS (\d+)", (project / "rt3_model.c").read_text()).group(1))
+    source = (project / f"{PREFIX}_model.c").read_text()
+    return int(re.search(r"#define RT3_NUM_STEPS (\d+)", source).group(1))
 
 
 # -- latency ---------------------------------------------------------------------------------------
@@ -243,56 +246,27 @@ def latency_table(work: Workspace, rounds: int, repeats: int) -> tuple[Table, fl
 # -- sizes -----------------------------------------------------------------------------------------
 
 
-def _member_sizes(project: Path, target: Target) -> dict[str, tuple[int, int, int]]:
-    """(text, data, bss) of each object in the project's librt3.a, from the target's `size`."""
-    size = target.cc[: -len("gcc")] + "size" if target.cc.endswith("gcc") else "size"
-    lines = subprocess.run(
-        [size, str(project / "librt3.a")], capture_output=True, text=True, check=True
-    ).stdout.splitlines()[1:]
-    members = {}
-    for line in lines:
-        text, data, bss, _, _, name = line.split(maxsplit=5)
-        members[name.split()[0]] = (int(text), int(data), int(bss))
-    return members
-
-
-def _constant_bytes(project: Path) -> tuple[int, int]:
-    """(float bytes, integer bytes) of the constants in rt3_weights.S: weights and indices."""
-    source = (project / "rt3_weights.S").read_text()
-    sizes = dict(re.findall(r"\.size (rt3_const_\d+), (\d+)", source))
-    floats = integers = 0
-    for symbol, dtype in re.findall(r"^(rt3_const_\d+): /\* .*: (\w+)\[", source, flags=re.MULTILINE):
-        if dtype.startswith("float"):
-            floats += int(sizes[symbol])
-        else:
-            integers += int(sizes[symbol])
-    return floats, integers
+def _size_cells(project: Path) -> list[str]:
+    """Code, weights, indices, flash, activations, scratch and RAM bytes from the project's report.json."""
+    report = json.loads((project / "report.json").read_text())
+    flash, ram = report["flash_bytes"], report["ram_bytes"]
+    values = [flash["code"], flash["weights"], flash["indices"], flash["total"]]
+    return [f"{value:,}" for value in (*values, ram["activations"], ram["scratch"], ram["total"])]
 
 
 def sizes_table(work: Workspace) -> Table:
     table = Table(
-        "model, plan", "target", "code B", "weights B", "indices B", "flash B", "arena B", "scratch B",
-        "RAM B", title=f"(c) flash and RAM, {TOKENS} tokens",
+        "model, plan", "target", "code B", "weights B", "indices B", "flash B", "activations B",
+        "scratch B", "RAM B", title=f"(c) flash and RAM, {TOKENS} tokens",
     )  # fmt: skip
     for case in SIZE_CASES:
         for target_name in case.targets:
-            project = work.project(case, target_name)
-            members = _member_sizes(project, get_target(target_name))
-            code = sum(text for name, (text, _, _) in members.items() if name != "rt3_weights.o")
-            ram = sum(data + bss for _, data, bss in members.values())
-            weights, indices = _constant_bytes(project)
-            flash = code + members["rt3_weights.o"][0]
-            build = json.loads((project / "rt3c-build.json").read_text())
-            table.add_row(
-                case.label, target_name, f"{code:,}", f"{weights:,}", f"{indices:,}", f"{flash:,}",
-                f"{build['arena_bytes']:,}", f"{build['workspace_bytes']:,}", f"{ram:,}",
-            )  # fmt: skip
+            table.add_row(case.label, target_name, *_size_cells(work.project(case, target_name)))
         if not set(CORTEX_M) & set(case.targets):
-            weights, indices = _constant_bytes(work.project(case, case.targets[0]))
+            _, weights, indices, *_ = _size_cells(work.project(case, case.targets[0]))
             table.add_row(
-                case.label, "cortex-m4/m7", "", f"{weights:,}", f"{indices:,}",
-                f"> {PSRAM_MIB} MiB PSRAM", "does not fit",
-            )  # fmt: skip
+                case.label, "cortex-m4/m7", "", weights, indices, f"> {PSRAM_MIB} MiB PSRAM", "does not fit"
+            )
     return table
 
 

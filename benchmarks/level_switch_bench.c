@@ -1,19 +1,20 @@
 /*
- * level_switch_bench.c - what a level switch costs in a generated bert-tiny runtime (bench_runtime.py).
+ * level_switch_bench.c - what a level switch costs in a generated bert-tiny runtime (bench_runtime.py,
+ * which compiles the model with --prefix bench: the API is bench_*, the macros BENCH_*).
  *
  *   level_switch_bench MODE N
  *
- * MODE set:    N calls of rt3_set_level, alternating between the densest and the sparsest level.
- * MODE freq:   N calls of rt3_on_frequency, alternating between two frequencies of different levels.
+ * MODE set:    N calls of bench_set_level, alternating between the densest and the sparsest level.
+ * MODE freq:   N calls of bench_on_frequency, alternating between two frequencies of different levels.
  *              Both print the wall time per call in ns (CLOCK_MONOTONIC).
- * MODE pairs:  N times the levels densest, densest, sparsest, sparsest, each inference after rt3_set_level
+ * MODE pairs:  N times the levels densest, densest, sparsest, sparsest, each inference after bench_set_level
  *              of its level and timed alone: the first of each pair runs right after a level switch, the
  *              second without one. Prints the median ns of both kinds (medians: robust to preemption).
  * MODE same:   N inferences, the first half at the densest level and the second at the sparsest, each
- *              after rt3_set_level to the level it already has (one switch in all).
+ *              after bench_set_level to the level it already has (one switch in all).
  * MODE switch: the same inferences and calls, but alternating levels (a switch at every boundary).
- * same and switch are for counting instructions under qemu: of rt3_set_level, rt3_on_frequency and
- * rt3_invoke (its own code: the boundary, the copies and the step loop; kernels are functions of their own).
+ * same and switch are for counting instructions under qemu: of bench_set_level, bench_on_frequency and
+ * bench_invoke (its own code: the boundary, the copies and the step loop; kernels are functions of their own).
  */
 #define _POSIX_C_SOURCE 199309L
 #include <stdio.h>
@@ -21,11 +22,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "rt3_model.h"
+#include "bench_model.h"
 
-static int64_t ids[RT3_INPUT_INPUT_IDS_ELEMENTS];
-static int64_t mask[RT3_INPUT_ATTENTION_MASK_ELEMENTS];
-static float out[RT3_OUTPUT_LOGITS_ELEMENTS];
+static int64_t ids[BENCH_INPUT_INPUT_IDS_ELEMENTS];
+static int64_t mask[BENCH_INPUT_ATTENTION_MASK_ELEMENTS];
+static float out[BENCH_OUTPUT_LOGITS_ELEMENTS];
 
 #define MAX_PAIRS 100000
 static double after_switch[2 * MAX_PAIRS];
@@ -49,54 +50,54 @@ static double now_ns(void) {
 
 int main(int argc, char **argv) {
   long i, n;
-  int status = RT3_OK;
-  const int sparsest = RT3_NUM_LEVELS - 1;
+  int status = BENCH_OK;
+  const int sparsest = BENCH_NUM_LEVELS - 1;
   double start;
   if (argc != 3 || (n = atol(argv[2])) <= 0) {
     fprintf(stderr, "usage: %s set|freq|pairs|same|switch N\n", argv[0]);
     return 2;
   }
-  for (i = 0; i < RT3_INPUT_INPUT_IDS_ELEMENTS; ++i) {
+  for (i = 0; i < BENCH_INPUT_INPUT_IDS_ELEMENTS; ++i) {
     ids[i] = (i * 37 + 11) % 1000;
     mask[i] = 1;
   }
-  if (rt3_init() != RT3_OK) return 1;
+  if (bench_init() != BENCH_OK) return 1;
   start = now_ns();
   if (strcmp(argv[1], "set") == 0) {
-    for (i = 0; i < n; ++i) status |= rt3_set_level((i & 1) ? sparsest : 0);
+    for (i = 0; i < n; ++i) status |= bench_set_level((i & 1) ? sparsest : 0);
   } else if (strcmp(argv[1], "freq") == 0) {
     /* 2 GHz selects level 0; 1 kHz is below every level's frequency and selects the sparsest. */
-    for (i = 0; i < n; ++i) status |= rt3_on_frequency((i & 1) ? 1u : 2000000u);
+    for (i = 0; i < n; ++i) status |= bench_on_frequency((i & 1) ? 1u : 2000000u);
   } else if (strcmp(argv[1], "pairs") == 0) {
     long k = 0;
     if (n > MAX_PAIRS) return 2;
     for (i = 0; i < 2 * n; ++i) {
       const int level = (i & 1) ? sparsest : 0;
       double t = now_ns();
-      status |= rt3_set_level(level);
-      status |= rt3_invoke(ids, mask, out);
+      status |= bench_set_level(level);
+      status |= bench_invoke(ids, mask, out);
       after_switch[k] = now_ns() - t;
       t = now_ns();
-      status |= rt3_set_level(level);
-      status |= rt3_invoke(ids, mask, out);
+      status |= bench_set_level(level);
+      status |= bench_invoke(ids, mask, out);
       without_switch[k++] = now_ns() - t;
     }
     printf("%.1f %.1f\n", median(after_switch, k), median(without_switch, k));
-    return status == RT3_OK ? 0 : 1;
+    return status == BENCH_OK ? 0 : 1;
   } else if (strcmp(argv[1], "same") == 0) {
     for (i = 0; i < n; ++i) {
-      status |= rt3_set_level(i < n / 2 ? 0 : sparsest);
-      status |= rt3_invoke(ids, mask, out);
+      status |= bench_set_level(i < n / 2 ? 0 : sparsest);
+      status |= bench_invoke(ids, mask, out);
     }
   } else if (strcmp(argv[1], "switch") == 0) {
     for (i = 0; i < n; ++i) {
-      status |= rt3_set_level((i & 1) ? sparsest : 0);
-      status |= rt3_invoke(ids, mask, out);
+      status |= bench_set_level((i & 1) ? sparsest : 0);
+      status |= bench_invoke(ids, mask, out);
     }
   } else {
     fprintf(stderr, "%s: unknown mode %s\n", argv[0], argv[1]);
     return 2;
   }
   printf("%.2f\n", (now_ns() - start) / (double)n);
-  return status == RT3_OK ? 0 : 1;
+  return status == BENCH_OK ? 0 : 1;
 }
