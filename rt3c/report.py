@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from rt3c.battery import Simulation
 from rt3c.boards import Board
@@ -45,7 +46,7 @@ def plot_accuracy(search: dict, path: Path) -> str:
             s=14,
             alpha=0.5,
             color=color,
-            label=f"L{level} candidates",
+            label=f"L{level} candidates, validation",
         )
         axes.scatter(
             best["sparsity"][level],
@@ -54,12 +55,23 @@ def plot_accuracy(search: dict, path: Path) -> str:
             marker="*",
             color=color,
             edgecolor="black",
-            label=f"L{level} best plan",
+            label=f"L{level} best plan, validation",
         )
-    axes.axhline(100 * search["dense"]["validation_accuracy"], color="gray", linestyle="--", label="dense")
+        axes.scatter(
+            best["sparsity"][level],
+            100 * best["test_accuracy"][level],
+            s=70,
+            marker="X",
+            color=color,
+            edgecolor="black",
+            label=f"L{level} best plan, test (after training)",
+        )
+    dense = search["dense"]
+    axes.axhline(100 * dense["validation_accuracy"], color="gray", linestyle="--", label="dense, validation")
+    axes.axhline(100 * dense["test_accuracy"], color="gray", linestyle=":", label="dense, test")
     axes.set_xlabel("sparsity of the planned layers")
-    axes.set_ylabel("validation accuracy (%)")
-    axes.set_title("Accuracy vs sparsity per level (every evaluated candidate)")
+    axes.set_ylabel("accuracy (%)")
+    axes.set_title("Validation accuracy of every evaluated candidate, and the best plan's test accuracy")
     axes.legend(fontsize=7, ncol=2)
     return _save(figure, path)
 
@@ -67,29 +79,24 @@ def plot_accuracy(search: dict, path: Path) -> str:
 def plot_latency(latency: dict, dense_s: list[float], path: Path) -> str:
     levels = latency["levels"]
     x = np.arange(len(levels))
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    axes.bar(x - 0.27, [1e3 * s for s in dense_s], 0.27, color="lightgray", label="dense model")
-    axes.bar(
-        x,
-        [1e3 * s for s in latency["predicted_latency_s"]],
-        0.27,
-        color="tab:cyan",
-        label="best plan, predicted",
-    )
-    axes.bar(
-        x + 0.27,
-        [1e3 * lv["latency_s"] for lv in levels],
-        0.27,
-        color="tab:blue",
-        label="best plan, measured",
-    )
+    figure, axes = plt.subplots(figsize=(8.5, 4.5))
+    series = [
+        ("dense model", "lightgray", [1e3 * s for s in dense_s]),
+        ("best plan, predicted", "tab:cyan", [1e3 * s for s in latency["predicted_latency_s"]]),
+        ("best plan, measured", "tab:blue", [1e3 * lv["latency_s"] for lv in levels]),
+    ]
+    for offset, (label, color, values) in zip((-0.27, 0.0, 0.27), series, strict=True):
+        bars = axes.bar(x + offset, values, 0.27, color=color, label=label)
+        axes.bar_label(bars, fmt="%.3g", fontsize=7)
+    # Dense and sparse latencies differ by up to an order of magnitude: a log axis keeps both readable.
+    axes.set_yscale("log")
     for index, level in enumerate(levels):
         axes.hlines(1e3 * level["deadline_s"], index - 0.45, index + 0.45, color="red", linewidth=2)
     axes.plot([], [], color="red", label="deadline")
     axes.set_xticks(x, [f"{lv['name']}\n{lv['frequency_hz'] / 1e6:g} MHz" for lv in levels])
-    axes.set_ylabel("latency per inference (ms)")
+    axes.set_ylabel("latency per inference (ms, log scale)")
     axes.set_title(f"Latency per level vs its constraint ({latency['source']}: {latency['unit']})")
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the plot: deadlines on top
     return _save(figure, path)
 
 
@@ -141,6 +148,7 @@ def plot_rewards(search: dict, path: Path) -> str:
                 linestyle=":",
                 label=f"{method}: running mean of {window}",
             )
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("episode")
     axes.set_ylabel("reward")
     axes.set_title("Search reward: REINFORCE controller vs random search (same budget)")
@@ -148,8 +156,8 @@ def plot_rewards(search: dict, path: Path) -> str:
     return _save(figure, path)
 
 
-def plot_battery(sim: Simulation, path: Path) -> str:
-    figure, axes = plt.subplots(figsize=(7, 3.5))
+def plot_battery(sim: Simulation, board: Board, path: Path) -> str:
+    figure, axes = plt.subplots(figsize=(7, 3.8))
     names = [s.name for s in sim.scenarios]
     values = [s.inferences_per_charge for s in sim.scenarios]
     bars = axes.barh(names, values, color=["lightgray", "darkgray", "tab:green", "tab:olive"])
@@ -162,8 +170,11 @@ def plot_battery(sim: Simulation, path: Path) -> str:
             fontsize=8,
         )
     axes.invert_yaxis()
-    axes.set_xlabel("inferences per battery charge")
-    axes.set_title(f"Battery life, trace {' / '.join(f'{100 * p:g}%' for p in sim.trace)}")
+    axes.xaxis.set_major_formatter(EngFormatter(sep=""))  # 20M, not 2e7 written once at the axis's end
+    axes.set_xlabel(f"inferences per battery charge ({board.battery_joules / 1e3:g} kJ)")
+    axes.set_title(
+        f"Battery life on {board.name}\ntime per level {' / '.join(f'{100 * p:g}%' for p in sim.trace)}"
+    )
     axes.set_xlim(0, max(values) * 1.18)
     return _save(figure, path)
 
@@ -189,11 +200,14 @@ def render_report(directory: Path, board_ref: str | None = None, trace: Path | N
     dense_units = latency["dense_units"] * latency["cycles_per_unit"]
     dense_s = [dense_units / lv["frequency_hz"] for lv in latency["levels"]]
     images = [
-        ("Accuracy vs sparsity per level", plot_accuracy(search, out / "accuracy_vs_sparsity.png")),
+        (
+            "Accuracy (validation and test) vs sparsity per level",
+            plot_accuracy(search, out / "accuracy_vs_sparsity.png"),
+        ),
         ("Latency per level vs its constraint", plot_latency(latency, dense_s, out / "latency.png")),
         ("Energy per inference", plot_energy(latency, dense_s, board, out / "energy.png")),
         ("Search reward", plot_rewards(search, out / "reward.png")),
-        ("Battery life", plot_battery(sim, out / "battery.png")),
+        ("Battery life", plot_battery(sim, board, out / "battery.png")),
     ]
     level_rows = [
         [

@@ -7,10 +7,12 @@ import json
 import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 from PIL import Image
 from search_helpers import SEARCH_EPISODES, run_cli
 
+from rt3c import report
 from rt3c.battery import simulate
 from rt3c.boards import load_board
 from rt3c.plan import Plan
@@ -110,3 +112,77 @@ def test_report_renders(searched: tuple[Path, Path], capsys: pytest.CaptureFixtu
         with Image.open(page.parent / name) as image:
             assert image.format == "PNG" and min(image.size) > 100
             image.verify()
+
+
+def _episode(reward: float) -> dict:
+    return {"cached": False, "sparsity": [0.5, 0.7, 0.8], "accuracy": [0.8, 0.78, 0.75], "reward": reward}
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list[plt.Figure]:
+    """The figures the plot functions make, kept open instead of saved."""
+    kept: list[plt.Figure] = []
+
+    def keep(figure: plt.Figure, path: Path) -> str:
+        kept.append(figure)
+        return path.name
+
+    monkeypatch.setattr(report, "_save", keep)
+    yield kept
+    for figure in kept:
+        plt.close(figure)
+
+
+def test_plots_are_readable(figures: list[plt.Figure], tmp_path: Path) -> None:
+    """Latency on a log axis with its values written on the bars, whole episode numbers, the battery axis
+    in inferences per the board's charge, and validation and test accuracy told apart."""
+    board = load_board("rt3-default")
+    levels = [
+        {
+            "name": f"L{i}",
+            "frequency_hz": lv.frequency_hz,
+            "latency_s": 0.002 / (i + 1),
+            "deadline_s": lv.deadline_s,
+        }
+        for i, lv in enumerate(board.levels)
+    ]
+    latency = {"levels": levels, "predicted_latency_s": [0.002, 0.001, 0.0007], "source": "qemu", "unit": "x"}
+    search = {
+        "methods": {
+            "reinforce": [_episode(0.1 * i) for i in range(5)],
+            "random": [_episode(0.2) for _ in range(5)],
+        },
+        "best": {
+            "sparsity": [0.5, 0.7, 0.8],
+            "accuracy": [0.8, 0.78, 0.75],
+            "test_accuracy": [0.79, 0.77, 0.74],
+        },
+        "dense": {"validation_accuracy": 0.82, "test_accuracy": 0.81},
+    }
+    report.plot_latency(latency, [0.02, 0.025, 0.05], tmp_path / "latency.png")
+    report.plot_rewards(search, tmp_path / "reward.png")
+    sim = simulate(board, 1e6, [5e5, 3e5, 2e5], (0.5, 0.3, 0.2))
+    report.plot_battery(sim, board, tmp_path / "battery.png")
+    report.plot_accuracy(search, tmp_path / "accuracy.png")
+    latency_axes, reward_axes, battery_axes, accuracy_axes = (figure.axes[0] for figure in figures)
+
+    assert latency_axes.get_yscale() == "log"
+    labels = {text.get_text() for text in latency_axes.texts}
+    assert {"20", "2", "0.667"} <= labels  # dense L0, measured L0 and L2, in ms
+
+    reward_axes.figure.canvas.draw()
+    ticks = [
+        tick
+        for tick in reward_axes.get_xticks()
+        if reward_axes.get_xlim()[0] <= tick <= reward_axes.get_xlim()[1]
+    ]
+    assert ticks and all(float(tick).is_integer() for tick in ticks)
+
+    assert f"{board.battery_joules / 1e3:g} kJ" in battery_axes.get_xlabel()
+    battery_axes.figure.canvas.draw()
+    assert any(label.get_text().endswith("M") for label in battery_axes.get_xticklabels())
+
+    legend = [text.get_text() for text in accuracy_axes.get_legend().get_texts()]
+    assert "L0 best plan, validation" in legend and "L0 best plan, test (after training)" in legend
+    assert {"dense, validation", "dense, test"} <= set(legend)
+    assert "Validation" in accuracy_axes.get_title() and "test" in accuracy_axes.get_title()
