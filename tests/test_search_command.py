@@ -23,6 +23,7 @@ from rt3c.datasets import load_dataset
 from rt3c.models import load_model
 from rt3c.plan import LayerPlan, Plan
 from rt3c.prune.pipeline import DEFAULT_LAYERS, select_layers
+from rt3c.prune.stages import DenseRecipe, dense_baseline
 from rt3c.prune.training import TrainSettings
 from rt3c.search.evaluate import CandidateEvaluator, EvaluatorSpec, evaluation_pool
 from rt3c.search.space import SearchSpace
@@ -109,7 +110,7 @@ def test_the_searched_plan_compiles(searched: tuple[Path, Path], tmp_path: Path)
         str(tmp_path / "c"),
     ]
     assert run_cli(argv) == 0
-    assert (tmp_path / "c" / "rt3_model.c").is_file()
+    assert (tmp_path / "c" / "bert_tiny_model.c").is_file()  # the default prefix: the model's name
 
 
 @pytest.mark.slow
@@ -211,3 +212,21 @@ def test_bad_input(
     error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines of the checks
     assert error.startswith("rt3c: error: ") and culprit in error, error
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_one_shot_trains_nothing_after_the_dense_baseline(tight_board: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [*search_argv(tight_board, out), "--one-shot", "--episodes", "2", "--backend", "serial"]
+    assert run_cli(argv) == 0
+    dense = load_model("bert-tiny")
+    dense_baseline(dense, load_dataset("synthetic", dense), DenseRecipe("bert-tiny", "synthetic", steps=60))
+    dense_weights = dense.module.state_dict()
+    checkpoint = torch.load(out / "checkpoint" / "weights.pt", map_location="cpu", weights_only=True)
+    plan = Plan.load(out / "plan.json")
+    for name, tensor in checkpoint.items():
+        expected = dense_weights[name]
+        if name in plan.layers:  # the dense weights, masked by the densest level
+            expected = expected * torch.from_numpy(plan.layers[name].mask(0).copy())
+        assert torch.equal(tensor, expected), name
+    assert json.loads((out / "eval.json").read_text())["levels"][0]["meets_deadline"]
