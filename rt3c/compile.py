@@ -24,6 +24,7 @@ import onnx_ir as ir
 import tvm
 import tvm_ffi
 
+from rt3c.boards import Board, load_board
 from rt3c.codegen.kernel_cache import write_kernels
 from rt3c.codegen.onnx_ops import LoweredNode, TensorInfo, lower_node
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
@@ -48,7 +49,7 @@ from rt3c.runtime_c.project import (
     render_build_files,
     render_project,
 )
-from rt3c.runtime_c.report import LevelReport, memory, section_sizes, write_report
+from rt3c.runtime_c.report import LevelReport, board_latencies, memory, section_sizes, write_report
 from rt3c.sparse_format import EncodedLayer, encode_layer
 
 TOLERANCE = 1e-4
@@ -399,7 +400,8 @@ def compile_model(
             compiled = lower_model(encoded_path, target, frequencies)
         compiled.program.prefix = prefix or default_prefix(compiled.program.name)
         compiled.program.weights_format = weights_format
-        return _generate_and_verify(compiled, encoded_path, out_dir, target, verify)
+        board_profile = None if board is None else load_board(board)
+        return _generate_and_verify(compiled, encoded_path, out_dir, target, verify, board_profile)
 
 
 # The -mfpu of each Cortex-M part arm-none-eabi-gcc 12 knows; None: no FPU (soft-float ABI).
@@ -470,8 +472,6 @@ def level_frequencies(
                 f"{where}: {len(given)} values for the model's {count} levels ({','.join(level_names)})"
             )
     elif board is not None:
-        from rt3c.boards import load_board
-
         given, where = [level.frequency_khz for level in load_board(board).levels], f"--board {board}"
         if len(given) != count:
             raise UserError(f"{where}: has {len(given)} frequency levels, the model has {count}")
@@ -544,7 +544,12 @@ def _check_plan_matches(
 
 
 def _generate_and_verify(
-    compiled: CompiledProgram, encoded_path: Path, out_dir: Path, target: Target, verify: bool
+    compiled: CompiledProgram,
+    encoded_path: Path,
+    out_dir: Path,
+    target: Target,
+    verify: bool,
+    board: Board | None,
 ) -> CompileResult:
     host = get_target("host")
     staging = Path(
@@ -564,7 +569,7 @@ def _generate_and_verify(
             with step(f"measure every level of the {target.name} build"):
                 costs = _measure_levels(compiled.program, encoded_path, staging, target)
         program = compiled.program
-        report = _report(program, encoded_path, staging, target, info, diffs, costs)
+        report = _report(program, encoded_path, staging, target, info, diffs, costs, board)
         (staging / "rt3c-build.json").write_text(
             json.dumps(
                 {
@@ -643,8 +648,9 @@ def _report(
     info: dict[str, object],
     diffs: list[float],
     costs: list[float | int | None],
+    board: Board | None,
 ) -> dict[str, object]:
-    """report.json and REPORT.md in `project` (rt3c.runtime_c.report)."""
+    """report.json and REPORT.md in `project` (rt3c.runtime_c.report); `board`: the one of `--board`."""
     sections = section_sizes(project / f"{program.prefix}.o", target)
     memory_bytes = int(info["memory_bytes"])  # type: ignore[call-overload]
     flash, ram = memory(program, sections, memory_bytes - program.workspace_bytes)
@@ -653,6 +659,8 @@ def _report(
         totals = inspect_model(encoded_path).level_totals()
         sparsity = [float(totals[level]["sparsity"]) for level in range(len(program.levels))]
     native = target.board is None and not target.run_prefix
+    instructions = [None if native else cost for cost in costs]
+    latencies, deadlines, no_latency = board_latencies(instructions, board, target)  # type: ignore[arg-type]
     levels = [
         LevelReport(
             name=name,
@@ -660,11 +668,15 @@ def _report(
             sparsity=None if sparsity is None else sparsity[index],
             max_abs_diff=diffs[index] if diffs else None,
             host_us=costs[index] if native else None,
-            instructions=None if native else costs[index],  # type: ignore[arg-type]
+            instructions=instructions[index],  # type: ignore[arg-type]
+            latency_ms=latencies[index],
+            deadline_ms=deadlines[index],
         )
         for index, name in enumerate(program.levels)
     ]
-    return write_report(project, program, target, flash, ram, levels, verified=bool(diffs))
+    return write_report(
+        project, program, target, flash, ram, levels, verified=bool(diffs), board=board, no_latency=no_latency
+    )
 
 
 def _verify_builds(

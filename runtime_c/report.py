@@ -6,6 +6,8 @@ the weights section holds float weights and integer indices; the arena section h
 scratch; what else is writable is descriptors and level state. Speed is measured when the project was
 verified: processor time per inference of the host build, and executed instructions per inference of a
 qemu target's build (each level run with and without repeats; the difference excludes startup and I/O).
+With a board (`rt3c compile --board`) whose target the build is for, each level's instructions become its
+latency at its frequency on the board (x the board's cycles per instruction), next to its deadline.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rt3c.boards import Board
 from rt3c.codegen.targets import Target
 from rt3c.errors import VerificationError
 from rt3c.runtime_c.filters import comment
@@ -66,6 +69,32 @@ class LevelReport:
     """Processor time per inference of the host build, in µs, when verified."""
     instructions: int | None
     """Executed instructions per inference on the target under qemu, when verified on qemu."""
+    latency_ms: float | None = None
+    """At the level's frequency on the board (`--board`): instructions x its cycles per instruction."""
+    deadline_ms: float | None = None
+    """The board's deadline for the level (`--board`)."""
+
+
+def board_latencies(
+    instructions: list[int | None], board: Board | None, target: Target
+) -> tuple[list[float | None], list[float | None], str | None]:
+    """Per level the latency (ms) at its frequency on `board` and the board's deadline (ms), and why there
+    is no latency when a board is given but its figures cannot be had (None otherwise). A latency needs
+    instructions counted for the board's own target (a host time or another CPU's count says nothing about
+    the board's cycles); deadlines need only the board."""
+    if board is None:
+        return [None] * len(instructions), [None] * len(instructions), None
+    deadlines: list[float | None] = [1e3 * level.deadline_s for level in board.levels]
+    if board.target != target.name:
+        why = f"board {board.name} is for {board.target}, this build for {target.name}"
+        return [None] * len(instructions), deadlines, why
+    if any(count is None for count in instructions):
+        return [None] * len(instructions), deadlines, "no instruction counts (a host build or --no-verify)"
+    latencies: list[float | None] = [
+        1e3 * count * board.cycles_per_instruction / level.frequency_hz
+        for count, level in zip(instructions, board.levels, strict=True)
+    ]
+    return latencies, deadlines, None
 
 
 def section_sizes(library_object: Path, target: Target) -> dict[str, int]:
@@ -113,8 +142,11 @@ def write_report(
     ram: Ram,
     levels: list[LevelReport],
     verified: bool,
+    board: Board | None = None,
+    no_latency: str | None = None,
 ) -> dict[str, object]:
-    """Write `report.json` and `REPORT.md` into `project`; returns the JSON."""
+    """Write `report.json` and `REPORT.md` into `project`; returns the JSON. `board`: the one compile got
+    (its levels' latencies and deadlines are in `levels`), `no_latency`: why the latencies are missing."""
     report = {
         "model": program.name,
         "prefix": program.prefix,
@@ -124,6 +156,14 @@ def write_report(
         "verified": verified,
         "flash_bytes": {**asdict(flash), "total": flash.total},
         "ram_bytes": {**asdict(ram), "total": ram.total},
+        "board": None
+        if board is None
+        else {
+            "name": board.name,
+            "target": board.target,
+            "cycles_per_instruction": board.cycles_per_instruction,
+            "no_latency": no_latency,
+        },
         "levels": [asdict(level) for level in levels],
     }
     (project / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -146,7 +186,13 @@ def summary(report: dict[str, object]) -> list[str]:
             else "not measured"
         )  # fmt: skip
         sparsity = "" if level["sparsity"] is None else f"sparsity {level['sparsity']:.3f}, "
-        lines.append(f"{level['name']}: {sparsity}{measured} per inference")
+        on_board = (
+            f"; {level['latency_ms']:,.2f} ms at {level['frequency_khz'] / 1e3:g} MHz on "
+            f"{report['board']['name']} (deadline {level['deadline_ms']:g} ms)"
+            if level.get("latency_ms") is not None
+            else ""
+        )
+        lines.append(f"{level['name']}: {sparsity}{measured} per inference{on_board}")
     return lines
 
 
@@ -180,8 +226,8 @@ def _markdown(report: dict[str, object], flash: Flash, ram: Ram, levels: list[Le
         f"Per level ({measured}):",
         "",
         "| level | kHz | sparsity | max abs diff vs onnxruntime | host µs / inference "
-        "| instructions / inference | speed vs level 0 |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| instructions / inference | speed vs level 0 | ms on the board | deadline ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     first = levels[0].host_us or levels[0].instructions
     for level in levels:
@@ -190,6 +236,17 @@ def _markdown(report: dict[str, object], flash: Flash, ram: Ram, levels: list[Le
         lines.append(
             f"| {comment(level.name)} | {_number(level.frequency_khz)} | {_number(level.sparsity, '.3f')} "
             f"| {_number(level.max_abs_diff, '.1e')} | {_number(level.host_us, ',.1f')} "
-            f"| {_number(level.instructions)} | {ratio} |"
+            f"| {_number(level.instructions)} | {ratio} | {_number(level.latency_ms, ',.2f')} "
+            f"| {_number(level.deadline_ms, 'g')} |"
         )
+    board = report["board"]
+    if board is None:
+        lines += ["", "ms on the board and deadlines: compile with `--board` to get them."]
+    else:
+        lines += [
+            "",
+            f"ms on the board: each level at its frequency on board {comment(board['name'])} "
+            f"({board['cycles_per_instruction']:g} cycles per instruction)"
+            + (f"; not computed: {comment(board['no_latency'])}." if board["no_latency"] else "."),
+        ]
     return "\n".join(lines) + "\n"
