@@ -262,7 +262,8 @@ def compile_command(
     """Generate TVM kernels and the C runtime, build, and verify every level against onnxruntime.
 
     A model of several levels needs their frequencies (for NAME_on_frequency): from the plan, --board or
-    --frequencies. The project holds REPORT.md: flash, RAM and, when verified, the cost of each level."""
+    --frequencies. The project holds REPORT.md: flash, RAM and, when verified, the cost of each level (with
+    --board, counted under qemu for the board's target: its latency on the board and deadline)."""
     from rt3c.compile import compile_model
     from rt3c.runtime_c.report import summary
 
