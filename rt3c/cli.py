@@ -453,7 +453,7 @@ def search_command(
         typer.Option(
             "--densities",
             help="The choices, densest first, of the fraction of a kept tile a level keeps "
-            "(the search picks each level's; its --sparsity follows from them and the block ratio).",
+            "(the search picks each level's; its sparsity follows from it and the block ratio).",
         ),
     ] = "1,0.75,0.625,0.5,0.375,0.25",
     pattern_choices: Annotated[
