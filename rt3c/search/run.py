@@ -129,7 +129,9 @@ def check_config(config: SearchConfig) -> None:
     if config.backend not in BACKENDS:
         raise UserError(f"--backend {config.backend}: choose one of {', '.join(BACKENDS)}")
     if not 1 <= config.episodes <= MAX_EPISODES or not 1 <= config.batch_size <= MAX_EPISODES:
-        raise UserError(f"--episodes and --batch-size: must be between 1 and {MAX_EPISODES}")
+        raise UserError(f"--episodes and --controller-batch: must be between 1 and {MAX_EPISODES}")
+    if not 1 <= config.batch <= MAX_EPISODES:
+        raise UserError(f"--batch-size {config.batch}: must be between 1 and {MAX_EPISODES}")
     if config.block_ratio is not None and not 0.0 <= config.block_ratio < 1.0:
         raise UserError(f"--block-ratio {config.block_ratio}: must be in [0, 1)")
     if not config.densities or any(not 0.0 < d <= 1.0 for d in config.densities):
@@ -137,7 +139,7 @@ def check_config(config: SearchConfig) -> None:
     if list(config.densities) != sorted(config.densities, reverse=True):
         raise UserError(f"--densities {list(config.densities)}: list them densest first")
     if not config.pattern_counts or any(not 1 <= k <= 36 for k in config.pattern_counts):
-        raise UserError(f"--patterns {list(config.pattern_counts)}: each must be between 1 and 36")
+        raise UserError(f"--pattern-choices {list(config.pattern_counts)}: each must be between 1 and 36")
     if config.validation_size < 1:
         raise UserError(f"--validation-size {config.validation_size}: must be at least 1")
     steps = (
