@@ -9,7 +9,7 @@ from rt3c.boards import Board, FrequencyLevel
 from rt3c.errors import UserError
 from rt3c.search.controller import CachedEvaluator, random_search, reinforce
 from rt3c.search.evaluate import CandidatePlanner, evaluation_pool, level_sparsity
-from rt3c.search.objective import AccuracyObjective, EnergyObjective, Evaluation, parse_max_loss
+from rt3c.search.objective import AccuracyObjective, EnergyObjective, Evaluation, late_reward, parse_max_loss
 from rt3c.search.space import SearchSpace
 from rt3c.sparsify import block_prune
 
@@ -79,9 +79,10 @@ def test_energy_reward_rules() -> None:
     assert energy(cheap) == 1.0 + energy.battery_ratio(cheap)
     over = Evaluation((0.895, 0.885, 0.86), (1.0, 0.5, 0.5), DEADLINES)  # level 2 loses 4 points, 1 over
     assert energy.points_over_budget(over) == pytest.approx(1.0)
-    assert -1.0 < energy(over) < 1.0 < energy(dear)  # over budget ranks below every candidate within it
+    assert 0.0 < energy(over) < 1.0 < energy(dear)  # over budget ranks below every candidate within it
+    far_over = Evaluation((0.6, 0.6, 0.6), (1.0, 0.5, 0.5), DEADLINES)  # 30 points too many per level
     late = Evaluation((0.9, 0.9, 0.9), (1.0, 1.0, 3.0), DEADLINES)
-    assert energy(late) < energy(over)
+    assert energy(late) == late_reward(late) < 0.0 < energy(far_over) < energy(over)  # ordered however far
 
 
 def _every_candidate(space: SearchSpace) -> list[list[int]]:

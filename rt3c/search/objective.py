@@ -6,7 +6,9 @@
 - `energy`: the battery ratio along the board's DVFS trace (inferences per charge of the levels over the
   dense model's at the top frequency, `rt3c.battery`), when every level meets its deadline and loses at most
   its budget of accuracy points against the dense model; a candidate over budget scores below any candidate
-  within it (1 minus a tenth of the points it is over), so the search first finds the budget, then saves energy.
+  within it and above any late one (1 - over / (over + 10) for `over` points over budget: still ordered when
+  every candidate is far over, as on a search that cannot recover its sparse levels), so the search first
+  finds the budget, then saves energy.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from rt3c.errors import UserError
 OBJECTIVES = ("accuracy", "energy")
 INFEASIBLE_REWARD = -1.0
 NON_MONOTONE_PENALTY = 0.5
-OVER_BUDGET_PER_POINT = 0.1
+OVER_BUDGET_SCALE = 10.0
+"""Points over budget at which an over-budget candidate's reward has fallen from 1 to 0.5."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class EnergyObjective:
             return late_reward(evaluation)
         over = self.points_over_budget(evaluation)
         if over > 0.0:
-            return max(1.0 - OVER_BUDGET_PER_POINT * over, INFEASIBLE_REWARD + 1e-3)
+            return 1.0 - over / (over + OVER_BUDGET_SCALE)
         return 1.0 + self.battery_ratio(evaluation)
 
 
