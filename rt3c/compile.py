@@ -49,7 +49,14 @@ from rt3c.runtime_c.project import (
     render_build_files,
     render_project,
 )
-from rt3c.runtime_c.report import LevelReport, board_latencies, memory, section_sizes, write_report
+from rt3c.runtime_c.report import (
+    LevelReport,
+    board_latencies,
+    measure_stack,
+    memory,
+    section_sizes,
+    write_report,
+)
 from rt3c.sparse_format import EncodedLayer, encode_layer
 
 TOLERANCE = 1e-4
@@ -674,8 +681,18 @@ def _report(
         )
         for index, name in enumerate(program.levels)
     ]
+    stack = measure_stack(project, program.prefix, target)
     return write_report(
-        project, program, target, flash, ram, levels, verified=bool(diffs), board=board, no_latency=no_latency
+        project,
+        program,
+        target,
+        flash,
+        ram,
+        levels,
+        verified=bool(diffs),
+        board=board,
+        no_latency=no_latency,
+        stack=stack,
     )
 
 

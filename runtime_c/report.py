@@ -8,12 +8,17 @@ verified: processor time per inference of the host build, and executed instructi
 qemu target's build (each level run with and without repeats; the difference excludes startup and I/O).
 With a board (`rt3c compile --board`) whose target the build is for, each level's instructions become its
 latency at its frequency on the board (x the board's cycles per instruction), next to its deadline.
+
+The stack is estimated from the compiler's `-fstack-usage` frames of a second compile of the runtime and
+C kernels in a temporary folder (the delivered objects keep their flags): see `stack_estimate`.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -112,6 +117,81 @@ def section_sizes(library_object: Path, target: Target) -> dict[str, int]:
     return sizes
 
 
+STACK_METHOD = (
+    "-fstack-usage frames: NAME_invoke's own + the largest kernel's + the largest helper a kernel can "
+    "call in the library (a non-entry function of kernels.c, TVMBackendAllocWorkspace/FreeWorkspace); "
+    "C library calls (expf, memcpy) not included"
+)
+
+
+@dataclass(frozen=True)
+class Stack:
+    bytes_estimate: int | None
+    """Worst-case stack of one `NAME_invoke` (see `stack_estimate`); None: not measurable (`why`)."""
+    why: str | None = None
+    """Why there is no estimate."""
+
+
+def stack_frames(su_text: str) -> dict[str, tuple[int, str]]:
+    """Function -> (frame bytes, qualifiers: static, dynamic, dynamic,bounded) of a `-fstack-usage` file
+    (lines `file:line:column:function<TAB>bytes<TAB>qualifiers`; clang omits the column)."""
+    frames: dict[str, tuple[int, str]] = {}
+    for line in su_text.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[1].isdigit():
+            name = parts[0].rsplit(":", 1)[-1]
+            frames[name] = (max(int(parts[1]), frames.get(name, (0, ""))[0]), parts[2])
+    return frames
+
+
+def stack_estimate(
+    prefix: str, runtime: dict[str, tuple[int, str]], kernels: dict[str, tuple[int, str]]
+) -> Stack:
+    """The deepest call chain of `PREFIX_invoke`: it calls kernels only, through the level tables (so any
+    of them), and a kernel calls at most its compute helpers in kernels.c (when not inlined) and the
+    workspace allocators of the runtime. Hence invoke's frame + the largest kernel entry's
+    (`__tvm_ffi_*`) + the largest such helper's: an upper bound of the library's part, one level of
+    helpers deep (the C kernels TVM writes for rt3c define only entries, which call no other entry)."""
+    invoke = f"{prefix}_invoke"
+    if invoke not in runtime:
+        return Stack(None, f"{invoke} not in the -fstack-usage output")
+    allocators = ("TVMBackendAllocWorkspace", "TVMBackendFreeWorkspace")
+    path = {
+        invoke: runtime[invoke],
+        **{name: runtime[name] for name in allocators if name in runtime},
+        **kernels,
+    }
+    unbounded = sorted(name for name, (_, kind) in path.items() if kind.split(",") == ["dynamic"])
+    if unbounded:
+        return Stack(None, f"unbounded dynamic stack in {', '.join(unbounded)}")
+    entries = [size for name, (size, _) in kernels.items() if name.startswith("__tvm_ffi_")]
+    helpers = [size for name, (size, _) in kernels.items() if not name.startswith("__tvm_ffi_")]
+    helpers += [runtime[name][0] for name in allocators if name in runtime]
+    return Stack(runtime[invoke][0] + max(entries, default=0) + max(helpers, default=0))
+
+
+def measure_stack(build_dir: Path, prefix: str, target: Target) -> Stack:
+    """Compile `build_dir`'s runtime and C kernels again with `-fstack-usage` added to the compiler (its
+    Makefile's rules and flags otherwise) in a temporary folder, so that no `.su` file reaches the project,
+    and estimate the stack from the frames (`stack_estimate`)."""
+    if target.kernel_output == "object":
+        return Stack(
+            None, f"the {target.name} kernels are LLVM objects from TVM, not covered by -fstack-usage"
+        )
+    with tempfile.TemporaryDirectory(prefix="rt3c-stack-") as tmp:
+        shutil.copy(build_dir / "Makefile", tmp)
+        shutil.copy(build_dir / "kernels.c", tmp)
+        command = ["make", "-s", f"SRC={build_dir.resolve()}", f"CC={target.cc} -fstack-usage"]
+        result = subprocess.run(
+            [*command, f"{prefix}_model.o", "kernels.o"], cwd=tmp, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            return Stack(None, f"compiling with -fstack-usage failed: {result.stderr.strip()[-300:]}")
+        runtime = stack_frames((Path(tmp) / f"{prefix}_model.su").read_text())
+        kernels = stack_frames((Path(tmp) / "kernels.su").read_text())
+    return stack_estimate(prefix, runtime, kernels)
+
+
 def memory(program: Program, sections: dict[str, int], activation_bytes: int) -> tuple[Flash, Ram]:
     """Flash and RAM of the library from its sections (see the module docstring)."""
     weights_section, arena_section = f".rodata.{program.prefix}_weights", f".bss.{program.prefix}_arena"
@@ -144,9 +224,12 @@ def write_report(
     verified: bool,
     board: Board | None = None,
     no_latency: str | None = None,
+    stack: Stack | None = None,
 ) -> dict[str, object]:
     """Write `report.json` and `REPORT.md` into `project`; returns the JSON. `board`: the one compile got
-    (its levels' latencies and deadlines are in `levels`), `no_latency`: why the latencies are missing."""
+    (its levels' latencies and deadlines are in `levels`), `no_latency`: why the latencies are missing,
+    `stack`: the stack estimate (None: not estimated)."""
+    stack = stack or Stack(None, "not estimated")
     report = {
         "model": program.name,
         "prefix": program.prefix,
@@ -155,7 +238,13 @@ def write_report(
         "weights_format": program.weights_format,
         "verified": verified,
         "flash_bytes": {**asdict(flash), "total": flash.total},
-        "ram_bytes": {**asdict(ram), "total": ram.total},
+        "ram_bytes": {
+            **asdict(ram),
+            "total": ram.total,
+            "stack_bytes_estimate": stack.bytes_estimate,
+            "stack_method": STACK_METHOD if stack.bytes_estimate is not None else None,
+            "no_stack_estimate": stack.why,
+        },
         "board": None
         if board is None
         else {
@@ -200,6 +289,14 @@ def _number(value: float | None, form: str = ",") -> str:
     return "" if value is None else format(value, form)
 
 
+def _stack_line(ram: dict[str, object]) -> str:
+    if ram["stack_bytes_estimate"] is None:
+        return f"Stack: no estimate ({comment(ram['no_stack_estimate'])})."
+    return (
+        f"Stack of one inference, estimated: {ram['stack_bytes_estimate']:,} bytes ({ram['stack_method']})."
+    )
+
+
 def _markdown(report: dict[str, object], flash: Flash, ram: Ram, levels: list[LevelReport]) -> str:
     measured = "measured" if report["verified"] else "not measured (compiled with --no-verify)"
     lines = [
@@ -221,7 +318,9 @@ def _markdown(report: dict[str, object], flash: Flash, ram: Ram, levels: list[Le
         f"| arena: activations, inputs, outputs | {ram.activations:,} |",
         f"| arena: kernel scratch | {ram.scratch:,} |",
         f"| descriptors and level state | {ram.descriptors:,} |",
-        f"| **total** (plus the caller's stack) | **{ram.total:,}** |",
+        f"| **total** (plus the stack) | **{ram.total:,}** |",
+        "",
+        _stack_line(report["ram_bytes"]),
         "",
         f"Per level ({measured}):",
         "",

@@ -5,6 +5,7 @@ compiled projects' reports are tested in test_compile.py."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +13,19 @@ import pytest
 
 from rt3c.boards import load_board
 from rt3c.codegen.targets import get_target
-from rt3c.runtime_c.report import Flash, LevelReport, Ram, board_latencies, summary, write_report
+from rt3c.runtime_c.report import (
+    STACK_METHOD,
+    Flash,
+    LevelReport,
+    Ram,
+    Stack,
+    board_latencies,
+    measure_stack,
+    stack_estimate,
+    stack_frames,
+    summary,
+    write_report,
+)
 
 INSTRUCTIONS = [3_000_000, 2_000_000, 1_500_000]
 
@@ -87,3 +100,64 @@ def test_report_with_a_board(tmp_path: Path) -> None:
     text = (tmp_path / "REPORT.md").read_text()
     assert f"| 3,000,000 | 1.00x | 7.50 | {deadline} |" in text
     assert "at its frequency on board cortex-m7 (1.2 cycles per instruction)." in text
+
+
+GCC_SU = "p/m_model.c:10:5:m_invoke\t48\tstatic\np/m_model.c:3:7:TVMBackendAllocWorkspace\t16\tstatic\n"
+KERNELS_SU = "kernels.c:5:17:__tvm_ffi_a\t176\tstatic\nkernels.c:9:17:__tvm_ffi_b\t336\tdynamic,bounded\n"
+
+
+def test_stack_estimate_rule() -> None:
+    """invoke's frame + the largest kernel entry's + the largest helper's (here the allocator); clang's
+    lines have no column."""
+    runtime, kernels = stack_frames(GCC_SU), stack_frames(KERNELS_SU)
+    assert runtime["m_invoke"] == (48, "static") and kernels["__tvm_ffi_b"] == (336, "dynamic,bounded")
+    assert stack_estimate("m", runtime, kernels) == Stack(48 + 336 + 16)
+    assert stack_frames("a.c:1:f\t8\tstatic\n") == {"f": (8, "static")}
+    unbounded = stack_frames("kernels.c:5:17:__tvm_ffi_c\t64\tdynamic\n")
+    assert stack_estimate("m", runtime, {**kernels, **unbounded}).bytes_estimate is None
+    assert stack_estimate("other", runtime, kernels).why == "other_invoke not in the -fstack-usage output"
+
+
+MAKEFILE = """SRC ?= .
+CC = cc
+CFLAGS = -O2 -std=c99 -mthumb
+m_model.o: $(SRC)/m_model.c
+\t$(CC) $(CFLAGS) -c $< -o $@
+kernels.o: kernels.c
+\t$(CC) $(CFLAGS) -c $< -o $@
+"""
+MODEL_C = """typedef int (*k_t)(volatile char *);
+int __tvm_ffi_a(volatile char *p);
+static const k_t table[1] = {__tvm_ffi_a};
+int m_invoke(int n) { volatile char b[40]; b[0] = (char)n; return table[0](b); }
+"""
+KERNELS_C = "int __tvm_ffi_a(volatile char *p) { volatile char b[200]; b[p[0]] = 1; return b[3]; }\n"
+
+
+def test_measure_stack_of_a_project(tmp_path: Path) -> None:
+    """The Makefile's rules with -fstack-usage added to its compiler, in a temporary folder: the estimate
+    is the sum of the frames the compiler reports, and no .su file reaches the project."""
+    target = get_target("cortex-m4")
+    if shutil.which(target.cc) is None:
+        pytest.skip(f"{target.cc} not installed")
+    for name, text in (("Makefile", MAKEFILE), ("m_model.c", MODEL_C), ("kernels.c", KERNELS_C)):
+        (tmp_path / name).write_text(text)
+    stack = measure_stack(tmp_path, "m", target)
+    assert stack.bytes_estimate is not None and 240 <= stack.bytes_estimate < 400, stack
+    assert not list(tmp_path.glob("*.su")) and not list(tmp_path.glob("*.o"))
+    host = measure_stack(tmp_path, "m", get_target("host"))
+    assert host.bytes_estimate is None and "LLVM objects" in (host.why or "")
+
+
+def test_report_stack_line(tmp_path: Path) -> None:
+    program = SimpleNamespace(name="m", prefix="m", weights_format="incbin")
+    levels = [LevelReport("L0", None, None, None, 10.0, None)]
+    args = (tmp_path, program, get_target("host"), Flash(1, 2, 3, 0), Ram(4, 5, 6), levels, True)
+    report = write_report(*args, stack=Stack(400))  # type: ignore[arg-type]
+    assert report["ram_bytes"]["stack_bytes_estimate"] == 400
+    assert report["ram_bytes"]["total"] == 15 and report["ram_bytes"]["stack_method"] == STACK_METHOD
+    text = (tmp_path / "REPORT.md").read_text()
+    assert f"Stack of one inference, estimated: 400 bytes ({STACK_METHOD})." in text
+    report = write_report(*args, stack=Stack(None, "the host kernels are LLVM objects"))  # type: ignore[arg-type]
+    assert report["ram_bytes"]["stack_bytes_estimate"] is None
+    assert "Stack: no estimate (the host kernels are LLVM objects)." in (tmp_path / "REPORT.md").read_text()
