@@ -50,10 +50,12 @@ from rt3c.runtime_c.project import (
     render_project,
 )
 from rt3c.runtime_c.report import (
+    DenseReference,
     LevelReport,
     board_latencies,
     measure_stack,
     memory,
+    onnxruntime_us,
     section_sizes,
     write_report,
 )
@@ -399,6 +401,7 @@ def compile_model(
     frequencies = level_frequencies(
         level_names, plan, plan_path, board, frequencies_khz, source=str(encoded_path)
     )
+    source = encoded_path
     with tempfile.TemporaryDirectory(prefix="rt3c-compile-") as scratch:
         if plan is not None and plan_path is not None and not encoded_layers:
             # An exported model and its plan: run the encoding passes first (they verify every level).
@@ -408,7 +411,8 @@ def compile_model(
         compiled.program.prefix = prefix or default_prefix(compiled.program.name)
         compiled.program.weights_format = weights_format
         board_profile = None if board is None else load_board(board)
-        return _generate_and_verify(compiled, encoded_path, out_dir, target, verify, board_profile)
+        dense = _dense_reference(source, plan is not None and not encoded_layers)
+        return _generate_and_verify(compiled, encoded_path, out_dir, target, verify, board_profile, dense)
 
 
 # The -mfpu of each Cortex-M part arm-none-eabi-gcc 12 knows; None: no FPU (soft-float ABI).
@@ -557,7 +561,9 @@ def _generate_and_verify(
     target: Target,
     verify: bool,
     board: Board | None,
+    dense: Path | str,
 ) -> CompileResult:
+    """`dense`: the dense model to time onnxruntime on for the report, or why there is none."""
     host = get_target("host")
     staging = Path(
         tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent if str(out_dir.parent) else ".")
@@ -571,12 +577,20 @@ def _generate_and_verify(
                 build_project(compiled, build_target, build_dir, sources_dir=staging, example=verify)
         diffs: list[float] = []
         costs: list[float | int | None] = [None] * len(compiled.program.levels)
+        host_costs: list[float | int | None] = costs
+        dense_us: float | str = "not verified (--no-verify)"
         if verify:
-            diffs = _verify_builds(compiled, encoded_path, staging, check_dir, target)
+            diffs, host_costs = _verify_builds(compiled, encoded_path, staging, check_dir, target)
             with step(f"measure every level of the {target.name} build"):
                 costs = _measure_levels(compiled.program, encoded_path, staging, target)
+            if target.name == "host":
+                host_costs = costs
+            dense_us = dense if isinstance(dense, str) else _time_dense(dense, encoded_path)
         program = compiled.program
-        report = _report(program, encoded_path, staging, target, info, diffs, costs, board)
+        host_us = [None if cost is None else float(cost) for cost in host_costs]
+        report = _report(
+            program, encoded_path, staging, target, info, diffs, costs, board, (host_us, dense_us)
+        )
         (staging / "rt3c-build.json").write_text(
             json.dumps(
                 {
@@ -611,6 +625,8 @@ def _generate_and_verify(
 
 TIMED_REPEATS = 20
 """Inferences per level whose processor time is measured (host), after a first one."""
+TIMED_RUNS = 3
+"""Runs of TIMED_REPEATS inferences per level (host); the report takes the fastest."""
 COUNTED_REPEATS = 2
 """Inferences per level whose instructions are counted (qemu), after a first one. Counts are exact, so
 two suffice; the timing line `rt3_main` prints after repeats adds a few thousand (about 0.1 % of
@@ -635,9 +651,13 @@ def _measure_levels(
             args = [str(level), *files]
             if target.board is None and not target.run_prefix:
                 command = [str((build_dir / "rt3_main").resolve()), *args, str(TIMED_REPEATS)]
-                result = subprocess.run(command, cwd=build_dir, capture_output=True, text=True, check=True)
-                microseconds = float(result.stdout.split(":")[1].split()[0])
-                costs.append(microseconds / TIMED_REPEATS)
+                runs = []
+                for _ in range(TIMED_RUNS):
+                    result = subprocess.run(
+                        command, cwd=build_dir, capture_output=True, text=True, check=True
+                    )
+                    runs.append(float(result.stdout.split(":")[1].split()[0]))
+                costs.append(min(runs) / TIMED_REPEATS)
             else:
                 once = count_instructions(target, Path("rt3_main"), args, {}, build_dir).total
                 repeated = count_instructions(
@@ -656,8 +676,11 @@ def _report(
     diffs: list[float],
     costs: list[float | int | None],
     board: Board | None,
+    host_speed: tuple[list[float | None], float | str],
 ) -> dict[str, object]:
-    """report.json and REPORT.md in `project` (rt3c.runtime_c.report); `board`: the one of `--board`."""
+    """report.json and REPORT.md in `project` (rt3c.runtime_c.report); `board`: the one of `--board`;
+    `host_speed`: per level the host build's µs, and onnxruntime's µs on the dense model (or why none)."""
+    host_us, dense_us = host_speed
     sections = section_sizes(project / f"{program.prefix}.o", target)
     memory_bytes = int(info["memory_bytes"])  # type: ignore[call-overload]
     flash, ram = memory(program, sections, memory_bytes - program.workspace_bytes)
@@ -678,6 +701,9 @@ def _report(
             instructions=instructions[index],  # type: ignore[arg-type]
             latency_ms=latencies[index],
             deadline_ms=deadlines[index],
+            speedup_vs_dense=None
+            if isinstance(dense_us, str) or not host_us[index]
+            else dense_us / host_us[index],  # type: ignore[operator]
         )
         for index, name in enumerate(program.levels)
     ]
@@ -693,24 +719,44 @@ def _report(
         board=board,
         no_latency=no_latency,
         stack=stack,
+        dense=DenseReference(None, dense_us) if isinstance(dense_us, str) else DenseReference(dense_us),
     )
 
 
 def _verify_builds(
     compiled: CompiledProgram, encoded_path: Path, staging: Path, check_dir: Path, target: Target
-) -> list[float]:
+) -> tuple[list[float], list[float | int | None]]:
     """Every level of the host build, then of the target's (under its emulator), against onnxruntime:
-    per level the larger difference."""
+    per level the larger difference; and, for a cross target, per level the host build's µs per
+    inference (for the speedup against onnxruntime in the report; a host target's are measured after)."""
     levels = len(compiled.program.levels)
     with step(f"verify {levels} levels of the host build against onnxruntime"):
         diffs = verify_project(encoded_path, check_dir, get_target("host"), compiled.program)
     if check_dir == staging:
-        return diffs
+        return diffs, [None] * levels
+    with step("measure every level of the host build"):
+        host_costs = _measure_levels(compiled.program, encoded_path, check_dir, get_target("host"))
     shutil.rmtree(check_dir)
     runner = target.board or " ".join(target.run_prefix)
     with step(f"verify {levels} levels of the {target.name} build under {runner}"):
         target_diffs = verify_project(encoded_path, staging, target, compiled.program)
-    return [max(a, b) for a, b in zip(diffs, target_diffs, strict=True)]
+    return [max(a, b) for a, b in zip(diffs, target_diffs, strict=True)], host_costs
+
+
+def _dense_reference(source: Path, exported_with_plan: bool) -> Path | str:
+    """The dense model behind what compile got, or why there is none: an exported model with its plan,
+    or a dense model alone, is its own; an encoded model does not carry its dense source."""
+    if exported_with_plan or not read_encoded_layers(source, required=False):
+        return source
+    return "no_dense_reference: compiled from an encoded model, whose dense source compile did not get"
+
+
+def _time_dense(dense: Path, encoded_path: Path) -> float | str:
+    """µs per inference of onnxruntime on the dense model, one thread, on the inputs the C build is
+    timed on; or why it cannot run them."""
+    feeds = deterministic_feeds(_level_model(load_onnx(encoded_path), 0))
+    with step("time onnxruntime on the dense model (1 thread)"):
+        return onnxruntime_us(dense, feeds, TIMED_REPEATS, TIMED_RUNS)
 
 
 def _tensor_json(tensor: Tensor) -> dict[str, object]:

@@ -19,6 +19,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -78,6 +79,45 @@ class LevelReport:
     """At the level's frequency on the board (`--board`): instructions x its cycles per instruction."""
     deadline_ms: float | None = None
     """The board's deadline for the level (`--board`)."""
+    speedup_vs_dense: float | None = None
+    """onnxruntime's time on the dense model / the host build's time of this level (DENSE_LABEL); for a
+    cross target, of the host build its verification makes."""
+
+
+DENSE_LABEL = "vs onnxruntime dense, host, 1 thread"
+
+
+@dataclass(frozen=True)
+class DenseReference:
+    onnxruntime_us: float | None
+    """Processor µs per inference of onnxruntime on the dense model (one thread, the host build's inputs)."""
+    why: str | None = None
+    """Why there is none (`no_dense_reference: ...` when compile got an encoded model)."""
+
+
+def onnxruntime_us(model: Path, feeds: dict[str, np.ndarray], repeats: int, runs: int) -> float | str:
+    """Processor µs per inference of onnxruntime on `model` with one thread (intra- and inter-op),
+    sequential: after a first inference, the fastest of `runs` runs of `repeats` (the host build's
+    method: processor time, as its clock()); or why it cannot run on `feeds`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    missing = [name for name in names if name not in feeds]
+    if missing:
+        return f"the dense model's inputs {', '.join(missing)} are not the compiled model's"
+    inputs = {name: feeds[name] for name in names}
+    session.run(None, inputs)
+    best = float("inf")
+    for _ in range(runs):
+        start = time.process_time()
+        for _ in range(repeats):
+            session.run(None, inputs)
+        best = min(best, time.process_time() - start)
+    return 1e6 * best / repeats
 
 
 def board_latencies(
@@ -225,11 +265,14 @@ def write_report(
     board: Board | None = None,
     no_latency: str | None = None,
     stack: Stack | None = None,
+    dense: DenseReference | None = None,
 ) -> dict[str, object]:
     """Write `report.json` and `REPORT.md` into `project`; returns the JSON. `board`: the one compile got
     (its levels' latencies and deadlines are in `levels`), `no_latency`: why the latencies are missing,
-    `stack`: the stack estimate (None: not estimated)."""
+    `stack`: the stack estimate (None: not estimated), `dense`: onnxruntime on the dense model (None: not
+    timed)."""
     stack = stack or Stack(None, "not estimated")
+    dense = dense or DenseReference(None, "not timed")
     report = {
         "model": program.name,
         "prefix": program.prefix,
@@ -252,6 +295,11 @@ def write_report(
             "target": board.target,
             "cycles_per_instruction": board.cycles_per_instruction,
             "no_latency": no_latency,
+        },
+        "dense_reference": {
+            "label": DENSE_LABEL,
+            "onnxruntime_us": dense.onnxruntime_us,
+            "no_dense_reference": dense.why,
         },
         "levels": [asdict(level) for level in levels],
     }
@@ -281,7 +329,8 @@ def summary(report: dict[str, object]) -> list[str]:
             if level.get("latency_ms") is not None
             else ""
         )
-        lines.append(f"{level['name']}: {sparsity}{measured} per inference{on_board}")
+        dense = f"; {level['speedup_vs_dense']:.2f}x {DENSE_LABEL}" if level.get("speedup_vs_dense") else ""
+        lines.append(f"{level['name']}: {sparsity}{measured} per inference{on_board}{dense}")
     return lines
 
 
@@ -325,8 +374,9 @@ def _markdown(report: dict[str, object], flash: Flash, ram: Ram, levels: list[Le
         f"Per level ({measured}):",
         "",
         "| level | kHz | sparsity | max abs diff vs onnxruntime | host µs / inference "
-        "| instructions / inference | speed vs level 0 | ms on the board | deadline ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| instructions / inference | speed vs level 0 | speedup {DENSE_LABEL} | ms on the board "
+        "| deadline ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     first = levels[0].host_us or levels[0].instructions
     for level in levels:
@@ -335,8 +385,26 @@ def _markdown(report: dict[str, object], flash: Flash, ram: Ram, levels: list[Le
         lines.append(
             f"| {comment(level.name)} | {_number(level.frequency_khz)} | {_number(level.sparsity, '.3f')} "
             f"| {_number(level.max_abs_diff, '.1e')} | {_number(level.host_us, ',.1f')} "
-            f"| {_number(level.instructions)} | {ratio} | {_number(level.latency_ms, ',.2f')} "
+            f"| {_number(level.instructions)} | {ratio} | {_number(level.speedup_vs_dense, '.2f')}"
+            f"{'x' if level.speedup_vs_dense else ''} | {_number(level.latency_ms, ',.2f')} "
             f"| {_number(level.deadline_ms, 'g')} |"
+        )
+    dense = report["dense_reference"]
+    host = "" if report["target"] == "host" else " (the host build that verification makes)"
+    lines += [
+        "",
+        f"Speedup {DENSE_LABEL}: onnxruntime's processor time per inference on the dense (exported) model "
+        f"with one thread / the C host build's{host}, same input, best of a few runs each; "
+        + (
+            f"onnxruntime dense: {dense['onnxruntime_us']:,.1f} µs."
+            if dense["onnxruntime_us"] is not None
+            else f"not measured: {comment(dense['no_dense_reference'])}."
+        ),
+    ]
+    if report["target"] != "host":
+        lines.append(
+            f"On {report['target']} no dense build is made (too slow to compile and count): its speedup "
+            "against dense comes from `rt3c search`'s latency.json or benchmarks/bench_runtime.py."
         )
     board = report["board"]
     if board is None:

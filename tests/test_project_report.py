@@ -9,18 +9,25 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from rt3c.boards import load_board
 from rt3c.codegen.targets import get_target
+from rt3c.compile import _dense_reference
 from rt3c.runtime_c.report import (
+    DENSE_LABEL,
     STACK_METHOD,
+    DenseReference,
     Flash,
     LevelReport,
     Ram,
     Stack,
     board_latencies,
     measure_stack,
+    onnxruntime_us,
     stack_estimate,
     stack_frames,
     summary,
@@ -98,7 +105,9 @@ def test_report_with_a_board(tmp_path: Path) -> None:
         f"L0: sparsity 0.500, 3,000,000 instructions per inference; 7.50 ms at 480 MHz on cortex-m7 (deadline {deadline} ms)"
     )
     text = (tmp_path / "REPORT.md").read_text()
-    assert f"| 3,000,000 | 1.00x | 7.50 | {deadline} |" in text
+    assert f"| 3,000,000 | 1.00x |  | 7.50 | {deadline} |" in text
+    assert "comes from `rt3c search`'s latency.json or benchmarks/bench_runtime.py." in text
+    assert report["dense_reference"]["no_dense_reference"] == "not timed"
     assert "at its frequency on board cortex-m7 (1.2 cycles per instruction)." in text
 
 
@@ -161,3 +170,50 @@ def test_report_stack_line(tmp_path: Path) -> None:
     report = write_report(*args, stack=Stack(None, "the host kernels are LLVM objects"))  # type: ignore[arg-type]
     assert report["ram_bytes"]["stack_bytes_estimate"] is None
     assert "Stack: no estimate (the host kernels are LLVM objects)." in (tmp_path / "REPORT.md").read_text()
+
+
+def _dense_model(path: Path) -> Path:
+    weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 64])],
+        [weight],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_onnxruntime_dense_time(tmp_path: Path) -> None:
+    """One thread, processor time per inference; a model whose inputs are not the compiled one's says so;
+    a dense model compiled alone is its own reference."""
+    model = _dense_model(tmp_path / "dense.onnx")
+    us = onnxruntime_us(model, {"x": np.ones((16, 64), np.float32)}, repeats=5, runs=2)
+    assert isinstance(us, float) and 0 < us < 100_000
+    why = onnxruntime_us(model, {"input_ids": np.ones((1, 16), np.int64)}, repeats=1, runs=1)
+    assert why == "the dense model's inputs x are not the compiled model's"
+    assert _dense_reference(model, exported_with_plan=False) == model
+
+
+def test_report_speedup_vs_dense(tmp_path: Path) -> None:
+    program = SimpleNamespace(name="m", prefix="m", weights_format="incbin")
+    levels = [
+        LevelReport("L0", None, 0.5, None, 10.0, None, speedup_vs_dense=3.0),
+        LevelReport("L1", None, 0.8, None, 5.0, None, speedup_vs_dense=6.0),
+    ]
+    args = (tmp_path, program, get_target("host"), Flash(1, 2, 3, 0), Ram(4, 5, 6), levels, True)
+    report = write_report(*args, dense=DenseReference(30.0))  # type: ignore[arg-type]
+    assert report["dense_reference"] == {
+        "label": DENSE_LABEL,
+        "onnxruntime_us": 30.0,
+        "no_dense_reference": None,
+    }
+    assert [level["speedup_vs_dense"] for level in report["levels"]] == [3.0, 6.0]
+    text = (tmp_path / "REPORT.md").read_text()
+    assert f"speedup {DENSE_LABEL} |" in text and "| 2.00x | 6.00x |" in text
+    assert "onnxruntime dense: 30.0 µs." in text and "latency.json" not in text
+    why = "no_dense_reference: compiled from an encoded model, whose dense source compile did not get"
+    report = write_report(*args, dense=DenseReference(None, why))  # type: ignore[arg-type]
+    assert report["dense_reference"]["no_dense_reference"] == why
+    assert f"not measured: {why}." in (tmp_path / "REPORT.md").read_text()
