@@ -544,7 +544,7 @@ def test_no_verify_needs_no_emulator_and_no_board_memory(
     assert report["verified"] is False and report["flash_bytes"]["weights"] == 2048 * 2176 * 4
     assert report["levels"] == [
         {"name": "L0", "frequency_khz": 0, "sparsity": None, "max_abs_diff": None, "host_us": None,
-         "instructions": None, "latency_ms": None, "deadline_ms": None}
+         "instructions": None, "latency_ms": None, "deadline_ms": None, "speedup_vs_dense": None}
     ]  # fmt: skip
 
 
