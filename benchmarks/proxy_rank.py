@@ -41,8 +41,10 @@ def ranks(values: list[float]) -> np.ndarray:
     return result
 
 
-def spearman(a: list[float], b: list[float]) -> float:
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+def spearman(a: list[float], b: list[float]) -> str:
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return "undefined (one side does not vary)"
+    return f"{np.corrcoef(ranks(a), ranks(b))[0, 1]:+.3f}"
 
 
 def main() -> None:
