@@ -23,7 +23,7 @@ import torch
 from rt3c.datasets import load_dataset
 from rt3c.models import load_model
 from rt3c.plan import Level, Plan
-from rt3c.prune.stages import DenseRecipe, dense_baseline, joint_finetune
+from rt3c.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks
 from rt3c.prune.training import TrainSettings, evaluate
 from rt3c.search.evaluate import CandidatePlanner
 from rt3c.search.space import SearchSpace
@@ -113,10 +113,7 @@ def main() -> None:
         torch.manual_seed(settings["seed"])
         joint_finetune(model, data, plan, joint, teacher)
         accuracy = [
-            evaluate(
-                model, validation, {n: torch.from_numpy(lp.mask(level).copy()) for n, lp in layers.items()}
-            )["accuracy"]
-            for level in range(n_levels)
+            evaluate(model, validation, layer_masks(layers, level))["accuracy"] for level in range(n_levels)
         ]
         proxy.append(episode["accuracy"])
         trained.append(accuracy)

@@ -18,6 +18,7 @@ from rt3c.models import load_model
 from rt3c.plan import Plan
 from rt3c.prune.lasso import ReweightedGroupLasso, tile_norms
 from rt3c.prune.pipeline import PruneConfig, PruneResult, prune_model, select_layers
+from rt3c.prune.stages import layer_masks
 from rt3c.prune.training import TrainSettings, distillation_loss, evaluate, learning_rate_factor, run, train
 
 SMALL_STEPS = {"dense_steps": 150, "lasso_steps": 40, "finetune_steps": 40, "joint_steps": 40}
@@ -103,7 +104,8 @@ def test_plan_and_checkpoint_fit_the_model(pruned) -> None:
     data = load_dataset("synthetic", reloaded)
     evaluation = json.loads(result.eval_path.read_text())
     assert (
-        evaluate(reloaded, data.test, _plan_masks(plan, 0))["accuracy"] == evaluation["levels"][0]["accuracy"]
+        evaluate(reloaded, data.test, layer_masks(plan.layers, 0))["accuracy"]
+        == evaluation["levels"][0]["accuracy"]
     )
     assert run(reloaded.module, inputs).shape == (2, 2)
 
@@ -117,10 +119,6 @@ def test_pruned_checkpoint_exports_and_encodes(pruned, tmp_path: Path) -> None:
     encoded = encode_model(exported.onnx_path, result.plan_path, tmp_path / "model.rt3.onnx")
     assert len(encoded.max_abs_diff) == 3
     assert max(encoded.max_abs_diff) < 1e-4
-
-
-def _plan_masks(plan: Plan, level: int) -> dict[str, torch.Tensor]:
-    return {name: torch.from_numpy(layer.mask(level).copy()) for name, layer in plan.layers.items()}
 
 
 def test_tiny_model_keeps_its_accuracy(pruned) -> None:

@@ -33,8 +33,9 @@ from rt3c.prune.stages import (
     dense_baseline,
     group_lasso,
     joint_finetune,
+    layer_masks,
+    model_reference,
     numpy_weights,
-    plan_masks,
 )
 from rt3c.prune.training import TrainSettings, evaluate
 from rt3c.sparsify import (
@@ -173,7 +174,7 @@ def dense_recipe(config: PruneConfig) -> DenseRecipe:
 def _evaluate_levels(model: LoadedModel, data: Dataset, plan: Plan, dense: dict) -> list[dict]:
     rows = []
     for level in range(len(plan.levels)):
-        metrics = evaluate(model, data.test, plan_masks(plan, level))
+        metrics = evaluate(model, data.test, layer_masks(plan.layers, level))
         rows.append(
             {
                 "level": plan.levels[level].name,
@@ -304,7 +305,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
             "one_shot": one_shot_rows,
             "settings": config.settings(),
         }
-    base_ref = config.model if not Path(config.model).exists() else str(Path(config.model).resolve())
+    base_ref = model_reference(config.model)
     checkpoint = out / "checkpoint"
     save_checkpoint(checkpoint, base_ref, model.module, {"plan": "../plan.json", "data": config.data})
     plan_path, eval_path = out / "plan.json", out / "eval.json"

@@ -22,7 +22,7 @@ from rt3c.cache import cache_dir
 from rt3c.datasets import Dataset
 from rt3c.files import atomic_output
 from rt3c.models.base import LoadedModel
-from rt3c.plan import Plan
+from rt3c.plan import LayerPlan, Plan
 from rt3c.prune.lasso import ReweightedGroupLasso
 from rt3c.prune.training import Masks, TrainSettings, train
 from rt3c.sparsify import block_prune
@@ -71,9 +71,16 @@ class DenseRecipe:
     seed: int = 0
 
     def cache_path(self) -> Path:
-        base_ref = self.model if not Path(self.model).exists() else str(Path(self.model).resolve())
         key = json.dumps(
-            [base_ref, self.data, self.max_len, self.batch_size, self.steps, self.learning_rate, self.seed]
+            [
+                model_reference(self.model),
+                self.data,
+                self.max_len,
+                self.batch_size,
+                self.steps,
+                self.learning_rate,
+                self.seed,
+            ]
         )
         return cache_dir("dense") / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
@@ -101,8 +108,14 @@ def expand_tiles(kept_tiles: np.ndarray, tile: tuple[int, int], shape: tuple[int
     return np.ascontiguousarray(full[: shape[0], : shape[1]])
 
 
-def plan_masks(plan: Plan, level: int) -> Masks:
-    return {name: torch.from_numpy(layer.mask(level).copy()) for name, layer in plan.layers.items()}
+def model_reference(model: str) -> str:
+    """How a checkpoint or cache key names the base model: a zoo name as it is, a path made absolute."""
+    return model if not Path(model).exists() else str(Path(model).resolve())
+
+
+def layer_masks(layers: dict[str, LayerPlan], level: int) -> Masks:
+    """{weight name: bool mask} of `level` for the planned layers."""
+    return {name: torch.from_numpy(layer.mask(level).copy()) for name, layer in layers.items()}
 
 
 def group_lasso(
@@ -162,7 +175,7 @@ def joint_finetune(
 ) -> None:
     """Fine-tune every level of `plan` together on the shared weights (the densest level's mask, the union
     of the nested levels, held)."""
-    level_masks = [plan_masks(plan, level) for level in range(len(plan.levels))]
+    level_masks = [layer_masks(plan.layers, level) for level in range(len(plan.levels))]
     train(
         model,
         data.train,

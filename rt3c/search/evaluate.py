@@ -30,6 +30,7 @@ from rt3c.latency import LatencyModel
 from rt3c.models import load_model
 from rt3c.models.base import LoadedModel
 from rt3c.plan import LayerPlan
+from rt3c.prune.stages import layer_masks
 from rt3c.prune.training import TrainSettings, evaluate, train
 from rt3c.search.objective import Evaluation
 from rt3c.search.space import SearchSpace
@@ -123,13 +124,10 @@ class CandidateEvaluator:
         self.planner = CandidatePlanner(weights, spec.tile, spec.kept_tiles, spec.space)
         self.latency = LatencyModel.from_json(spec.latency)
 
-    def masks(self, layers: dict[str, LayerPlan], level: int) -> dict[str, torch.Tensor]:
-        return {name: torch.from_numpy(layer.mask(level).copy()) for name, layer in layers.items()}
-
     def accuracies(self, layers: dict[str, LayerPlan], split: Split) -> tuple[float, ...]:
         """Each level's accuracy on `split`, after the recovery from the backbone (which stays as it is)."""
         n_levels = len(self.spec.board.levels)
-        level_masks = [self.masks(layers, level) for level in range(n_levels)]
+        level_masks = [layer_masks(layers, level) for level in range(n_levels)]
         recovery = self.spec.recovery
         if recovery is not None and recovery.steps > 0:
             assert self.spec.train is not None

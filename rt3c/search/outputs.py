@@ -31,6 +31,7 @@ from rt3c.models.base import LoadedModel
 from rt3c.plan import Plan
 from rt3c.progress import step
 from rt3c.prune.checkpoint import save_checkpoint
+from rt3c.prune.stages import model_reference
 from rt3c.search.controller import Episode, SearchLog
 from rt3c.search.evaluate import level_latencies, level_sparsity
 
@@ -170,8 +171,12 @@ def write_outputs(
     started: float,
 ) -> SearchResult:
     out = Path(config.out)
-    base_ref = config.model if not Path(config.model).exists() else str(Path(config.model).resolve())
-    save_checkpoint(out / "checkpoint", base_ref, model.module, {"plan": "../plan.json", "data": config.data})
+    save_checkpoint(
+        out / "checkpoint",
+        model_reference(config.model),
+        model.module,
+        {"plan": "../plan.json", "data": config.data},
+    )
     plan.save(out / "plan.json")
     shutil.copyfile(board_file(config.board), out / "board.toml")
     onnx_path = out / "model.onnx"

@@ -48,6 +48,7 @@ from rt3c.prune.stages import (
     dense_baseline,
     group_lasso,
     joint_finetune,
+    layer_masks,
     numpy_weights,
 )
 from rt3c.prune.training import TrainSettings, evaluate
@@ -238,8 +239,10 @@ def search_model(config: SearchConfig) -> SearchResult:
     setup = prepare(config, model, parameters, board, target)
 
     validation = _shortest_first(data.validation, config.validation_size)
-    with step(f"dense accuracy on {len(validation)} validation examples"):
+    test = _shortest_first(data.test)
+    with step(f"dense accuracy on {len(validation)} validation and {len(test)} test examples"):
         dense_validation = evaluate(model, validation)["accuracy"]
+        dense_test = evaluate(model, test)["accuracy"]
     # Accuracy on n examples has a standard error of sqrt(p (1 - p) / n): a sparser level "gaining" less
     # than that is noise, not a reason for the monotonicity penalty.
     tolerance = math.sqrt(dense_validation * (1 - dense_validation) / len(validation))
@@ -369,16 +372,11 @@ def search_model(config: SearchConfig) -> SearchResult:
             model, data, plan, joint, teacher, list(config.level_weights) if config.level_weights else None
         ),
     )
-    with step(f"test accuracy of the dense model and {len(board.levels)} levels"):
-        test = _shortest_first(data.test)
+    with step(f"test accuracy of {len(board.levels)} levels"):
         test_accuracy = [
-            evaluate(model, test, local.masks(layers, level))["accuracy"]
+            evaluate(model, test, layer_masks(layers, level))["accuracy"]
             for level in range(len(board.levels))
         ]
-        trained_state = copy.deepcopy(model.module.state_dict())
-        model.module.load_state_dict(dense_state)
-        dense_test = evaluate(model, test)["accuracy"]
-        model.module.load_state_dict(trained_state)
     return write_outputs(
         config=config,
         model=model,
