@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from rt3c.checks import UNREADABLE_JSON
 from rt3c.errors import UserError
 from rt3c.export import WEIGHTS_METADATA_KEY
 
@@ -51,7 +52,16 @@ def weight_names(model: ir.Model, source: str) -> dict[str, str]:
         raise UserError(
             f"{source}: no '{WEIGHTS_METADATA_KEY}' metadata; export the model with `rt3c export`"
         )
-    return {init: entry["param"] for init, entry in json.loads(raw).items()}
+    try:
+        names = {init: entry["param"] for init, entry in json.loads(raw).items()}
+    except (*UNREADABLE_JSON, AttributeError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"{source}: metadata '{WEIGHTS_METADATA_KEY}' is not what `rt3c export` writes "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    if not all(isinstance(name, str) for name in names.values()):
+        raise UserError(f"{source}: metadata '{WEIGHTS_METADATA_KEY}': every param must be a string")
+    return names
 
 
 def _constant(value: ir.Value | None) -> bool:

@@ -17,7 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rt3c.boards import Board
+from rt3c.checks import real_number
 from rt3c.errors import UserError
+
+TRACE_SECONDS_LIMIT = 1e12
+"""Longest time one trace line may give (31,700 years): the sum of the lines stays finite."""
 
 RT3_DEFAULT_TRACE = (0.5, 0.3, 0.2)
 
@@ -102,22 +106,25 @@ def load_trace(path: Path, board: Board) -> tuple[float, ...]:
     by_mhz = {round(level.frequency_hz / 1e6): index for index, level in enumerate(board.levels)}
     try:
         lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise UserError(f"--trace {path}: cannot read ({exc.strerror})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--trace {path}: cannot read ({exc})") from None
     for number, line in enumerate(lines, 1):
         fields = line.split("#")[0].replace(",", " ").split()
         if not fields:
             continue
         try:
-            mhz, duration = round(float(fields[0])), float(fields[1])
-        except (ValueError, IndexError):
+            mhz_text, duration_text = fields
+            mhz_value, duration = float(mhz_text), float(duration_text)
+        except ValueError:
             raise UserError(
-                f"--trace {path}:{number}: expected 'frequency_mhz seconds', got {line.strip()!r}"
+                f"--trace {path}:{number}: expected 'frequency_mhz seconds', got {line.strip()!r:.80}"
             ) from None
-        if mhz not in by_mhz or duration < 0:
+        where = f"--trace {path}:{number}"
+        mhz = round(real_number(mhz_value, f"{where}: frequency_mhz", low=0.0))
+        duration = real_number(duration, f"{where}: seconds", low=0.0, high=TRACE_SECONDS_LIMIT)
+        if mhz not in by_mhz:
             raise UserError(
-                f"--trace {path}:{number}: {mhz} MHz is not a level of board {board.name} "
-                f"({', '.join(str(m) for m in by_mhz)}) or the time is negative"
+                f"{where}: {mhz} MHz is not a level of board {board.name} ({', '.join(str(m) for m in by_mhz)})"
             )
         seconds[by_mhz[mhz]] += duration
     total = sum(seconds)

@@ -19,7 +19,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from rt3c.checks import real_number
 from rt3c.errors import UserError
+from rt3c.plan import MAX_FREQUENCY_KHZ, MAX_LEVELS
 
 TARGETS = ("host", "aarch64", "cortex-m4", "cortex-m7")
 BOARDS_DIR = Path(__file__).resolve().parent / "boards"
@@ -57,19 +59,18 @@ def shipped_boards() -> list[str]:
     return sorted(path.stem for path in BOARDS_DIR.glob("*.toml"))
 
 
+BOARD_QUANTITY_LIMIT = 1e12
+"""No board quantity comes near this in its unit (MHz, V, J, nF, W, ms); the bound keeps products such as
+C * f * V^2 finite, so no simulation prints inf."""
+
+
 def _number(
     table: dict, key: str, where: str, *, positive: bool = True, default: float | None = None
 ) -> float:
     value = table.get(key, default)
     if value is None:
         raise UserError(f"{where}: missing key {key!r}")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UserError(f"{where}: key {key!r} must be a number, got {value!r}")
-    if positive and value <= 0:
-        raise UserError(f"{where}: key {key!r} must be positive, got {value!r}")
-    if not positive and value < 0:
-        raise UserError(f"{where}: key {key!r} must not be negative, got {value!r}")
-    return float(value)
+    return real_number(value, f"{where}: key {key!r}", low=0.0, high=BOARD_QUANTITY_LIMIT, low_open=positive)
 
 
 def parse_board(data: dict, source: str) -> Board:
@@ -85,6 +86,10 @@ def parse_board(data: dict, source: str) -> Board:
     raw_levels = data.get("levels")
     if not isinstance(raw_levels, list) or not raw_levels:
         raise UserError(f"{source}: missing [[levels]] (at least one frequency level)")
+    if len(raw_levels) > MAX_LEVELS:
+        raise UserError(
+            f"{source}: [[levels]] has {len(raw_levels)} levels, at most {MAX_LEVELS} are supported"
+        )
     board_deadline = data.get("latency_ms")
     levels = []
     for index, entry in enumerate(raw_levels):
@@ -94,14 +99,26 @@ def parse_board(data: dict, source: str) -> Board:
         deadline_ms = _number(entry, "latency_ms", where, default=board_deadline)
         levels.append(
             FrequencyLevel(
-                frequency_hz=_number(entry, "frequency_mhz", where) * 1e6,
+                frequency_hz=real_number(
+                    entry.get("frequency_mhz"),
+                    f"{where}: key 'frequency_mhz'",
+                    low=1e-3,  # 1 kHz, the unit of the runtime's frequency table
+                    high=MAX_FREQUENCY_KHZ / 1e3,
+                )
+                * 1e6,
                 voltage=_number(entry, "voltage", where),
                 deadline_s=deadline_ms / 1e3,
             )
         )
-    frequencies = [level.frequency_hz for level in levels]
+    # In kHz, as the runtime's table holds them: two levels a few Hz apart would be one level there.
+    frequencies = [level.frequency_khz for level in levels]
     if frequencies != sorted(frequencies, reverse=True) or len(set(frequencies)) != len(frequencies):
         raise UserError(f"{source}: key 'frequency_mhz' of [[levels]] must strictly decrease (fastest first)")
+    voltages = [level.voltage for level in levels]
+    if voltages != sorted(voltages, reverse=True):
+        raise UserError(
+            f"{source}: key 'voltage' of [[levels]] must not rise as the frequency falls, got {voltages}"
+        )
     return Board(
         name=data["name"],
         description=str(data.get("description", "")),

@@ -25,6 +25,7 @@ import tvm
 import tvm_ffi
 
 from rt3c.boards import Board, load_board
+from rt3c.checks import UNREADABLE_JSON
 from rt3c.codegen.kernel_cache import write_kernels
 from rt3c.codegen.onnx_ops import LoweredNode, TensorInfo, lower_node
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
@@ -231,6 +232,13 @@ def lower_model(
             layer_name = next(a.s.decode() for a in node.attribute if a.name == "layer")
             layer = layers[layer_name]
             x, y = use(node.input[0]), use(node.output[0])
+            if infos[x].shape[-1:] != (layer.shape[1],) or infos[y].shape[-1:] != (layer.shape[0],):
+                # The kernel reads in_features per row of X and writes out_features per row of Y.
+                raise UserError(
+                    f"{encoded_path}: layer {layer_name}: input {list(infos[x].shape)} and output "
+                    f"{list(infos[y].shape)} do not end in its in_features {layer.shape[1]} and "
+                    f"out_features {layer.shape[0]}"
+                )
             rows = int(np.prod(infos[x].shape[:-1]))
             bias = values[node.input[4]]
             calls = []
@@ -823,7 +831,7 @@ def _read_manifest(project: Path) -> dict:
             for kind in ("inputs", "outputs")
             for index, spec in enumerate(manifest[kind])
         ]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+    except (*UNREADABLE_JSON, KeyError, TypeError) as exc:
         raise UserError(f"{path}: not an rt3c project manifest ({type(exc).__name__}: {exc})") from None
     if not isinstance(target, str) or target not in TARGETS:
         raise UserError(f"{path}: target {target!r:.40} is none of {', '.join(TARGETS)}")

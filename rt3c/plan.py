@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rt3c.checks import UNREADABLE_JSON, integer
 from rt3c.errors import UserError
 from rt3c.files import atomic_output
 
@@ -44,6 +45,13 @@ _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 MAX_PATTERNS = len(_DIGITS)
 MAX_FREQUENCY_KHZ = 2**32 - 1
 """The runtime stores each level's frequency as a uint32_t (rt3_on_frequency's argument)."""
+MAX_LEVELS = 16
+"""DVFS levels of a plan or board: each is a kernel table in flash, and boards have a handful."""
+MAX_TILE_ELEMENTS = 2**15
+"""The encoded format stores in-tile positions as int16 (docs/FORMAT.md)."""
+MAX_LAYER_ELEMENTS = 2**28
+"""Weights of one layer after padding to whole tiles (1 GiB of float32): checked before any mask over the
+layer is allocated, so a plan cannot claim a size that exhausts memory."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,7 @@ class LayerPlan:
             raise UserError(
                 f"{where}: shape {self.shape} and tile {self.tile} must be two positive integers each"
             )
+        check_layer_size(self.shape, self.tile, where)
         if len(self.levels) != n_levels:
             raise UserError(f"{where}: has {len(self.levels)} levels, the plan has {n_levels}")
         for index, plan_level in enumerate(self.levels):
@@ -153,8 +162,8 @@ class Plan:
     metadata: dict[str, object] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if not self.levels:
-            raise UserError("plan: has no levels")
+        if not 1 <= len(self.levels) <= MAX_LEVELS:
+            raise UserError(f"plan: has {len(self.levels)} levels, expected 1 to {MAX_LEVELS}")
         if not self.layers:
             raise UserError("plan: has no layers")
         seen: set[str] = set()
@@ -237,12 +246,19 @@ class Plan:
                 f"{source}: plan version {data.get('version')!r} is not supported (expected {PLAN_VERSION})"
             )
         try:
+            if not isinstance(data["levels"], list) or not all(isinstance(x, dict) for x in data["levels"]):
+                raise TypeError("levels: expected a list of objects")
             levels = [Level(level["name"], level.get("frequency_khz")) for level in data["levels"]]
-            layer_entries = dict(data["layers"])
-        except (KeyError, TypeError, ValueError) as exc:
+            layer_entries = data["layers"]
+            metadata = data.get("metadata") or {}
+            if not isinstance(layer_entries, dict) or not isinstance(metadata, dict):
+                raise TypeError("layers and metadata: expected objects")
+        except (KeyError, TypeError) as exc:
             raise UserError(f"{source}: malformed plan ({type(exc).__name__}: {exc})") from None
+        if len(levels) > MAX_LEVELS:
+            raise UserError(f"{source}: plan: has {len(levels)} levels, expected 1 to {MAX_LEVELS}")
         layers = {name: _layer_from_json(name, entry, source) for name, entry in layer_entries.items()}
-        plan = cls(levels, layers, data.get("model"), dict(data.get("metadata") or {}))
+        plan = cls(levels, layers, data.get("model"), metadata)
         try:
             plan.validate()
         except UserError as exc:
@@ -256,7 +272,7 @@ class Plan:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise UserError(f"{path}: no such plan file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except UNREADABLE_JSON as exc:
             raise UserError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_json(data, str(path))
 
@@ -278,10 +294,27 @@ def _validate_level(index: int, level: Level, seen: set[str]) -> None:
         )
 
 
+def check_layer_size(shape: tuple[int, int], tile: tuple[int, int], where: str) -> None:
+    """Refuse a tile or a padded layer too large for the encoded format (MAX_TILE_ELEMENTS) or memory
+    (MAX_LAYER_ELEMENTS), before anything of that size is allocated."""
+    if tile[0] * tile[1] > MAX_TILE_ELEMENTS:
+        raise UserError(f"{where}: tile {tile[0]}x{tile[1]} has more than {MAX_TILE_ELEMENTS} elements")
+    padded = -(-shape[0] // tile[0]) * tile[0] * -(-shape[1] // tile[1]) * tile[1]
+    if padded > MAX_LAYER_ELEMENTS:
+        raise UserError(
+            f"{where}: shape {list(shape)} in {tile[0]}x{tile[1]} tiles is {padded} weights, "
+            f"more than {MAX_LAYER_ELEMENTS}"
+        )
+
+
 def _layer_from_json(name: str, entry: dict, source: str) -> LayerPlan:
     where = f"{source}: plan layer {name}"
     try:
-        tile = (int(entry["tile"][0]), int(entry["tile"][1]))
+        tile = _pair(entry["tile"], f"{where}: tile", MAX_TILE_ELEMENTS)
+        shape = _pair(entry["shape"], f"{where}: shape", MAX_LAYER_ELEMENTS)
+        check_layer_size(shape, tile, where)
+        if not isinstance(entry["levels"], list) or len(entry["levels"]) > MAX_LEVELS:
+            raise ValueError(f"levels: expected a list of at most {MAX_LEVELS} levels")
         levels = []
         for index, level in enumerate(entry["levels"]):
             patterns = [_pattern_from_text(text, name) for text in level["patterns"]]
@@ -296,9 +329,15 @@ def _layer_from_json(name: str, entry: dict, source: str) -> LayerPlan:
                     f"level {index}: tile rows have different lengths (tile grid is not rectangular)"
                 )
             levels.append(LayerLevel(np.stack(patterns), np.stack(rows)))
-        return LayerPlan(name, (int(entry["shape"][0]), int(entry["shape"][1])), tile, levels)
+        return LayerPlan(name, shape, tile, levels)
     except (KeyError, TypeError, IndexError, ValueError) as exc:
         raise UserError(f"{where}: malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _pair(value: object, where: str, high: int) -> tuple[int, int]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise UserError(f"{where}: expected two integers, got {value!r:.40}")
+    return integer(value[0], f"{where}[0]", 1, high), integer(value[1], f"{where}[1]", 1, high)
 
 
 def _pattern_to_text(pattern: np.ndarray) -> str:
@@ -306,6 +345,8 @@ def _pattern_to_text(pattern: np.ndarray) -> str:
 
 
 def _pattern_from_text(text: str, layer: str) -> np.ndarray:
+    if not isinstance(text, str):
+        raise TypeError(f"layer {layer}: pattern {text!r:.40} is not a string")
     rows = text.split("/")
     if any(len(row) != len(rows[0]) or set(row) - {"0", "1"} for row in rows):
         raise ValueError(f"layer {layer}: pattern {text!r} is not rows of 0/1 of equal length")
@@ -317,6 +358,8 @@ def _row_to_text(row: np.ndarray) -> str:
 
 
 def _row_from_text(text: str, layer: str) -> np.ndarray:
+    if not isinstance(text, str):
+        raise TypeError(f"layer {layer}: tile row {text!r:.40} is not a string")
     if set(text) - set(_DIGITS) - {"."}:
         raise ValueError(f"layer {layer}: tile row {text[:40]!r} has characters other than '.', 0-9, a-z")
     return np.array([PRUNED if char == "." else _DIGITS.index(char) for char in text], dtype=np.int16)

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from rt3c.battery import RT3_DEFAULT_TRACE, Simulation, load_trace, simulate
 from rt3c.boards import Board, load_board
+from rt3c.checks import UNREADABLE_JSON, real_number
 from rt3c.errors import UserError
 from rt3c.latency import cycles_per_unit
 from rt3c.progress import stdout
@@ -32,7 +33,7 @@ def read_json(directory: Path, name: str, made_by: str) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: missing (make it with `{made_by}`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UNREADABLE_JSON as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
 
 
@@ -40,10 +41,21 @@ def level_cycles(latency: dict, board: Board, source_path: str) -> tuple[float, 
     """Cycles of one inference of the dense model and of each plan level on `board`."""
     try:
         target, source, host_hz = latency["target"], latency["source"], latency.get("host_hz")
-        dense_units = float(latency["dense_units"])
-        units = [float(level["units"]) for level in latency["levels"]]
+        dense_units = real_number(
+            latency["dense_units"], f"{source_path}: dense_units", low=0.0, low_open=True
+        )
+        units = [
+            real_number(level["units"], f"{source_path}: levels[{index}].units", low=0.0, low_open=True)
+            for index, level in enumerate(latency["levels"])
+        ]
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{source_path}: malformed latency file (missing or bad {exc})") from None
+    if host_hz is not None:
+        host_hz = real_number(host_hz, f"{source_path}: host_hz", low=0.0, low_open=True)
+    if len(units) != len(board.levels):
+        raise UserError(
+            f"--board {board.name}: has {len(board.levels)} levels, but {source_path} has {len(units)}"
+        )
     if board.target != target:
         raise UserError(
             f"--board {board.name}: targets {board.target}, but {source_path} was measured for {target}"

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rt3c.checks import finite_array
 from rt3c.errors import UserError
-from rt3c.plan import LayerPlan
+from rt3c.plan import LayerPlan, check_layer_size
 
 MAX_CHAINS = 256
 """Chains per layer: each is one unrolled loop in every level's kernel, so this bounds kernel size."""
@@ -77,6 +78,10 @@ class EncodedLayer:
     values: list[np.ndarray]
     """float32 [T * width] each, section-major (module docstring)."""
     levels: list[LevelEncoding]
+    kept_level_cuts: list[int] | None = None
+    """Of a model that `encode --level L` made: the value cuts of the one level it keeps. Its buffer is
+    still section-major over the sparser levels, which are gone from the file (their nodes carried the
+    cuts), so they are read from the node's `value_sections`."""
 
     @property
     def n_chains(self) -> int:
@@ -109,6 +114,8 @@ class EncodedLayer:
 
     def value_cuts(self, level: int) -> list[int]:
         """Ascending value counts at which the sections of the level's buffer end, up to the level's nnz."""
+        if self.kept_level_cuts is not None:
+            return self.kept_level_cuts
         encoding = self.levels[level]
         return sorted(
             {
@@ -143,6 +150,64 @@ class EncodedLayer:
     def index_bytes(self) -> int:
         """The block index with the pattern runs; every level reads the same arrays."""
         return self.tile_run_ptr.nbytes + self.tile_col.nbytes
+
+    def validate(self) -> None:
+        """Raise UserError (naming the array or level) unless the arrays are a well-formed encoding: every
+        index a kernel reads stays inside its table, tile grid and value buffer."""
+        if min(self.shape) < 1 or min(self.tile) < 1:
+            raise UserError(f"shape {list(self.shape)} and tile {list(self.tile)}: expected positive sizes")
+        check_layer_size(self.shape, self.tile, "the layer")
+        tile_size = self.tile[0] * self.tile[1]
+        if not self.levels or not 1 <= self.n_chains <= MAX_CHAINS:
+            chains = self.n_chains if self.levels else 0
+            raise UserError(f"{len(self.levels)} levels of {chains} chains (expected 1 to {MAX_CHAINS})")
+        for name, array in (("tile_run_ptr", self.tile_run_ptr), ("tile_col", self.tile_col)):
+            if array.ndim != 1 or array.dtype.kind not in "ui":
+                raise UserError(
+                    f"{name}: expected a 1-D array of integers, got {array.dtype}{list(array.shape)}"
+                )
+        grid_rows, grid_cols = -(-self.shape[0] // self.tile[0]), -(-self.shape[1] // self.tile[1])
+        run_ptr = self.tile_run_ptr.astype(np.int64)
+        if len(run_ptr) != grid_rows * self.n_chains + 1:
+            raise UserError(
+                f"tile_run_ptr: has {len(run_ptr)} entries, expected {grid_rows * self.n_chains + 1} "
+                f"({grid_rows} tile rows x {self.n_chains} chains + 1)"
+            )
+        if run_ptr[0] != 0 or run_ptr[-1] != self.n_tiles or np.any(np.diff(run_ptr) < 0):
+            raise UserError(
+                f"tile_run_ptr: expected counts rising from 0 to the {self.n_tiles} tiles of tile_col"
+            )
+        columns = self.tile_col.astype(np.int64)
+        if self.n_tiles and (columns.min() < 0 or columns.max() >= grid_cols):
+            raise UserError(f"tile_col: tile columns must be in [0, {grid_cols}), the grid's columns")
+        if len(np.unique(self.tile_rows() * grid_cols + columns)) != self.n_tiles:
+            raise UserError("tile_col: a tile is listed twice")
+        for level, encoding in enumerate(self.levels):
+            at = f"level {level}"
+            table, chains = encoding.pattern_table, encoding.chain_pattern
+            if table.ndim != 2 or len(table) < 1 or encoding.nnz > tile_size:
+                raise UserError(
+                    f"{at}: pattern_table is {list(table.shape)}, expected [patterns, 0..{tile_size}]"
+                )
+            if np.any((table < 0) | (table >= tile_size)):
+                raise UserError(f"{at}: pattern_table: in-tile positions must be in [0, {tile_size})")
+            if len(chains) != self.n_chains or np.any((chains < 0) | (chains >= len(table))):
+                raise UserError(
+                    f"{at}: chain_pattern: expected {self.n_chains} pattern ids in [0, {len(table)})"
+                )
+            if not 0 <= encoding.buffer < len(self.values):
+                raise UserError(f"{at}: reads value buffer {encoding.buffer} of {len(self.values)}")
+        cuts = self.kept_level_cuts
+        if cuts is not None and (len(self.levels) != 1 or (cuts[-1] if cuts else 0) != self.levels[0].nnz):
+            raise UserError(f"value sections end at {cuts[-1:]}, not at the level's {self.levels[0].nnz} values")
+        for index, buffer in enumerate(self.values):
+            widest = max((lv.nnz for lv in self.levels if lv.buffer == index), default=0)
+            if buffer.ndim != 1 or buffer.dtype != np.float32 or len(buffer) != self.n_tiles * widest:
+                raise UserError(
+                    f"value buffer {index}: is {buffer.dtype}{list(buffer.shape)}, expected float32"
+                    f"[{self.n_tiles * widest}] ({self.n_tiles} tiles x {widest} values)"
+                )
+            finite_array(buffer, f"value buffer {index}")
 
     def dense_weight(self, level: int) -> np.ndarray:
         """float32 `shape`: the weight this level computes with (zeros where pruned)."""
