@@ -595,25 +595,35 @@ def demo_command(
     run_demo(model, out, target)
 
 
+STOP_SIGNALS = {"SIGINT": ("interrupted", 130), "SIGTERM": ("terminated", 143)}
+"""The message and exit code (128 + the signal's number, as a shell reports it) of each signal that stops
+a command."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns (and exits with) the process exit code.
 
-    Ctrl-C exits 130 with one line wherever it lands. typer turns a KeyboardInterrupt into an exit code
-    that it returns (not raises) here, and one raised in a Python callback of TVM comes out of TVM as a
-    bare RuntimeError, so the SIGINT handler records that an interrupt happened.
+    Ctrl-C exits 130 and SIGTERM 143, each with one line, wherever it lands: the handler raises
+    KeyboardInterrupt, so staging folders and locks are removed on the way out as on any failure. typer
+    turns a KeyboardInterrupt into an exit code that it returns (not raises) here, and one raised in a
+    Python callback of TVM comes out of TVM as a bare RuntimeError, so the handler records which signal
+    came.
     """
     import signal
 
-    interrupts: list[int] = []
+    received: list[str] = []
 
-    def on_interrupt(signal_number: int, frame: object) -> None:
-        interrupts.append(signal_number)
-        raise KeyboardInterrupt
+    def on_signal(signal_number: int, frame: object) -> None:
+        received.append(signal.Signals(signal_number).name)
+        if len(received) == 1:  # a second signal would cut short the cleanup the first one started
+            raise KeyboardInterrupt
 
-    # Only over Python's default: a shell starts background jobs with Ctrl-C ignored, and so they stay.
-    previous_handler = signal.getsignal(signal.SIGINT)
-    if previous_handler is signal.default_int_handler:
-        signal.signal(signal.SIGINT, on_interrupt)
+    # Only over Python's defaults: a shell starts background jobs with Ctrl-C ignored, and so they stay.
+    defaults = {"SIGINT": signal.default_int_handler, "SIGTERM": signal.SIG_DFL}
+    previous = {name: signal.getsignal(getattr(signal, name)) for name in STOP_SIGNALS}
+    taken = [name for name in STOP_SIGNALS if previous[name] is defaults[name]]
+    for name in taken:
+        signal.signal(getattr(signal, name), on_signal)
     message = None
     try:
         code = app(args=argv, standalone_mode=False)
@@ -625,14 +635,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         message, code = f"error: {exc}", 2
     except (VerificationError, Exception) as exc:
-        if os.environ.get("RT3C_DEBUG") and not interrupts:
+        if os.environ.get("RT3C_DEBUG") and not received:
             raise
         message, code = f"internal error: {type(exc).__name__}: {exc}", 1
     finally:
-        if previous_handler is signal.default_int_handler:
-            signal.signal(signal.SIGINT, previous_handler)
-    if interrupts or code == 130:
-        message, code = "interrupted", 130
+        for name in taken:
+            signal.signal(getattr(signal, name), previous[name])
+    if received or code == 130:
+        message, code = STOP_SIGNALS[received[0] if received else "SIGINT"]
     if message is not None:
         _error(message)
     return _exit(code if isinstance(code, int) else 0)

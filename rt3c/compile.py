@@ -33,6 +33,7 @@ from rt3c.codegen.targets import TARGETS, Target, get_target, workspace_bytes
 from rt3c.encode import deterministic_feeds, encode_model, load_onnx, read_encoded_layers
 from rt3c.errors import UserError, VerificationError
 from rt3c.export import run_onnx
+from rt3c.files import exclusive_lock
 from rt3c.inspect_model import inspect_model
 from rt3c.instruction_count import count_instructions
 from rt3c.passes.encode import LEVEL_INPUT, LEVELS_METADATA_KEY, RemoveUnusedPass, SelectLevelPass
@@ -397,30 +398,33 @@ def compile_model(
             f"`apt-get install {target.tools[target.cc]}`"
         )
     plan = Plan.load(plan_path) if plan_path else None
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise UserError(f"--out {out_dir}: exists and is not empty")
-    encoded_layers = read_encoded_layers(encoded_path, required=False) if plan is not None else {}
-    if plan is not None and plan_path is not None and encoded_layers:
-        _check_plan_matches(plan, plan_path, encoded_path, encoded_layers)
-    if plan is not None and not encoded_layers:
-        level_names = [level.name for level in plan.levels]  # the encoding below keeps every level
-    else:
-        level_names = load_onnx(encoded_path).metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
-    frequencies = level_frequencies(
-        level_names, plan, plan_path, board, frequencies_khz, source=str(encoded_path)
-    )
-    source = encoded_path
-    with tempfile.TemporaryDirectory(prefix="rt3c-compile-") as scratch:
-        if plan is not None and plan_path is not None and not encoded_layers:
-            # An exported model and its plan: run the encoding passes first (they verify every level).
-            encoded_path = encode_model(encoded_path, plan_path, Path(scratch) / "model.rt3.onnx").path
-        with step("lower the model to TVM kernels"):
-            compiled = lower_model(encoded_path, target, frequencies)
-        compiled.program.prefix = prefix or default_prefix(compiled.program.name)
-        compiled.program.weights_format = weights_format
-        board_profile = None if board is None else load_board(board)
-        dense = _dense_reference(source, plan is not None and not encoded_layers)
-        return _generate_and_verify(compiled, encoded_path, out_dir, target, verify, board_profile, dense)
+    # Held until the project is in place or the compile failed: a second compile into the same --out
+    # is refused, not mixed in.
+    with exclusive_lock(out_dir):
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise UserError(f"--out {out_dir}: exists and is not empty")
+        encoded_layers = read_encoded_layers(encoded_path, required=False) if plan is not None else {}
+        if plan is not None and plan_path is not None and encoded_layers:
+            _check_plan_matches(plan, plan_path, encoded_path, encoded_layers)
+        if plan is not None and not encoded_layers:
+            level_names = [level.name for level in plan.levels]  # the encoding below keeps every level
+        else:
+            level_names = load_onnx(encoded_path).metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
+        frequencies = level_frequencies(
+            level_names, plan, plan_path, board, frequencies_khz, source=str(encoded_path)
+        )
+        source = encoded_path
+        with tempfile.TemporaryDirectory(prefix="rt3c-compile-") as scratch:
+            if plan is not None and plan_path is not None and not encoded_layers:
+                # An exported model and its plan: run the encoding passes first (they verify every level).
+                encoded_path = encode_model(encoded_path, plan_path, Path(scratch) / "model.rt3.onnx").path
+            with step("lower the model to TVM kernels"):
+                compiled = lower_model(encoded_path, target, frequencies)
+            compiled.program.prefix = prefix or default_prefix(compiled.program.name)
+            compiled.program.weights_format = weights_format
+            board_profile = None if board is None else load_board(board)
+            dense = _dense_reference(source, plan is not None and not encoded_layers)
+            return _generate_and_verify(compiled, encoded_path, out_dir, target, verify, board_profile, dense)
 
 
 # The -mfpu of each Cortex-M part arm-none-eabi-gcc 12 knows; None: no FPU (soft-float ABI).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -30,3 +31,37 @@ def atomic_output(path: Path, option: str = "--out") -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, option: str = "--out") -> Iterator[None]:
+    """Hold a lock on `path` for the block, so that a second rt3c writing the same `path` is refused
+    rather than mixing its files with the first one's. The lock is an flock on `.NAME.lock` next to `path`
+    (the staging folders live there too); the kernel drops it when the process dies, however it dies, and
+    the file is removed on release."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir() or not os.access(directory, os.W_OK):
+        raise UserError(f"{option} {path}: directory {directory} does not exist or is not writable")
+    lock = directory / f".{path.name}.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(
+                f"{option} {path}: another rt3c process is writing it (it holds {lock}); "
+                f"wait for it to end or choose another {option}"
+            ) from None
+        # The previous holder removes the file on release: if it did so after we opened it, our lock is
+        # on a file no one else will open, so lock the one now at that path instead.
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)

@@ -8,18 +8,21 @@
    (also under ASan + UBSan), on aarch64 (qemu-aarch64) and on Cortex-M4 (qemu-system-arm); ids at the
    table's edges still match onnxruntime. `rt3c run` names the file, and refuses ids it would truncate
    or wrap, a tampered project manifest and a .npy header claiming more than its file holds.
-3. Ctrl-C is never taken for success: `rt3c` exits 130 with one line and leaves nothing behind.
+3. Ctrl-C and SIGTERM are never taken for success: `rt3c` exits 130 or 143 with one line and leaves
+   nothing behind (--out absent or as it was, no staging folder); a second compile into the same --out is
+   refused by the first one's lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jinja2
@@ -38,6 +41,7 @@ from rt3c.compile import _level_model, compile_model, lower_model
 from rt3c.encode import deterministic_feeds, encode_model, load_onnx, plan_model
 from rt3c.errors import UserError
 from rt3c.export import WEIGHTS_METADATA_KEY, ExportResult, run_onnx
+from rt3c.files import exclusive_lock
 from rt3c.plan import Plan
 from rt3c.runtime_c.filters import FILTERS, comment
 from rt3c.runtime_c.program import Program, Tensor
@@ -462,10 +466,23 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing(
 ) -> None:
     """SIGINT while `rt3c compile` lowers the model (Python and TVM's importer) or builds kernels (inside
     TVM's passes, whose callbacks turn the KeyboardInterrupt into a RuntimeError)."""
-    out = tmp_path / "project"
-    command = [str(Path(sys.executable).with_name("rt3c")), "compile", str(bert_tiny_export.onnx_path)]
-    command += ["--plan", str(bert_tiny_plan), "--out", str(out)]
-    env = {**os.environ, "RT3C_CACHE_DIR": str(tmp_path / "cache")}  # no cached kernels: the build is slow
+    with _compile_until(after, bert_tiny_export, bert_tiny_plan, tmp_path / "project") as process:
+        process.send_signal(signal.SIGINT)
+        rest = process.stderr.read()
+    assert process.returncode == 130, rest
+    assert rest.strip().splitlines() == ["rt3c: interrupted"]
+    assert {path.name for path in tmp_path.iterdir()} <= {"cache"}  # no --out, no staging folder
+
+
+@contextlib.contextmanager
+def _compile_until(
+    after: str, export: ExportResult, plan: Path, out: Path
+) -> Iterator[subprocess.Popen[str]]:
+    """`rt3c compile` of bert-tiny into `out` as a child process, yielded once step `after` is done.
+    The kernel cache is a new folder next to `out`, so the kernel build is slow enough to interrupt."""
+    command = [str(Path(sys.executable).with_name("rt3c")), "compile", str(export.onnx_path)]
+    command += ["--plan", str(plan), "--out", str(out)]
+    env = {**os.environ, "RT3C_CACHE_DIR": str(out.parent / "cache")}
     with subprocess.Popen(
         command,
         stderr=subprocess.PIPE,
@@ -478,11 +495,57 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing(
         for line in process.stderr:
             if after in line:  # that step is done, the next one runs
                 break
-        process.send_signal(signal.SIGINT)
-        rest = process.stderr.read()
-    assert process.returncode == 130, rest
-    assert rest.strip().splitlines() == ["rt3c: interrupted"]
-    assert {path.name for path in tmp_path.iterdir()} <= {"cache"}  # no --out, no staging folder
+        yield process
+
+
+@pytest.mark.parametrize("out_exists", [False, True], ids=["new-out", "empty-out"])
+def test_a_second_compile_is_refused_and_sigterm_exits_143_leaving_out_as_it_was(
+    out_exists: bool,
+    bert_tiny_export: ExportResult,
+    bert_tiny_plan: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two compiles into one --out: the second is refused by the first's lock (before, both built, and the
+    project mixed their files). SIGTERM then stops the first: exit 143, one line, --out as it was."""
+    out = tmp_path / "project"
+    if out_exists:
+        out.mkdir()
+    with _compile_until("lower the model to TVM kernels", bert_tiny_export, bert_tiny_plan, out) as first:
+        assert (tmp_path / ".project.lock").is_file()
+        assert (
+            run_cli(
+                "compile", str(bert_tiny_export.onnx_path), "--plan", str(bert_tiny_plan), "--out", str(out)
+            )
+            == 2
+        )
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"rt3c: error: --out {out}: another rt3c process is writing it (it holds {tmp_path / '.project.lock'}); "
+            "wait for it to end or choose another --out"
+        ]
+        assert first.poll() is None  # the first compile goes on
+        first.send_signal(signal.SIGTERM)
+        rest = first.stderr.read()
+    assert first.returncode == 143, rest
+    assert rest.strip().splitlines() == ["rt3c: terminated"]
+    # No staging folder or lock file left, and --out as it was.
+    assert {path.name for path in tmp_path.iterdir()} - {"cache"} == ({"project"} if out_exists else set())
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_out_lock_is_exclusive_and_removed_on_release(tmp_path: Path) -> None:
+    out = tmp_path / "project"
+    second = exclusive_lock(out)
+    with exclusive_lock(out), pytest.raises(UserError, match="another rt3c process is writing it"), second:
+        pass
+    assert list(tmp_path.iterdir()) == []
+    with exclusive_lock(out):  # free again
+        pass
+    with (
+        pytest.raises(UserError, match="does not exist or is not writable"),
+        exclusive_lock(tmp_path / "no" / "x"),
+    ):
+        pass
 
 
 @pytest.mark.parametrize(
