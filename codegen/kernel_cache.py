@@ -4,15 +4,13 @@ The key hashes the TVM version, the TVM target (triple, cpu, features), rt3c's o
 schedules and build settings, which change the output without changing the input functions) and every
 kernel's symbol and TVMScript text (op, shapes, dtypes and, for SparseLinear, the baked-in pattern
 table). Entries live in `rt3c.cache.cache_dir("kernels")` (`$RT3C_CACHE_DIR/kernels`, default
-`~/.cache/rt3c/kernels`); they are written atomically, so concurrent builds at worst compile twice.
+`~/.cache/rt3c/kernels`); they are written atomically, so concurrent builds at worst compile twice, and
+checked against the size and digest recorded with them, so a damaged one is rebuilt (`rt3c.cache`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import tvm
@@ -43,16 +41,14 @@ def write_kernels(
     cache_dir = cache.cache_dir("kernels") if cache_dir is None else cache_dir
     suffix = ".o" if target.kernel_output == "object" else ".c"
     entry = cache_dir / f"{kernel_key(functions, target)}{suffix}"
-    if entry.is_file():
-        shutil.copyfile(entry, path)
+    cached = cache.read_entry(entry)
+    if cached is not None:
+        path.write_bytes(cached)
         return True
     module = build_kernels(functions, target)
     if target.kernel_output == "object":
         module.write_to_file(str(path))
     else:
         path.write_text(module.inspect_source())
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=suffix, delete=False) as staged:
-        shutil.copyfile(path, staged.name)
-    os.replace(staged.name, entry)
+    cache.write_entry(entry, path.read_bytes())
     return False

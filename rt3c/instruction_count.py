@@ -18,7 +18,6 @@ split per thread, so count single-threaded programs.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -39,7 +38,7 @@ def plugin_path(cache_dir: Path | None = None) -> Path:
     source = PLUGIN_SOURCE.read_bytes()
     cache_dir = cache.cache_dir("kernels") if cache_dir is None else cache_dir
     entry = cache_dir / f"insn_count-{hashlib.sha256(source).hexdigest()[:16]}.so"
-    if entry.is_file():
+    if cache.read_entry(entry) is not None:
         return entry
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
@@ -52,7 +51,7 @@ def plugin_path(cache_dir: Path | None = None) -> Path:
             raise VerificationError(
                 f"building the qemu plugin {PLUGIN_SOURCE} failed: {result.stderr.strip()}"
             )
-        os.replace(staged, entry)  # atomic: concurrent first uses at worst compile twice
+        cache.write_entry(entry, staged.read_bytes())  # atomic: concurrent first uses at worst compile twice
     return entry
 
 

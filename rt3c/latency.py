@@ -33,14 +33,13 @@ import numpy as np
 import onnx
 import tvm
 
-from rt3c.cache import cache_dir
+from rt3c.cache import cache_dir, read_entry, write_entry
 from rt3c.codegen import onnx_ops, schedules, sparse_kernel, targets
 from rt3c.codegen.sparse_kernel import token_block
 from rt3c.codegen.targets import Target, build_kernels, get_target
 from rt3c.compile import CompiledProgram, build_project, lower_model
 from rt3c.encode import encode_model
 from rt3c.errors import UserError
-from rt3c.files import atomic_output
 from rt3c.instruction_count import count_instructions, kernel_functions
 from rt3c.kernel_program import LinearStep, dense_linear_step, linear_program, sparse_linear_step
 from rt3c.plan import LayerPlan, Level, Plan
@@ -418,12 +417,11 @@ def cached(kind: str, key_parts: list[str], compute: Callable[[], dict]) -> tupl
         digest.update(part.encode() + b"\0")
     directory = cache_dir("latency")
     path = directory / f"{kind}-{digest.hexdigest()[:24]}.json"
-    if path.is_file():
-        return json.loads(path.read_text()), True
+    stored = read_entry(path)
+    if stored is not None:
+        return json.loads(stored), True
     value = compute()
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(value) + "\n")
+    write_entry(path, (json.dumps(value) + "\n").encode())
     return value, False
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,4 +103,34 @@ def test_kernel_cache_reuses_a_build_until_a_kernel_or_the_target_changes(tmp_pa
     assert not write_kernels(kernels(0), get_target("cortex-m4"), tmp_path / "m4.c", cache)
     assert write_kernels(kernels(0), get_target("cortex-m4"), tmp_path / "m4_again.c", cache)
     assert "sparse" in (tmp_path / "m4_again.c").read_text()
-    assert len(list(cache.iterdir())) == 3
+    assert len(list(cache.iterdir())) == 6  # 3 entries, each with its record of size and digest
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered", "no-record"])
+def test_a_damaged_kernel_cache_entry_is_detected_and_rebuilt(
+    damage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated entry used to be copied as it was, and every later compile of the model failed until
+    the cache was deleted by hand."""
+    weight = np.random.default_rng(4).standard_normal((8, 8)).astype(np.float32)
+    plan = one_shot_plan({"w": weight}, [Level("L0")], [0.5], (4, 4), 2)
+    kernels = {
+        "sparse": sparse_linear_kernel(
+            "sparse", encode_layer(weight, plan.layers["w"]), 0, 2, get_target("host")
+        )
+    }
+    cache = tmp_path / "cache"
+    first = tmp_path / "first.o"
+    assert not write_kernels(kernels, get_target("host"), first, cache)
+    (entry,) = cache.glob("*.o")
+    if damage == "truncated":
+        entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    elif damage == "altered":
+        entry.write_bytes(entry.read_bytes().replace(b"sparse", b"SPARSE"))
+    else:
+        entry.with_name(entry.name + ".sha256").unlink()
+    again = tmp_path / "again.o"
+    assert not write_kernels(kernels, get_target("host"), again, cache)  # rebuilt, not copied
+    assert f"rt3c: warning: cache entry {entry} is damaged" in capsys.readouterr().err
+    assert again.read_bytes() == first.read_bytes() == entry.read_bytes()
+    assert write_kernels(kernels, get_target("host"), tmp_path / "third.o", cache)  # and cached again
