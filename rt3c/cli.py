@@ -342,11 +342,15 @@ def prune_command(
     ] = None,
 ) -> None:
     """Prune with training: group lasso BP, PP per level, joint fine-tuning; resumable."""
+    from rt3c.checks import real_number
     from rt3c.prune.pipeline import DEFAULT_LAYERS, PruneConfig, prune_model
     from rt3c.prune.report import print_evaluation
 
     sparsities, frequencies = _levels(sparsity, levels, board)
     dense_steps, lasso_steps, finetune_steps, joint_steps = _steps(steps, PRUNE_STAGES)
+    if batch_size < 1:  # a larger batch than the data is one batch of all of it
+        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+    real_number(lasso_strength, "--lasso-strength", low=0.0)  # NaN or inf would train to NaN weights
     ratios = {}
     for item in layer_ratio:
         regex, _, ratio = item.rpartition("=")
@@ -398,10 +402,14 @@ def _levels(sparsity: str, levels: int | None, board: str | None) -> tuple[list[
 
 
 def _steps(text: str, stages: tuple[str, ...]) -> list[int]:
-    """`--steps`: one count per training stage."""
+    """`--steps`: one count per training stage, each at most the search's MAX_STEPS (prune's too)."""
+    from rt3c.search.run import MAX_STEPS
+
     counts = _integers(text, "--steps")
     if len(counts) != len(stages):
         raise UserError(f"--steps {text!r}: expected {len(stages)} counts ({','.join(stages)})")
+    if max(counts) > MAX_STEPS:
+        raise UserError(f"--steps {text!r}: each count must be between 0 and {MAX_STEPS}")
     return counts
 
 

@@ -160,6 +160,11 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return session.run(None, feeds)
 
 
+MAX_BATCH = 256
+"""Largest batch dimension baked into an exported graph: the runtime holds every activation of the batch in
+its static arena (a board runs batch 1), and torch's export traces the whole batch."""
+
+
 def export_model(
     model: LoadedModel,
     out: Path,
@@ -172,8 +177,8 @@ def export_model(
     _check_output_path(out)
     if not 1 <= seq_len <= model.max_seq_len:
         raise UserError(f"--seq-len {seq_len}: must be between 1 and {model.max_seq_len} for {model.name}")
-    if batch < 1:
-        raise UserError(f"--batch {batch}: must be at least 1")
+    if not 1 <= batch <= MAX_BATCH:
+        raise UserError(f"--batch {batch}: must be between 1 and {MAX_BATCH}")
 
     inputs = model.example_inputs(batch, seq_len)
     with step(f"export {model.name} to ONNX (batch {batch}, seq {seq_len})"):

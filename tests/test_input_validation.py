@@ -2,7 +2,8 @@
 
 The corpus under tests/bad_inputs/ holds board files, plans and DVFS traces that must be refused, each
 naming its file (and the key at fault); tampered encoded models and NaN weights are made here from
-bert-tiny (the plan's options are checked in tests/test_encode.py).
+bert-tiny, and count and size options of every command are bounded before work starts (the plan's in
+tests/test_encode.py). tests/test_fuzz_readers.py feeds the same readers generated input.
 """
 
 from __future__ import annotations
@@ -285,3 +286,53 @@ def test_untampered_one_layer_model_reads(one_layer_encoded: Path) -> None:
     (layer,) = read_encoded_layers(one_layer_encoded).values()
     assert layer.grid == (32, 16) and len(layer.levels) == 2
     assert run_cli("inspect", str(one_layer_encoded), "--json") == 0
+
+
+# -- numeric options ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["export", "--model", "bert-tiny", "--batch", "1000000"],
+            "--batch 1000000: must be between 1 and 256",
+        ),
+        (
+            ["prune", "--steps", "1,1,1,1000000000"],
+            "--steps '1,1,1,1000000000': each count must be between 0",
+        ),
+        (["prune", "--steps", "1,1,1,-5"], "--steps '1,1,1,-5': expected comma-separated integers"),
+        (["prune", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        (
+            ["prune", "--lasso-strength", "nan"],
+            "--lasso-strength: expected a finite number in [0, inf], got nan",
+        ),
+        (
+            ["prune", "--lasso-strength", "-1"],
+            "--lasso-strength: expected a finite number in [0, inf], got -1.0",
+        ),
+        (["search", "--board", "rt3-default", "--steps", "0,0,0,0,0,1000000000"], "each count must be"),
+    ],
+    ids=[
+        "export-batch",
+        "prune-steps-huge",
+        "prune-steps-negative",
+        "prune-batch",
+        "lasso-nan",
+        "lasso-negative",
+        "search-steps",
+    ],
+)
+def test_count_and_size_options_are_bounded_before_work_starts(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command, *options = args
+    if command != "export":
+        options += ["--model", "bert-tiny", "--data", "synthetic"]
+    out = tmp_path / ("m.onnx" if command == "export" else "out")
+    start = time.monotonic()
+    assert run_cli(command, *options, "--out", str(out)) == 2
+    assert time.monotonic() - start < 10.0
+    assert message in _one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
