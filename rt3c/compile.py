@@ -792,18 +792,7 @@ def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.n
         raise UserError(
             f"--input: the model takes {len(manifest['inputs'])} inputs ({names}), got {len(inputs)}"
         )
-    arrays = []
-    for path, spec in zip(inputs, manifest["inputs"], strict=True):
-        try:
-            # Mapped, not read: a header may claim more elements than the file (or memory) holds.
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--input {path}: cannot read a .npy array ({exc})") from None
-        if list(array.shape) != spec["shape"]:
-            raise UserError(
-                f"--input {path}: shape {list(array.shape)}, {spec['name']} needs {spec['shape']}"
-            )
-        arrays.append(_as_input_dtype(array, np.dtype(spec["dtype"]), f"--input {path}: {spec['name']}"))
+    arrays = [read_input(path, spec) for path, spec in zip(inputs, manifest["inputs"], strict=True)]
     outputs = [Tensor(t["name"], tuple(t["shape"]), t["dtype"], "output") for t in manifest["outputs"]]
     try:
         results = run_level(project, target, level, arrays, outputs)
@@ -820,6 +809,19 @@ def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.n
             f"({prefix.upper()}_ERROR_INPUT_OUT_OF_RANGE)"
         ) from None
     return {tensor.name: result for tensor, result in zip(outputs, results, strict=True)}
+
+
+def read_input(path: Path, spec: dict) -> np.ndarray:
+    """The .npy file at `path` as the model input `spec` of the manifest (name, shape, dtype), or a
+    UserError naming the file."""
+    try:
+        # Mapped, not read: a header may claim more elements than the file (or memory) holds.
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError, OverflowError) as exc:  # mmap: a length past the address space
+        raise UserError(f"--input {path}: cannot read a .npy array ({exc})") from None
+    if list(array.shape) != spec["shape"]:
+        raise UserError(f"--input {path}: shape {list(array.shape)}, {spec['name']} needs {spec['shape']}")
+    return _as_input_dtype(array, np.dtype(spec["dtype"]), f"--input {path}: {spec['name']}")
 
 
 def _read_manifest(project: Path) -> dict:
