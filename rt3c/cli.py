@@ -403,7 +403,7 @@ def _levels(sparsity: str, levels: int | None, board: str | None) -> tuple[list[
 
 def _steps(text: str, stages: tuple[str, ...]) -> list[int]:
     """`--steps`: one count per training stage, each at most the search's MAX_STEPS (prune's too)."""
-    from rt3c.search.run import MAX_STEPS
+    from rt3c.search.config import MAX_STEPS
 
     counts = _integers(text, "--steps")
     if len(counts) != len(stages):
@@ -482,8 +482,9 @@ def search_command(
 ) -> None:
     """Search and train pattern sets per DVFS level for a board: every deadline met, best accuracy or least
     energy; resumable."""
+    from rt3c.search.config import SearchConfig
     from rt3c.search.objective import parse_max_loss
-    from rt3c.search.run import SearchConfig, search_model
+    from rt3c.search.run import search_model
 
     dense_steps, lasso_steps, finetune_steps, warm_steps, recovery_steps, joint_steps = _steps(
         steps, SEARCH_STAGES

@@ -36,7 +36,7 @@ from rt3c.search.controller import Episode, SearchLog
 from rt3c.search.evaluate import level_latencies, level_sparsity
 
 if TYPE_CHECKING:
-    from rt3c.search.run import SearchConfig
+    from rt3c.search.config import SearchConfig
     from rt3c.search.setup import SearchSetup
 
 SEARCH_FORMAT = "rt3c-search"

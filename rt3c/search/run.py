@@ -23,10 +23,9 @@ Outputs: `rt3c.search.outputs`; every file is documented in docs/SEARCH.md.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,7 @@ from rt3c.models import load_model
 from rt3c.models.base import LoadedModel
 from rt3c.plan import Level, Plan
 from rt3c.progress import console, step
-from rt3c.prune.pipeline import DEFAULT_LAYERS, select_layers
+from rt3c.prune.pipeline import select_layers
 from rt3c.prune.stages import (
     DenseRecipe,
     StageFiles,
@@ -51,112 +50,19 @@ from rt3c.prune.stages import (
     layer_masks,
     numpy_weights,
 )
-from rt3c.prune.training import TrainSettings, evaluate
+from rt3c.prune.training import evaluate
+from rt3c.search.config import DEFAULT_MAX_LOSS, SearchConfig, check_config, train_settings
 from rt3c.search.controller import CachedEvaluator, Episode, SearchLog, random_search, reinforce
 from rt3c.search.evaluate import (
-    BACKENDS,
     CandidateEvaluator,
     CandidatePlanner,
     EvaluatorSpec,
     evaluation_pool,
 )
-from rt3c.search.objective import OBJECTIVES, AccuracyObjective, EnergyObjective
+from rt3c.search.objective import AccuracyObjective, EnergyObjective
 from rt3c.search.outputs import SearchResult, write_outputs
 from rt3c.search.setup import prepare
 from rt3c.search.space import SearchSpace
-
-DEFAULT_MAX_LOSS = (1.0, 1.5, 2.0)
-
-
-@dataclass
-class SearchConfig:
-    model: str
-    data: str
-    board: str
-    out: Path
-    objective: str = "accuracy"
-    max_loss: tuple[float, ...] | None = None
-    """`energy`: accuracy points each level may lose against dense (default 1.0 / 1.5 / 2.0 for 3 levels)."""
-    one_shot: bool = False
-    episodes: int = 24
-    """Per method: the controller and random search get the same budget."""
-    batch_size: int = 4
-    seq_len: int = 16
-    """Tokens of the compiled model, whose latency is modelled."""
-    max_len: int = 64
-    """Tokens of the data the accuracy is measured on."""
-    validation_size: int = 400
-    tile: tuple[int, int] = (4, 4)
-    block_ratio: float | None = None
-    """None: chosen from the latency model (see `rt3c.search.setup.choose_block_ratio`)."""
-    pattern_counts: tuple[int, ...] = (2, 4, 8)
-    densities: tuple[float, ...] = (1.0, 0.75, 0.625, 0.5, 0.375, 0.25)
-    layers: str = DEFAULT_LAYERS
-    latency: str | None = None
-    """"qemu" or "host"; default: qemu for ARM targets, host for the host."""
-    backend: str = "process"
-    workers: int | None = None
-    dense_steps: int = 300
-    lasso_steps: int = 150
-    finetune_steps: int = 100
-    warm_steps: int = 300
-    recovery_steps: int = 16
-    joint_steps: int = 600
-    learning_rate: float = 3e-5
-    """Masked fine-tune and joint stages (as `rt3c prune`'s)."""
-    fast_learning_rate: float = 1e-4
-    """Group lasso (as `rt3c prune`'s) and the few recovery steps of each candidate."""
-    lasso_strength: float = 1e-5
-    distill: float = 0.7
-    level_weights: tuple[float, ...] | None = None
-    batch: int = 32
-    """Training batch size."""
-    seed: int = 0
-
-    def settings(self) -> dict:
-        values = asdict(self)
-        values["out"] = str(self.out)
-        return json.loads(json.dumps(values))
-
-
-MAX_STEPS = 100_000
-MAX_EPISODES = 10_000
-
-
-def check_config(config: SearchConfig) -> None:
-    """Every option in range before any work starts (a board-dependent check follows in `prepare`)."""
-    if config.objective not in OBJECTIVES:
-        raise UserError(f"--objective {config.objective!r}: choose one of {', '.join(OBJECTIVES)}")
-    if config.backend not in BACKENDS:
-        raise UserError(f"--backend {config.backend}: choose one of {', '.join(BACKENDS)}")
-    if not 1 <= config.episodes <= MAX_EPISODES or not 1 <= config.batch_size <= MAX_EPISODES:
-        raise UserError(f"--episodes and --controller-batch: must be between 1 and {MAX_EPISODES}")
-    if not 1 <= config.batch <= MAX_EPISODES:
-        raise UserError(f"--batch-size {config.batch}: must be between 1 and {MAX_EPISODES}")
-    if config.block_ratio is not None and not 0.0 <= config.block_ratio < 1.0:
-        raise UserError(f"--block-ratio {config.block_ratio}: must be in [0, 1)")
-    if not config.densities or any(not 0.0 < d <= 1.0 for d in config.densities):
-        raise UserError(f"--densities {list(config.densities)}: each must be in (0, 1]")
-    if list(config.densities) != sorted(config.densities, reverse=True):
-        raise UserError(f"--densities {list(config.densities)}: list them densest first")
-    if not config.pattern_counts or any(not 1 <= k <= 36 for k in config.pattern_counts):
-        raise UserError(f"--pattern-choices {list(config.pattern_counts)}: each must be between 1 and 36")
-    if config.validation_size < 1:
-        raise UserError(f"--validation-size {config.validation_size}: must be at least 1")
-    steps = (
-        config.dense_steps,
-        config.lasso_steps,
-        config.finetune_steps,
-        config.warm_steps,
-        config.recovery_steps,
-        config.joint_steps,
-    )
-    if any(not 0 <= s <= MAX_STEPS for s in steps):
-        raise UserError(f"--steps {','.join(map(str, steps))}: each count must be between 0 and {MAX_STEPS}")
-    if not 0.0 <= config.distill <= 1.0:
-        raise UserError(f"--distill {config.distill}: must be in [0, 1]")
-    if config.workers is not None and config.workers < 1:
-        raise UserError(f"--workers {config.workers}: must be at least 1")
 
 
 def _print_episode(method: str, episode: Episode) -> None:
@@ -167,18 +73,6 @@ def _print_episode(method: str, episode: Episode) -> None:
         f"ms {'/'.join(f'{1e3 * t:.1f}' for t in evaluation.latency_s)}"
         f"{'' if evaluation.feasible else '  late'}{'  cached' if episode.cached else ''}",
         soft_wrap=True,
-    )
-
-
-def _train_settings(config: SearchConfig, steps: int, fast: bool = False) -> TrainSettings:
-    return TrainSettings(
-        steps,
-        config.fast_learning_rate if fast else config.learning_rate,
-        config.batch,
-        config.seed,
-        warmup=0.1,
-        length_buckets=True,
-        distill=config.distill,
     )
 
 
@@ -276,21 +170,21 @@ def search_model(config: SearchConfig) -> SearchResult:
             data,
             parameters,
             config.tile,
-            _train_settings(config, config.lasso_steps * trains, fast=True),
+            train_settings(config, config.lasso_steps * trains, fast=True),
             config.lasso_strength,
             1e-3,
             50,
             teacher,
         )
         ratios = dict.fromkeys(parameters, setup.block_ratio)
-        finetune = _train_settings(config, config.finetune_steps * trains)
+        finetune = train_settings(config, config.finetune_steps * trains)
         return block_prune_and_finetune(model, data, parameters, config.tile, ratios, finetune, teacher)
 
     with step(f"backbone: group lasso, block pruning at ratio {setup.block_ratio:.2f}, masked fine-tune"):
         kept_tiles = stages.run("backbone", backbone_tag, model, train_backbone)
     warm = warm_start_plan(model, parameters, kept_tiles, config.tile, setup.space)
     warm_tag = {"backbone": backbone_tag, "steps": config.warm_steps * trains, "plan": warm.to_json()}
-    joint_settings = _train_settings(config, config.warm_steps * trains)
+    joint_settings = train_settings(config, config.warm_steps * trains)
     with step(f"warm start: {joint_settings.steps} joint steps at densities {warm.metadata['densities']}"):
         stages.run(
             "warm", warm_tag, model, lambda: joint_finetune(model, data, warm, joint_settings, teacher)
@@ -308,7 +202,7 @@ def search_model(config: SearchConfig) -> SearchResult:
         board=board,
         cycles_per_unit=setup.cycles_per_unit,
         train=data.train,
-        recovery=_train_settings(config, config.recovery_steps * trains, fast=True),
+        recovery=train_settings(config, config.recovery_steps * trains, fast=True),
         teacher_state=dense_state,
     )
     search_tag = {
@@ -357,7 +251,7 @@ def search_model(config: SearchConfig) -> SearchResult:
             "choices": setup.space.describe(best.choices),
         },
     )
-    joint = _train_settings(config, config.joint_steps * trains)
+    joint = train_settings(config, config.joint_steps * trains)
     joint_tag = {
         "search": search_tag,
         "best": best.choices,

@@ -37,7 +37,7 @@ from rt3c.search.space import SearchSpace
 from rt3c.sparsify import block_prune
 
 if TYPE_CHECKING:
-    from rt3c.search.run import SearchConfig
+    from rt3c.search.config import SearchConfig
 
 DEFAULT_BLOCK_RATIO = 0.3
 MAX_BLOCK_RATIO = 0.7
