@@ -199,7 +199,9 @@ class EncodedLayer:
                 raise UserError(f"{at}: reads value buffer {encoding.buffer} of {len(self.values)}")
         cuts = self.kept_level_cuts
         if cuts is not None and (len(self.levels) != 1 or (cuts[-1] if cuts else 0) != self.levels[0].nnz):
-            raise UserError(f"value sections end at {cuts[-1:]}, not at the level's {self.levels[0].nnz} values")
+            raise UserError(
+                f"value sections end at {cuts[-1:]}, not at the level's {self.levels[0].nnz} values"
+            )
         for index, buffer in enumerate(self.values):
             widest = max((lv.nnz for lv in self.levels if lv.buffer == index), default=0)
             if buffer.ndim != 1 or buffer.dtype != np.float32 or len(buffer) != self.n_tiles * widest:
