@@ -15,13 +15,16 @@ from pathlib import Path
 from rich.table import Table
 
 from rt3c.battery import RT3_DEFAULT_TRACE, Simulation, load_trace, simulate
-from rt3c.boards import Board, load_board
+from rt3c.boards import BOARD_QUANTITY_LIMIT, Board, load_board
 from rt3c.checks import UNREADABLE_JSON, real_number
 from rt3c.errors import UserError
 from rt3c.latency import cycles_per_unit
 from rt3c.progress import stdout
 
 RT3_CLAIMED_RATIO = 4.0
+UNITS_LIMIT = 1e18
+"""Most instructions (or host seconds) one inference may cost in latency.json: times the board's numbers
+(each at most BOARD_QUANTITY_LIMIT) the simulation stays finite."""
 
 
 def read_json(directory: Path, name: str, made_by: str) -> dict:
@@ -42,16 +45,24 @@ def level_cycles(latency: dict, board: Board, source_path: str) -> tuple[float, 
     try:
         target, source, host_hz = latency["target"], latency["source"], latency.get("host_hz")
         dense_units = real_number(
-            latency["dense_units"], f"{source_path}: dense_units", low=0.0, low_open=True
+            latency["dense_units"], f"{source_path}: dense_units", low=0.0, high=UNITS_LIMIT, low_open=True
         )
         units = [
-            real_number(level["units"], f"{source_path}: levels[{index}].units", low=0.0, low_open=True)
+            real_number(
+                level["units"],
+                f"{source_path}: levels[{index}].units",
+                low=0.0,
+                high=UNITS_LIMIT,
+                low_open=True,
+            )
             for index, level in enumerate(latency["levels"])
         ]
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{source_path}: malformed latency file (missing or bad {exc})") from None
     if host_hz is not None:
-        host_hz = real_number(host_hz, f"{source_path}: host_hz", low=0.0, low_open=True)
+        host_hz = real_number(
+            host_hz, f"{source_path}: host_hz", low=0.0, high=BOARD_QUANTITY_LIMIT, low_open=True
+        )
     if len(units) != len(board.levels):
         raise UserError(
             f"--board {board.name}: has {len(board.levels)} levels, but {source_path} has {len(units)}"

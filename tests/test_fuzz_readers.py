@@ -1,4 +1,5 @@
-"""Fuzzing that stays: every reader of user files, fed generated input, either accepts it (and then what it
+"""Fuzzing that stays: every reader of user files (boards, DVFS traces and latency files, plans, encoded
+models, .npy inputs), fed generated input, either accepts it (and then what it
 returns holds the reader's promises) or refuses it with UserError (the CLI's one line, exit 2). Any other
 exception fails the test.
 
@@ -25,11 +26,13 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 from test_input_validation import BAD_INPUTS, one_layer_encoded  # noqa: F401 (a fixture)
 
-from rt3c.boards import parse_board
+from rt3c.battery import RT3_DEFAULT_TRACE, load_trace, simulate
+from rt3c.boards import load_board, parse_board
 from rt3c.compile import read_input
 from rt3c.encode import read_encoded_layers
 from rt3c.errors import UserError
 from rt3c.plan import MAX_LEVELS, Plan
+from rt3c.simulate import level_cycles
 
 EXAMPLES = int(os.environ.get("RT3C_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(
@@ -129,6 +132,46 @@ def test_fuzz_board_text(text: str) -> None:
     except tomllib.TOMLDecodeError:
         return  # load_board's own refusal, tested with the corpus
     _check_board(data)
+
+
+# -- DVFS traces and latency files of a search --------------------------------------------------------
+
+LATENCY = {"target": "aarch64", "source": "qemu", "dense_units": 1e6, "levels": [{"units": 5e5}] * 3}
+
+
+NUMBER_TEXT = st.one_of(
+    st.sampled_from(["1400", "1000", "800", "0", "-1", "nan", "inf", "1e308", "1e400"]),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+)
+TRACE_LINES = st.lists(st.tuples(NUMBER_TEXT, NUMBER_TEXT), max_size=6).map(
+    lambda lines: "".join(f"{mhz} {seconds}\n" for mhz, seconds in lines)
+)
+
+
+@FUZZ
+@given(st.one_of(TRACE_LINES, st.text(max_size=200)), mutated(LATENCY))
+@example((BAD_INPUTS / "traces" / "seconds-inf.txt").read_text(), LATENCY)
+def test_fuzz_trace_and_latency_file(trace_text: str, latency: dict) -> None:
+    """Whatever a trace and latency.json hold, each is refused in one line or the battery simulation on
+    it (with the other one's good values) is finite."""
+    board = load_board("rt3-default")
+    fractions, dense, levels = RT3_DEFAULT_TRACE, 1e6, [5e5] * 3
+    with tempfile.TemporaryDirectory() as directory:
+        trace = Path(directory) / "trace.txt"
+        trace.write_text(trace_text)
+        try:
+            fractions = load_trace(trace, board)
+        except UserError as refusal:
+            assert str(refusal).startswith(f"--trace {trace}") and "\n" not in str(refusal)
+    try:
+        dense, levels = level_cycles(latency, board, "latency.json")
+    except UserError as refusal:
+        assert "latency.json" in str(refusal) and "\n" not in str(refusal)
+    sim = simulate(board, dense, levels, fractions)
+    for scenario in sim.scenarios:
+        assert math.isfinite(scenario.inferences_per_charge) and scenario.inferences_per_charge > 0
+        assert math.isfinite(scenario.joules_per_inference)
+    assert math.isfinite(sim.battery_ratio)
 
 
 # -- plans --------------------------------------------------------------------------------------------
