@@ -48,8 +48,11 @@ def read_entry(entry: Path) -> bytes | None:
         data, recorded = b"", f"unreadable ({exc})"
     if recorded == _record(data):
         return data
-    print(f"rt3c: warning: cache entry {entry} is damaged ({len(data)} bytes, record: "
-          f"{recorded.strip()[:80]!r}); rebuilding it", file=sys.stderr)  # fmt: skip
+    if recorded == "none":
+        problem = "has no size and digest record (an older rt3c wrote it)"
+    else:
+        problem = f"is damaged ({len(data)} bytes, record: {recorded.strip()[:80]!r})"
+    print(f"rt3c: warning: cache entry {entry} {problem}; rebuilding it", file=sys.stderr)
     entry.unlink(missing_ok=True)
     record.unlink(missing_ok=True)
     return None
