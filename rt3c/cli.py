@@ -463,7 +463,7 @@ def search_command(
             help="The choices, densest first, of the fraction of a kept tile a level keeps "
             "(the search picks each level's; its sparsity follows from it and the block ratio).",
         ),
-    ] = "1,0.75,0.625,0.5,0.375,0.25",
+    ] = "0.5,0.4375,0.375,0.3125,0.25",
     pattern_choices: Annotated[
         str,
         typer.Option(

@@ -37,7 +37,11 @@ class SearchConfig:
     block_ratio: float | None = None
     """None: chosen from the latency model (see `rt3c.search.setup.choose_block_ratio`)."""
     pattern_counts: tuple[int, ...] = (2, 4, 8)
-    densities: tuple[float, ...] = (1.0, 0.75, 0.625, 0.5, 0.375, 0.25)
+    densities: tuple[float, ...] = (0.5, 0.4375, 0.375, 0.3125, 0.25)
+    """Kept fraction of a BP-kept tile, densest first (8 to 4 of a 4x4 tile's 16 weights). The warm start
+    trains the densest, middle and sparsest of them; a denser choice would only add weights the warm start
+    zeroed (measured on minilm-l6: a warm start whose densest level keeps whole tiles leaves its 0.825
+    level near chance, 62.75 %, where one at densities 0.5 / 0.375 / 0.25 reaches 79.5 %)."""
     layers: str = DEFAULT_LAYERS
     latency: str | None = None
     """"qemu" or "host"; default: qemu for ARM targets, host for the host."""
@@ -49,10 +53,12 @@ class SearchConfig:
     warm_steps: int = 300
     recovery_steps: int = 16
     joint_steps: int = 600
-    learning_rate: float = 3e-5
-    """Masked fine-tune and joint stages (as `rt3c prune`'s)."""
-    fast_learning_rate: float = 1e-4
-    """Group lasso (as `rt3c prune`'s) and the few recovery steps of each candidate."""
+    learning_rate: float = 1e-4
+    """Group lasso, warm start, each candidate's recovery and the joint stage (`rt3c prune`'s lasso and joint
+    rate). Measured on minilm-l6: 300 warm-start steps at 3e-5 left a level at 0.825 sparsity at chance
+    (57 %), at 1e-4 it reached 62.75 % and the 0.56 level 80.0 % instead of 78.5 % (docs/SEARCH.md)."""
+    finetune_learning_rate: float = 3e-5
+    """The masked fine-tune after block pruning."""
     lasso_strength: float = 1e-5
     distill: float = 0.7
     level_weights: tuple[float, ...] | None = None
@@ -68,6 +74,10 @@ class SearchConfig:
 
 MAX_STEPS = 100_000
 MAX_EPISODES = 10_000
+MAX_EXAMPLES = 1_000_000
+MAX_TOKENS = 4096
+"""The model's own limit (its positions) is checked when it is exported."""
+MAX_WORKERS = 1024
 
 
 def check_config(config: SearchConfig) -> None:
@@ -88,8 +98,10 @@ def check_config(config: SearchConfig) -> None:
         raise UserError(f"--densities {list(config.densities)}: list them densest first")
     if not config.pattern_counts or any(not 1 <= k <= 36 for k in config.pattern_counts):
         raise UserError(f"--pattern-choices {list(config.pattern_counts)}: each must be between 1 and 36")
-    if config.validation_size < 1:
-        raise UserError(f"--validation-size {config.validation_size}: must be at least 1")
+    if not 1 <= config.validation_size <= MAX_EXAMPLES:
+        raise UserError(f"--validation-size {config.validation_size}: must be between 1 and {MAX_EXAMPLES}")
+    if not 1 <= config.seq_len <= MAX_TOKENS or not 1 <= config.max_len <= MAX_TOKENS:
+        raise UserError(f"--seq-len {config.seq_len}: must be between 1 and {MAX_TOKENS}")
     steps = (
         config.dense_steps,
         config.lasso_steps,
@@ -102,14 +114,15 @@ def check_config(config: SearchConfig) -> None:
         raise UserError(f"--steps {','.join(map(str, steps))}: each count must be between 0 and {MAX_STEPS}")
     if not 0.0 <= config.distill <= 1.0:
         raise UserError(f"--distill {config.distill}: must be in [0, 1]")
-    if config.workers is not None and config.workers < 1:
-        raise UserError(f"--workers {config.workers}: must be at least 1")
+    if config.workers is not None and not 1 <= config.workers <= MAX_WORKERS:
+        raise UserError(f"--workers {config.workers}: must be between 1 and {MAX_WORKERS}")
 
 
-def train_settings(config: SearchConfig, steps: int, fast: bool = False) -> TrainSettings:
+def train_settings(config: SearchConfig, steps: int, learning_rate: float | None = None) -> TrainSettings:
+    """A training stage of `steps` at `learning_rate` (default: the config's `learning_rate`)."""
     return TrainSettings(
         steps,
-        config.fast_learning_rate if fast else config.learning_rate,
+        config.learning_rate if learning_rate is None else learning_rate,
         config.batch,
         config.seed,
         warmup=0.1,
