@@ -14,6 +14,7 @@ import torch
 
 from rt3c.cli import main
 from rt3c.datasets import load_dataset
+from rt3c.files import exclusive_lock
 from rt3c.models import load_model
 from rt3c.plan import Plan
 from rt3c.prune.lasso import ReweightedGroupLasso, tile_norms
@@ -211,3 +212,11 @@ def test_distillation_loss_is_zero_only_when_student_matches_teacher() -> None:
     teacher = torch.randn(8, 2)
     assert float(distillation_loss(teacher.clone(), teacher, temperature=2.0)) == pytest.approx(0.0, abs=1e-6)
     assert float(distillation_loss(torch.randn(8, 2), teacher, temperature=2.0)) > 0.0
+
+
+def test_a_second_prune_into_the_same_out_is_refused(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    with exclusive_lock(out):  # another prune, still writing
+        assert run_cli("prune", "--model", "bert-tiny", "--data", "synthetic", "--out", str(out)) == 2
+    assert "another rt3c process is writing it" in capsys.readouterr().err
+    assert not out.exists()

@@ -20,6 +20,7 @@ from search_helpers import run_cli, search_argv
 from rt3c.battery import simulate
 from rt3c.boards import load_board
 from rt3c.datasets import load_dataset
+from rt3c.files import exclusive_lock
 from rt3c.models import load_model
 from rt3c.plan import LayerPlan, Plan
 from rt3c.prune.pipeline import DEFAULT_LAYERS, select_layers
@@ -233,3 +234,13 @@ def test_one_shot_trains_nothing_after_the_dense_baseline(tight_board: Path, tmp
             expected = expected * torch.from_numpy(plan.layers[name].mask(0).copy())
         assert torch.equal(tensor, expected), name
     assert json.loads((out / "eval.json").read_text())["levels"][0]["meets_deadline"]
+
+
+def test_a_second_search_into_the_same_out_is_refused(
+    tight_board: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    with exclusive_lock(out):  # another search, still writing
+        assert run_cli(search_argv(tight_board, out)) == 2
+    assert "another rt3c process is writing it" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not out.exists()

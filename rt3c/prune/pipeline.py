@@ -20,7 +20,7 @@ import torch
 
 from rt3c.datasets import Dataset, load_dataset
 from rt3c.errors import UserError
-from rt3c.files import atomic_output
+from rt3c.files import atomic_output, exclusive_lock
 from rt3c.models import load_model
 from rt3c.models.base import LoadedModel
 from rt3c.plan import LayerPlan, Level, Plan
@@ -226,99 +226,98 @@ def prune_model(config: PruneConfig) -> PruneResult:
     with step(f"loading {config.data} for {model.name}"):
         data = load_dataset(config.data, model, config.max_len)
     torch.manual_seed(config.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    stages = StageFiles(out)
-    levels = [
-        Level(f"L{i}", config.frequencies_khz[i] if config.frequencies_khz else None)
-        for i in range(len(config.sparsities))
-    ]
+    # One writer per OUT: a second prune into it is refused instead of mixing stages.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out):
+        out.mkdir(parents=True, exist_ok=True)
+        stages = StageFiles(out)
+        levels = [
+            Level(f"L{i}", config.frequencies_khz[i] if config.frequencies_khz else None)
+            for i in range(len(config.sparsities))
+        ]
 
-    def settings(steps: int, lr: float) -> TrainSettings:
-        return TrainSettings(
-            steps,
-            lr,
-            config.batch_size,
-            config.seed,
-            warmup=config.warmup,
-            length_buckets=config.length_buckets,
-            distill=config.distill,
-            temperature=config.temperature,
+        def settings(steps: int, lr: float) -> TrainSettings:
+            return TrainSettings(
+                steps,
+                lr,
+                config.batch_size,
+                config.seed,
+                warmup=config.warmup,
+                length_buckets=config.length_buckets,
+                distill=config.distill,
+                temperature=config.temperature,
+            )
+
+        # Every stage depends on all the settings: a changed setting starts over.
+        tag = config.settings()
+        recipe = dense_recipe(config)
+        stages.run("dense", tag, model, lambda: dense_baseline(model, data, recipe))
+        with step("evaluating the dense baseline and one-shot pruning"):
+            dense = evaluate(model, data.test)
+            one_shot_rows = evaluate_one_shot(
+                model, data, weights, config, levels, dense, config.signed_ranking
+            )
+        # The dense model teaches every later stage (its logits carry more than the labels).
+        teacher = copy.deepcopy(model.module).requires_grad_(False) if config.distill > 0.0 else None
+        lasso = settings(config.lasso_steps, config.lasso_lr)
+        stages.run(
+            "lasso",
+            tag,
+            model,
+            lambda: group_lasso(
+                model,
+                data,
+                weights,
+                config.tile,
+                lasso,
+                config.lasso_strength,
+                config.lasso_epsilon,
+                config.reweight_every,
+                teacher,
+            ),
+        )
+        finetune = settings(config.finetune_steps, config.finetune_lr)
+        kept_tiles = stages.run(
+            "block",
+            tag,
+            model,
+            lambda: block_prune_and_finetune(model, data, weights, config.tile, ratios, finetune, teacher),
+        )
+        plan = Plan.from_json(
+            stages.run(
+                "patterns",
+                tag,
+                None,
+                lambda: _pattern_plan(config, weights, kept_tiles, levels, ratios, model.name).to_json(),
+            ),
+            "stages/patterns.pt",
+        )
+        joint = settings(config.joint_steps, config.joint_lr)
+        stages.run(
+            "joint",
+            tag,
+            model,
+            lambda: joint_finetune(model, data, plan, joint, teacher, config.level_weights),
         )
 
-    # Every stage depends on all the settings: a changed setting starts over.
-    tag = config.settings()
-    recipe = dense_recipe(config)
-    stages.run("dense", tag, model, lambda: dense_baseline(model, data, recipe))
-    with step("evaluating the dense baseline and one-shot pruning"):
-        dense = evaluate(model, data.test)
-        one_shot_rows = evaluate_one_shot(model, data, weights, config, levels, dense, config.signed_ranking)
-    # The dense model teaches every later stage (its logits carry more than the labels).
-    teacher = copy.deepcopy(model.module).requires_grad_(False) if config.distill > 0.0 else None
-    lasso = settings(config.lasso_steps, config.lasso_lr)
-    stages.run(
-        "lasso",
-        tag,
-        model,
-        lambda: group_lasso(
-            model,
-            data,
-            weights,
-            config.tile,
-            lasso,
-            config.lasso_strength,
-            config.lasso_epsilon,
-            config.reweight_every,
-            teacher,
-        ),
-    )
-    finetune = settings(config.finetune_steps, config.finetune_lr)
-    kept_tiles = stages.run(
-        "block",
-        tag,
-        model,
-        lambda: block_prune_and_finetune(model, data, weights, config.tile, ratios, finetune, teacher),
-    )
-    plan = Plan.from_json(
-        stages.run(
-            "patterns",
-            tag,
-            None,
-            lambda: _pattern_plan(config, weights, kept_tiles, levels, ratios, model.name).to_json(),
-        ),
-        "stages/patterns.pt",
-    )
-    joint = settings(config.joint_steps, config.joint_lr)
-    stages.run(
-        "joint",
-        tag,
-        model,
-        lambda: joint_finetune(model, data, plan, joint, teacher, config.level_weights),
-    )
-
-    with step("evaluating every level"):
-        evaluation = {
-            "model": config.model,
-            "data": config.data,
-            "metric": "perplexity" if model.kind == "language-model" else "accuracy",
-            "dense": dense,
-            "levels": _evaluate_levels(model, data, plan, dense),
-            "one_shot": one_shot_rows,
-            "settings": config.settings(),
-        }
-    base_ref = model_reference(config.model)
-    checkpoint = out / "checkpoint"
-    save_checkpoint(checkpoint, base_ref, model.module, {"plan": "../plan.json", "data": config.data})
-    plan_path, eval_path = out / "plan.json", out / "eval.json"
-    plan.save(plan_path)
-    with atomic_output(eval_path) as tmp:
-        tmp.write_text(json.dumps(evaluation, indent=1) + "\n")
-    return PruneResult(checkpoint, plan_path, eval_path, plan, evaluation)
-
-
-def _expand(kept_tiles: np.ndarray, tile: tuple[int, int], shape: torch.Size) -> np.ndarray:
-    """bool `shape`: the tile mask blown up to weights, padding cropped."""
-    full = np.repeat(np.repeat(kept_tiles, tile[0], axis=0), tile[1], axis=1)
-    return np.ascontiguousarray(full[: shape[0], : shape[1]])
+        with step("evaluating every level"):
+            evaluation = {
+                "model": config.model,
+                "data": config.data,
+                "metric": "perplexity" if model.kind == "language-model" else "accuracy",
+                "dense": dense,
+                "levels": _evaluate_levels(model, data, plan, dense),
+                "one_shot": one_shot_rows,
+                "settings": config.settings(),
+            }
+        base_ref = model_reference(config.model)
+        checkpoint = out / "checkpoint"
+        save_checkpoint(checkpoint, base_ref, model.module, {"plan": "../plan.json", "data": config.data})
+        plan_path, eval_path = out / "plan.json", out / "eval.json"
+        plan.save(plan_path)
+        with atomic_output(eval_path) as tmp:
+            tmp.write_text(json.dumps(evaluation, indent=1) + "\n")
+        return PruneResult(checkpoint, plan_path, eval_path, plan, evaluation)
 
 
 def _pattern_plan(

@@ -35,6 +35,7 @@ from rt3c.boards import load_board
 from rt3c.codegen.targets import get_target
 from rt3c.datasets import Split, load_dataset
 from rt3c.errors import UserError
+from rt3c.files import exclusive_lock
 from rt3c.models import load_model
 from rt3c.models.base import LoadedModel
 from rt3c.plan import Level, Plan
@@ -148,155 +149,165 @@ def search_model(config: SearchConfig) -> SearchResult:
     else:
         objective = AccuracyObjective(dense_validation, tolerance)
 
-    out.mkdir(parents=True, exist_ok=True)
-    stages = StageFiles(out)
-    teacher = None
-    if config.distill > 0.0 and not config.one_shot:
-        teacher = copy.deepcopy(model.module).requires_grad_(False)
-    trains = 0 if config.one_shot else 1
-    backbone_tag = {
-        "dense": asdict(recipe),
-        "layers": sorted(parameters),
-        "tile": list(config.tile),
-        "block_ratio": setup.block_ratio,
-        "steps": [config.lasso_steps * trains, config.finetune_steps * trains],
-        "lr": [config.learning_rate, config.finetune_learning_rate],
-        "lasso_strength": config.lasso_strength,
-        "distill": config.distill,
-        "batch": config.batch,
-        "seed": config.seed,
-    }
-
-    def train_backbone() -> dict:
-        group_lasso(
-            model,
-            data,
-            parameters,
-            config.tile,
-            train_settings(config, config.lasso_steps * trains),
-            config.lasso_strength,
-            1e-3,
-            50,
-            teacher,
-        )
-        ratios = dict.fromkeys(parameters, setup.block_ratio)
-        finetune = train_settings(config, config.finetune_steps * trains, config.finetune_learning_rate)
-        return block_prune_and_finetune(model, data, parameters, config.tile, ratios, finetune, teacher)
-
-    with step(f"backbone: group lasso, block pruning at ratio {setup.block_ratio:.2f}, masked fine-tune"):
-        kept_tiles = stages.run("backbone", backbone_tag, model, train_backbone)
-    warm = warm_start_plan(model, parameters, kept_tiles, config.tile, setup.space)
-    warm_tag = {
-        "backbone": backbone_tag,
-        "steps": config.warm_steps * trains,
-        "lr": config.learning_rate,
-        "plan": warm.to_json(),
-    }
-    warm_settings = train_settings(config, config.warm_steps * trains)
-    # No warm start without steps (`--one-shot`): zero steps would only zero what its densest level drops.
-    if warm_settings.steps:
-        with step(f"warm start: {warm_settings.steps} joint steps at densities {warm.metadata['densities']}"):
-            stages.run(
-                "warm", warm_tag, model, lambda: joint_finetune(model, data, warm, warm_settings, teacher)
-            )
-    backbone_state = copy.deepcopy(model.module.state_dict())
-
-    spec = EvaluatorSpec(
-        model=config.model,
-        backbone_state=backbone_state,
-        kept_tiles=kept_tiles,
-        tile=config.tile,
-        space=setup.space,
-        validation=validation,
-        latency=setup.latency_model.to_json(),
-        board=board,
-        cycles_per_unit=setup.cycles_per_unit,
-        train=data.train,
-        recovery=train_settings(config, config.recovery_steps * trains),
-        teacher_state=dense_state,
-    )
-    search_tag = {
-        "warm": warm_tag,
-        "objective": config.objective,
-        "max_loss": list(max_loss or []),
-        "episodes": config.episodes,
-        "batch_size": config.batch_size,
-        "validation_size": len(validation),
-        "recovery_steps": config.recovery_steps * trains,
-        "space": asdict(setup.space),
-        "latency": setup.latency_model.to_json(),
-    }
-    local = CandidateEvaluator(spec, model)
-
-    def run_search() -> dict:
-        logs: dict[str, SearchLog] = {}
-        with evaluation_pool(spec, config.backend, config.workers, local) as (evaluate_fn, map_fn):
-            evaluator = CachedEvaluator(evaluate_fn, map_fn)
-            for method, run in (("reinforce", reinforce), ("random", random_search)):
-                with step(f"{method}: {config.episodes} episodes"):
-                    logs[method] = run(
-                        setup.space,
-                        evaluator,
-                        objective,
-                        config.episodes,
-                        batch_size=config.batch_size,
-                        seed=config.seed,
-                        on_episode=lambda episode, method=method: _print_episode(method, episode),
-                    )
-        return {"logs": logs, "distinct": len(evaluator.cache)}
-
-    searched = stages.run("search", search_tag, None, run_search)
-    logs: dict[str, SearchLog] = searched["logs"]
-    best_method = max(logs, key=lambda method: logs[method].best.reward)
-    best = logs[best_method].best
-    layers = local.planner.layers(best.choices)
-    plan = Plan(
-        [Level(f"L{i}", level.frequency_khz) for i, level in enumerate(board.levels)],
-        layers,
-        model.name,
-        {
-            "planner": f"rt3c search ({best_method}, episode {best.episode}, objective {config.objective})",
-            "board": board.name,
+    # One writer per DIR: a second search into it is refused instead of mixing stages.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out):
+        out.mkdir(parents=True, exist_ok=True)
+        stages = StageFiles(out)
+        teacher = None
+        if config.distill > 0.0 and not config.one_shot:
+            teacher = copy.deepcopy(model.module).requires_grad_(False)
+        trains = 0 if config.one_shot else 1
+        backbone_tag = {
+            "dense": asdict(recipe),
+            "layers": sorted(parameters),
+            "tile": list(config.tile),
             "block_ratio": setup.block_ratio,
-            "choices": setup.space.describe(best.choices),
-        },
-    )
-    joint = train_settings(config, config.joint_steps * trains)
-    joint_tag = {
-        "search": search_tag,
-        "best": best.choices,
-        "steps": joint.steps,
-        "weights": config.level_weights,
-    }
-    stages.run(
-        "joint",
-        joint_tag,
-        model,
-        lambda: joint_finetune(
-            model, data, plan, joint, teacher, list(config.level_weights) if config.level_weights else None
-        ),
-    )
-    with step(f"test accuracy of {len(board.levels)} levels"):
-        test_accuracy = [
-            evaluate(model, test, layer_masks(layers, level))["accuracy"]
-            for level in range(len(board.levels))
-        ]
-    return write_outputs(
-        config=config,
-        model=model,
-        board=board,
-        setup=setup,
-        plan=plan,
-        logs=logs,
-        best_method=best_method,
-        distinct_candidates=searched["distinct"],
-        dense_validation=dense_validation,
-        tolerance=tolerance,
-        max_loss=max_loss,
-        test_accuracy=test_accuracy,
-        dense_test_accuracy=dense_test,
-        started=started,
-    )
+            "steps": [config.lasso_steps * trains, config.finetune_steps * trains],
+            "lr": [config.learning_rate, config.finetune_learning_rate],
+            "lasso_strength": config.lasso_strength,
+            "distill": config.distill,
+            "batch": config.batch,
+            "seed": config.seed,
+        }
+
+        def train_backbone() -> dict:
+            group_lasso(
+                model,
+                data,
+                parameters,
+                config.tile,
+                train_settings(config, config.lasso_steps * trains),
+                config.lasso_strength,
+                1e-3,
+                50,
+                teacher,
+            )
+            ratios = dict.fromkeys(parameters, setup.block_ratio)
+            finetune = train_settings(config, config.finetune_steps * trains, config.finetune_learning_rate)
+            return block_prune_and_finetune(model, data, parameters, config.tile, ratios, finetune, teacher)
+
+        with step(f"backbone: group lasso, block pruning at ratio {setup.block_ratio:.2f}, masked fine-tune"):
+            kept_tiles = stages.run("backbone", backbone_tag, model, train_backbone)
+        warm = warm_start_plan(model, parameters, kept_tiles, config.tile, setup.space)
+        warm_tag = {
+            "backbone": backbone_tag,
+            "steps": config.warm_steps * trains,
+            "lr": config.learning_rate,
+            "plan": warm.to_json(),
+        }
+        warm_settings = train_settings(config, config.warm_steps * trains)
+        # No warm start without steps (`--one-shot`): zero steps would only zero what its densest level drops.
+        if warm_settings.steps:
+            with step(
+                f"warm start: {warm_settings.steps} joint steps at densities {warm.metadata['densities']}"
+            ):
+                stages.run(
+                    "warm", warm_tag, model, lambda: joint_finetune(model, data, warm, warm_settings, teacher)
+                )
+        backbone_state = copy.deepcopy(model.module.state_dict())
+
+        spec = EvaluatorSpec(
+            model=config.model,
+            backbone_state=backbone_state,
+            kept_tiles=kept_tiles,
+            tile=config.tile,
+            space=setup.space,
+            validation=validation,
+            latency=setup.latency_model.to_json(),
+            board=board,
+            cycles_per_unit=setup.cycles_per_unit,
+            train=data.train,
+            recovery=train_settings(config, config.recovery_steps * trains),
+            teacher_state=dense_state,
+        )
+        search_tag = {
+            "warm": warm_tag,
+            "objective": config.objective,
+            "max_loss": list(max_loss or []),
+            "episodes": config.episodes,
+            "batch_size": config.batch_size,
+            "validation_size": len(validation),
+            "recovery_steps": config.recovery_steps * trains,
+            "space": asdict(setup.space),
+            "latency": setup.latency_model.to_json(),
+        }
+        local = CandidateEvaluator(spec, model)
+
+        def run_search() -> dict:
+            logs: dict[str, SearchLog] = {}
+            with evaluation_pool(spec, config.backend, config.workers, local) as (evaluate_fn, map_fn):
+                evaluator = CachedEvaluator(evaluate_fn, map_fn)
+                for method, run in (("reinforce", reinforce), ("random", random_search)):
+                    with step(f"{method}: {config.episodes} episodes"):
+                        logs[method] = run(
+                            setup.space,
+                            evaluator,
+                            objective,
+                            config.episodes,
+                            batch_size=config.batch_size,
+                            seed=config.seed,
+                            on_episode=lambda episode, method=method: _print_episode(method, episode),
+                        )
+            return {"logs": logs, "distinct": len(evaluator.cache)}
+
+        searched = stages.run("search", search_tag, None, run_search)
+        logs: dict[str, SearchLog] = searched["logs"]
+        best_method = max(logs, key=lambda method: logs[method].best.reward)
+        best = logs[best_method].best
+        layers = local.planner.layers(best.choices)
+        plan = Plan(
+            [Level(f"L{i}", level.frequency_khz) for i, level in enumerate(board.levels)],
+            layers,
+            model.name,
+            {
+                "planner": f"rt3c search ({best_method}, episode {best.episode}, objective {config.objective})",
+                "board": board.name,
+                "block_ratio": setup.block_ratio,
+                "choices": setup.space.describe(best.choices),
+            },
+        )
+        joint = train_settings(config, config.joint_steps * trains)
+        joint_tag = {
+            "search": search_tag,
+            "best": best.choices,
+            "steps": joint.steps,
+            "weights": config.level_weights,
+        }
+        stages.run(
+            "joint",
+            joint_tag,
+            model,
+            lambda: joint_finetune(
+                model,
+                data,
+                plan,
+                joint,
+                teacher,
+                list(config.level_weights) if config.level_weights else None,
+            ),
+        )
+        with step(f"test accuracy of {len(board.levels)} levels"):
+            test_accuracy = [
+                evaluate(model, test, layer_masks(layers, level))["accuracy"]
+                for level in range(len(board.levels))
+            ]
+        return write_outputs(
+            config=config,
+            model=model,
+            board=board,
+            setup=setup,
+            plan=plan,
+            logs=logs,
+            best_method=best_method,
+            distinct_candidates=searched["distinct"],
+            dense_validation=dense_validation,
+            tolerance=tolerance,
+            max_loss=max_loss,
+            test_accuracy=test_accuracy,
+            dense_test_accuracy=dense_test,
+            started=started,
+        )
 
 
 def _shortest_first(split: Split, size: int | None = None) -> Split:
