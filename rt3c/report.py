@@ -9,6 +9,8 @@ its images go to DIR/report/ (index.html); it reads only DIR/search.json and DIR
 from __future__ import annotations
 
 import html
+import shutil
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -195,8 +197,27 @@ def render_report(directory: Path, board_ref: str | None = None, trace: Path | N
         raise UserError(f"{directory / 'search.json'}: malformed search log (missing {exc})") from None
     board = searched_board(directory, board_ref)
     sim = simulate_dir(directory, board_ref, trace)
-    out = directory / "report"
-    out.mkdir(exist_ok=True)
+    # Rendered into a staging folder that replaces DIR/report only when every file is written: a search log
+    # or latency file with a field missing or of the wrong type is an error naming them, not half a report.
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".report."))
+    try:
+        try:
+            _write_report(search, latency, best, methods, board, sim, staging)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise UserError(
+                f"{directory}: search.json or latency.json is malformed ({type(exc).__name__}: {exc})"
+            ) from None
+        out = directory / "report"
+        shutil.rmtree(out, ignore_errors=True)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / "index.html"
+
+
+def _write_report(
+    search: dict, latency: dict, best: dict, methods: dict, board: Board, sim: Simulation, out: Path
+) -> None:
     dense_units = latency["dense_units"] * latency["cycles_per_unit"]
     dense_s = [dense_units / lv["frequency_hz"] for lv in latency["levels"]]
     images = [
@@ -255,6 +276,4 @@ test {100 * search["dense"]["test_accuracy"]:.2f}%.</p>
 {"".join(f'<h2>{html.escape(title)}</h2><img src="{name}" alt="{html.escape(title)}">' for title, name in images)}
 </body></html>
 """
-    index = out / "index.html"
-    index.write_text(page)
-    return index
+    (out / "index.html").write_text(page)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -112,6 +113,30 @@ def test_report_renders(searched: tuple[Path, Path], capsys: pytest.CaptureFixtu
         with Image.open(page.parent / name) as image:
             assert image.format == "PNG" and min(image.size) > 100
             image.verify()
+
+
+@pytest.mark.slow
+def test_report_of_a_tampered_search_log_is_an_error_and_writes_nothing(
+    searched: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = searched
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("report", "stages", "checkpoint", "*.onnx"))
+    log = json.loads((copy / "search.json").read_text())
+    del next(iter(log["methods"].values()))[0]["reward"]
+    (copy / "search.json").write_text(json.dumps(log))
+    capsys.readouterr()
+    assert run_cli(["report", str(copy)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (
+        error.startswith(f"rt3c: error: {copy}: search.json or latency.json is malformed")
+        and "reward" in error
+    )
+    assert sorted(p.name for p in copy.iterdir()) == sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in ("report", "stages", "checkpoint") and p.suffix != ".onnx"
+    )
 
 
 def _episode(reward: float) -> dict:
