@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/proxy_rank.py DIR [--candidates 8] [--full-steps 150]
 
 DIR is a finished `rt3c search` (trained, not --one-shot). The proxy is what the search measured for each
-candidate: validation accuracy after `recovery` steps of joint distillation from the BP backbone. Here
+candidate: validation accuracy after `recovery` steps of joint distillation from the warm start. Here
 `--candidates` distinct feasible candidates of its log, spread evenly over the proxy's range, are each
-trained with `--full-steps` of the joint stage (distillation from the dense model, from the same backbone)
+trained with `--full-steps` of the joint stage (distillation from the dense model) from the same warm start
 and measured on the same validation examples. Printed: per candidate the proxy and the trained accuracy
 (mean of the levels, and per level), and Spearman's rank correlation between the two.
 """
@@ -75,9 +75,14 @@ def main() -> None:
         DenseRecipe(settings["model"], settings["data"], settings["max_len"], settings["dense_steps"]),
     )
     teacher = copy.deepcopy(model.module).requires_grad_(False)
-    backbone = torch.load(args.directory / "stages" / "backbone.pt", map_location="cpu", weights_only=False)
-    model.module.load_state_dict(backbone["state"])
+    stages = args.directory / "stages"
+    backbone = torch.load(stages / "backbone.pt", map_location="cpu", weights_only=False)
     kept_tiles = backbone["payload"]
+    # Candidates start from the warm start's weights, as in the search (the backbone's without one).
+    start = backbone["state"]
+    if (stages / "warm.pt").is_file():
+        start = torch.load(stages / "warm.pt", map_location="cpu", weights_only=False)["state"]
+    model.module.load_state_dict(start)
     space_json = search["space"]
     n_levels = len(picks[0]["accuracy"])
     space = SearchSpace(
@@ -109,7 +114,7 @@ def main() -> None:
     for number, episode in enumerate(picks):
         layers = planner.layers(episode["choices"])
         plan = Plan([Level(f"L{i}") for i in range(n_levels)], layers, model.name)
-        model.module.load_state_dict(backbone["state"])
+        model.module.load_state_dict(start)
         torch.manual_seed(settings["seed"])
         joint_finetune(model, data, plan, joint, teacher)
         accuracy = [
