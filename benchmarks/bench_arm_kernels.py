@@ -27,12 +27,12 @@ from rich.table import Table
 
 from rt3c.codegen.targets import Target, get_target
 from rt3c.compile import build_project
+from rt3c.core.plan import Level
+from rt3c.core.sparse_format import encode_layer
+from rt3c.core.sparsify import one_shot_plan
 from rt3c.instruction_count import count_instructions, function_ranges, kernel_functions, nm_tool
 from rt3c.kernel_program import LinearStep, dense_linear_step, linear_program, sparse_linear_step
-from rt3c.plan import Level
 from rt3c.runtime_c.project import render_project
-from rt3c.sparse_format import encode_layer
-from rt3c.sparsify import one_shot_plan
 
 SPARSITIES = (0.5, 0.75, 0.9)
 TOLERANCE = 1e-3  # float32 sums over up to 3072 products in another order than numpy's

@@ -16,10 +16,10 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
+from rt3c.core.plan import Level
+from rt3c.core.sparse_format import encode_layer
+from rt3c.core.sparsify import one_shot_plan
 from rt3c.models import load_model
-from rt3c.plan import Level
-from rt3c.sparse_format import encode_layer
-from rt3c.sparsify import one_shot_plan
 
 SPARSITIES = [0.5, 0.7, 0.8]
 TILES = [(4, 4), (4, 8), (8, 8), (16, 16)]

@@ -41,11 +41,12 @@ from rich.table import Table
 
 from rt3c.codegen.targets import Target, get_target
 from rt3c.compile import _level_model, compile_model
-from rt3c.encode import deterministic_feeds, encode_model, load_onnx, plan_model
+from rt3c.core.onnx_io import deterministic_feeds, load_onnx
+from rt3c.core.plan import Plan
+from rt3c.encode import encode_model, plan_model
 from rt3c.export import export_model
 from rt3c.instruction_count import count_instructions
 from rt3c.models import load_model
-from rt3c.plan import Plan
 from rt3c.runtime_c.project import PSRAM_MIB
 
 TOKENS = 64

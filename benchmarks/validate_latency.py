@@ -31,10 +31,10 @@ from rich.table import Table
 
 from rt3c.codegen.targets import get_target
 from rt3c.compile import compile_model
-from rt3c.encode import load_onnx
+from rt3c.core.onnx_io import load_onnx
+from rt3c.core.plan import Plan
 from rt3c.latency import build_latency_model, measure_plan
 from rt3c.passes.linear_layers import find_linear_layers
-from rt3c.plan import Plan
 
 
 def end_to_end_seconds(project: Path, level: int, repeats: int) -> float:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from rt3c.core.plan import Level, Plan
 from rt3c.datasets import load_dataset
 from rt3c.models import load_model
-from rt3c.plan import Level, Plan
 from rt3c.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks, numpy_weights
 from rt3c.prune.training import TrainSettings, evaluate
 from rt3c.search.evaluate import CandidatePlanner

@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from rt3c.errors import UserError, VerificationError
-from rt3c.progress import stdout
+from rt3c.core.errors import UserError, VerificationError
+from rt3c.core.progress import stdout
 
 app = typer.Typer(
     name="rt3c",
@@ -68,7 +68,7 @@ def models_command() -> None:
 @app.command("boards")
 def boards_command() -> None:
     """List the shipped board profiles (`--board` also takes a TOML file of your own)."""
-    from rt3c.boards import load_board, shipped_boards
+    from rt3c.core.boards import load_board, shipped_boards
 
     table = Table("name", "target", "MHz @ V per level", "deadline ms", "battery kJ")
     for name in shipped_boards():
@@ -342,7 +342,7 @@ def prune_command(
     ] = None,
 ) -> None:
     """Prune with training: group lasso BP, PP per level, joint fine-tuning; resumable."""
-    from rt3c.checks import real_number
+    from rt3c.core.checks import real_number
     from rt3c.prune.pipeline import DEFAULT_LAYERS, PruneConfig, prune_model
     from rt3c.prune.report import print_evaluation
 
@@ -390,7 +390,7 @@ def _levels(sparsity: str, levels: int | None, board: str | None) -> tuple[list[
         raise UserError(f"--levels {levels} but --sparsity {sparsity} gives {len(sparsities)} values")
     if board is None:
         return sparsities, None
-    from rt3c.boards import load_board
+    from rt3c.core.boards import load_board
 
     frequencies = [level.frequency_khz for level in load_board(board).levels]
     if len(frequencies) != len(sparsities):
@@ -493,7 +493,7 @@ def search_command(
         raise UserError("--max-loss: only with --objective energy")
     budgets = None
     if max_loss is not None:
-        from rt3c.boards import load_board
+        from rt3c.core.boards import load_board
 
         budgets = parse_max_loss(max_loss, len(load_board(board).levels))
     result = search_model(

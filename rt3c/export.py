@@ -25,12 +25,12 @@ import torch
 from torch import nn
 
 import rt3c
-from rt3c.errors import UserError, VerificationError
+from rt3c.core.errors import UserError, VerificationError
+from rt3c.core.onnx_io import SOURCE_METADATA_KEY, WEIGHTS_METADATA_KEY
+from rt3c.core.progress import quiet, step
 from rt3c.models.base import LoadedModel
-from rt3c.progress import quiet, step
+from rt3c.reference import run_onnx
 
-WEIGHTS_METADATA_KEY = "rt3c.weights"
-SOURCE_METADATA_KEY = "rt3c.source"
 DEFAULT_TOLERANCE = 1e-4
 
 # The exporter logs a warning per torchvision op it cannot register; rt3c never uses torchvision.
@@ -150,14 +150,6 @@ def _versions() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
         "transformers": transformers.__version__,
     }
-
-
-def run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run an ONNX file on onnxruntime's CPU provider."""
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
 
 
 MAX_BATCH = 256

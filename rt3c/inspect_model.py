@@ -15,10 +15,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from rt3c.encode import load_onnx, read_encoded_layers
-from rt3c.passes.encode import LEVEL_INPUT, LEVELS_METADATA_KEY, sparse_linear_nodes
-from rt3c.progress import stdout
-from rt3c.sparse_format import EncodedLayer
+from rt3c.core.onnx_io import LEVELS_METADATA_KEY, load_onnx
+from rt3c.core.progress import stdout
+from rt3c.core.sparse_format import EncodedLayer
+from rt3c.encode import read_encoded_layers
+from rt3c.passes.encode import LEVEL_INPUT, sparse_linear_nodes
 
 FLOAT_BYTES = 4
 INT32_BYTES = 4

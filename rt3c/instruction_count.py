@@ -24,9 +24,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rt3c import cache
 from rt3c.codegen.targets import Target
-from rt3c.errors import UserError, VerificationError
+from rt3c.core import cache
+from rt3c.core.errors import UserError, VerificationError
 
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "qemu_plugin" / "insn_count.c"
 FUNCTION_TYPES = frozenset("tTwW")

@@ -18,8 +18,8 @@ from rt3c.codegen.onnx_ops import TensorInfo, lower_node
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
 from rt3c.codegen.targets import Target, workspace_bytes
 from rt3c.compile import CompiledProgram
+from rt3c.core.sparse_format import EncodedLayer
 from rt3c.runtime_c.program import Call, Program, Tensor
-from rt3c.sparse_format import EncodedLayer
 
 
 @dataclass

@@ -33,20 +33,20 @@ import numpy as np
 import onnx
 import tvm
 
-from rt3c.cache import cache_dir, read_entry, write_entry
 from rt3c.codegen import onnx_ops, schedules, sparse_kernel, targets
 from rt3c.codegen.sparse_kernel import token_block
 from rt3c.codegen.targets import Target, build_kernels, get_target
 from rt3c.compile import CompiledProgram, build_project, lower_model
+from rt3c.core.cache import cache_dir, read_entry, write_entry
+from rt3c.core.errors import UserError
+from rt3c.core.plan import LayerPlan, Level, Plan
+from rt3c.core.progress import step
+from rt3c.core.sparse_format import encode_layer
+from rt3c.core.sparsify import block_prune, one_shot_plan, pattern_sets
 from rt3c.encode import encode_model
-from rt3c.errors import UserError
 from rt3c.instruction_count import count_instructions, kernel_functions
 from rt3c.kernel_program import LinearStep, dense_linear_step, linear_program, sparse_linear_step
-from rt3c.plan import LayerPlan, Level, Plan
-from rt3c.progress import step
 from rt3c.runtime_c.project import render_project
-from rt3c.sparse_format import encode_layer
-from rt3c.sparsify import block_prune, one_shot_plan, pattern_sets
 
 SOURCES = ("qemu", "host")
 UNITS = {"qemu": "instructions", "host": "seconds"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from rt3c.errors import UserError
+from rt3c.core.errors import UserError
 
 _INSTALL_HINT = "install it with `pip install --no-deps {spec}` (`make setup` does)"
 

@@ -21,9 +21,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
-from rt3c.battery import Simulation
-from rt3c.boards import Board
-from rt3c.errors import UserError
+from rt3c.core.battery import Simulation
+from rt3c.core.boards import Board
+from rt3c.core.errors import UserError
 from rt3c.simulate import RT3_CLAIMED_RATIO, read_json, searched_board, simulate_dir
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")

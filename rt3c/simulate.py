@@ -3,7 +3,7 @@
 Reads DIR/latency.json (written by `rt3c search`): the cost of the dense model and of each level of the
 best plan, in the unit of its source (instructions counted under qemu, or host seconds). Cycles are
 instructions x the board's `cycles_per_instruction`, or host seconds x the host clock recorded at
-measurement; then `rt3c.battery.simulate` compares the dense model at the top frequency, the dense model
+measurement; then `rt3c.core.battery.simulate` compares the dense model at the top frequency, the dense model
 following the trace, the rt3c levels following the trace, and the densest level without switching.
 """
 
@@ -14,12 +14,12 @@ from pathlib import Path
 
 from rich.table import Table
 
-from rt3c.battery import RT3_DEFAULT_TRACE, Simulation, load_trace, simulate
-from rt3c.boards import BOARD_QUANTITY_LIMIT, Board, load_board
-from rt3c.checks import UNREADABLE_JSON, real_number
-from rt3c.errors import UserError
+from rt3c.core.battery import RT3_DEFAULT_TRACE, Simulation, load_trace, simulate
+from rt3c.core.boards import BOARD_QUANTITY_LIMIT, Board, load_board
+from rt3c.core.checks import UNREADABLE_JSON, real_number
+from rt3c.core.errors import UserError
+from rt3c.core.progress import stdout
 from rt3c.latency import cycles_per_unit
-from rt3c.progress import stdout
 
 RT3_CLAIMED_RATIO = 4.0
 UNITS_LIMIT = 1e18

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rt3c.arena import ALIGNMENT, Lifetime, plan_arena
+from rt3c.runtime_c.arena import ALIGNMENT, Lifetime, plan_arena
 
 
 @st.composite

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from rt3c.battery import RT3_DEFAULT_TRACE, load_trace, simulate
-from rt3c.boards import TARGETS, load_board, shipped_boards
-from rt3c.errors import UserError
+from rt3c.core.battery import RT3_DEFAULT_TRACE, load_trace, simulate
+from rt3c.core.boards import TARGETS, load_board, shipped_boards
+from rt3c.core.errors import UserError
 
 
 def test_shipped_boards_load() -> None:

@@ -183,7 +183,7 @@ def test_plan_levels_follow_the_lists(
 ) -> None:
     """`--levels` is the number of `--sparsity` values unless given; `--board` gives its frequencies."""
     from rt3c import encode
-    from rt3c.boards import load_board
+    from rt3c.core.boards import load_board
 
     calls: list[dict] = []
 

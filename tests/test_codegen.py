@@ -15,9 +15,9 @@ from rt3c.codegen.onnx_ops import TensorInfo, lower_node
 from rt3c.codegen.schedules import schedule_matmul
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
 from rt3c.codegen.targets import build_kernels, get_target
-from rt3c.plan import Level
-from rt3c.sparse_format import encode_layer
-from rt3c.sparsify import one_shot_plan
+from rt3c.core.plan import Level
+from rt3c.core.sparse_format import encode_layer
+from rt3c.core.sparsify import one_shot_plan
 
 
 def _run(module: tvm.runtime.Module, symbol: str, arrays: list[np.ndarray]) -> np.ndarray:

@@ -15,8 +15,10 @@ import pytest
 from test_cli import run_cli
 
 from rt3c.compile import _level_model, compile_model, run_project
-from rt3c.encode import deterministic_feeds, encode_model, load_onnx, plan_model
-from rt3c.export import ExportResult, run_onnx
+from rt3c.core.onnx_io import deterministic_feeds, load_onnx
+from rt3c.encode import encode_model, plan_model
+from rt3c.export import ExportResult
+from rt3c.reference import run_onnx
 
 HARNESS = Path(__file__).resolve().parent / "c" / "level_switch.c"
 FUZZ_HARNESS = Path(__file__).resolve().parent / "c" / "fuzz_runtime.c"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rt3c.core.errors import UserError
 from rt3c.datasets import TRAIN_FRACTION, load_dataset, rotten_tomatoes_rows
-from rt3c.errors import UserError
 from rt3c.models import load_model
 
 

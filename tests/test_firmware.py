@@ -15,8 +15,10 @@ from test_cli import run_cli
 
 from rt3c.codegen.targets import get_target
 from rt3c.compile import _level_model, compile_model
-from rt3c.encode import deterministic_feeds, encode_model, load_onnx, plan_model
-from rt3c.export import ExportResult, run_onnx
+from rt3c.core.onnx_io import deterministic_feeds, load_onnx
+from rt3c.encode import encode_model, plan_model
+from rt3c.export import ExportResult
+from rt3c.reference import run_onnx
 from rt3c.runtime_c.project import TEMPLATES, check_prefix, default_prefix
 
 # Two plans of one model: the same kernel names (`__tvm_ffi_op3_add`, `sparse_5_L0`, ...) with other

@@ -21,12 +21,12 @@ import pytest
 from onnx import numpy_helper
 from test_cli import run_cli
 
-from rt3c.battery import load_trace
-from rt3c.boards import load_board, parse_board
+from rt3c.core.battery import load_trace
+from rt3c.core.boards import load_board, parse_board
+from rt3c.core.errors import UserError
+from rt3c.core.plan import Plan
 from rt3c.encode import encode_model, plan_model, read_encoded_layers
-from rt3c.errors import UserError
 from rt3c.export import ExportResult
-from rt3c.plan import Plan
 
 BAD_INPUTS = Path(__file__).parent / "bad_inputs"
 LAYER = "bert.encoder.layer.0.attention.self.query.weight"

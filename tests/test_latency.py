@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from rt3c.codegen.targets import get_target
-from rt3c.errors import UserError
+from rt3c.core.errors import UserError
+from rt3c.core.plan import Level
+from rt3c.core.sparse_format import encode_layer
+from rt3c.core.sparsify import one_shot_plan
 from rt3c.kernel_program import dense_linear_step, linear_program, sparse_linear_step
 from rt3c.latency import (
     LatencyModel,
@@ -20,9 +23,6 @@ from rt3c.latency import (
     measure_program,
 )
 from rt3c.models import load_model
-from rt3c.plan import Level
-from rt3c.sparse_format import encode_layer
-from rt3c.sparsify import one_shot_plan
 
 TOKENS = 16
 

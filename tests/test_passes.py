@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from test_sparse_format import layer_plans
 
+from rt3c.core.onnx_io import WEIGHTS_METADATA_KEY
+from rt3c.core.plan import LayerLevel, LayerPlan, Level, Plan
+from rt3c.core.sparse_format import encode_layer
 from rt3c.encode import read_encoded_layers
-from rt3c.export import WEIGHTS_METADATA_KEY
 from rt3c.passes.encode import LEVEL_INPUT, EncodeSparseLinearPass, RemoveUnusedPass
 from rt3c.passes.linear_layers import find_linear_layers
-from rt3c.plan import LayerLevel, LayerPlan, Level, Plan
-from rt3c.sparse_format import encode_layer
 
 FORMS = ("matmul+add", "matmul", "gemm transB=1", "gemm transB=0", "gemm no bias")
 

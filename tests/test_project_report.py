@@ -14,9 +14,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rt3c.boards import load_board
 from rt3c.codegen.targets import get_target
 from rt3c.compile import _dense_reference
+from rt3c.core.boards import load_board
 from rt3c.runtime_c.report import (
     DENSE_LABEL,
     STACK_METHOD,

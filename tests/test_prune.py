@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from rt3c.cli import main
+from rt3c.core.files import exclusive_lock
+from rt3c.core.plan import Plan
 from rt3c.datasets import load_dataset
-from rt3c.files import exclusive_lock
 from rt3c.models import load_model
-from rt3c.plan import Plan
 from rt3c.prune.lasso import ReweightedGroupLasso, tile_norms
 from rt3c.prune.pipeline import PruneConfig, PruneResult, prune_model, select_layers
 from rt3c.prune.stages import layer_masks
@@ -183,7 +183,7 @@ def test_bad_input_exits_2_without_output(tmp_path: Path, capsys, args: list[str
 
 
 def test_signed_sum_ranking_loses_weights_whose_signs_cancel() -> None:
-    from rt3c.sparsify import pattern_sets
+    from rt3c.core.sparsify import pattern_sets
 
     # Position 0 is large with alternating signs across tiles (its signed sum is zero); position 1 is
     # small and positive. One pattern keeping one weight per tile: magnitudes keep position 0.

@@ -14,9 +14,9 @@ from PIL import Image
 from search_helpers import SEARCH_EPISODES, run_cli
 
 from rt3c import report
-from rt3c.battery import simulate
-from rt3c.boards import load_board
-from rt3c.plan import Plan
+from rt3c.core.battery import simulate
+from rt3c.core.boards import load_board
+from rt3c.core.plan import Plan
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 import tvm
 from tvm.script import tirx as T
 
-from rt3c.arena import ALIGNMENT
+from rt3c.runtime_c.arena import ALIGNMENT
 from rt3c.runtime_c.program import Call, Program, Tensor
 from rt3c.runtime_c.project import render_project
 

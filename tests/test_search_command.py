@@ -17,18 +17,18 @@ import pytest
 import torch
 from search_helpers import run_cli, search_argv
 
-from rt3c.battery import simulate
-from rt3c.boards import load_board
+from rt3c.core.battery import simulate
+from rt3c.core.boards import load_board
+from rt3c.core.files import exclusive_lock
+from rt3c.core.plan import LayerPlan, Plan
+from rt3c.core.sparsify import block_prune
 from rt3c.datasets import load_dataset
-from rt3c.files import exclusive_lock
 from rt3c.models import load_model
-from rt3c.plan import LayerPlan, Plan
 from rt3c.prune.pipeline import DEFAULT_LAYERS, select_layers
 from rt3c.prune.stages import DenseRecipe, dense_baseline
 from rt3c.prune.training import TrainSettings
 from rt3c.search.evaluate import CandidateEvaluator, EvaluatorSpec, evaluation_pool
 from rt3c.search.space import SearchSpace
-from rt3c.sparsify import block_prune
 
 EVAL_LEVEL_KEYS = {
     "level",

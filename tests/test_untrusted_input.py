@@ -38,11 +38,13 @@ from test_runtime_c import CFLAGS, MAIN, _toy_kernels, _toy_program
 from rt3c.codegen.kernel_cache import write_kernels
 from rt3c.codegen.targets import get_target
 from rt3c.compile import _level_model, compile_model, lower_model
-from rt3c.encode import deterministic_feeds, encode_model, load_onnx, plan_model
-from rt3c.errors import UserError
-from rt3c.export import WEIGHTS_METADATA_KEY, ExportResult, run_onnx
-from rt3c.files import exclusive_lock
-from rt3c.plan import Plan
+from rt3c.core.errors import UserError
+from rt3c.core.files import exclusive_lock
+from rt3c.core.onnx_io import WEIGHTS_METADATA_KEY, deterministic_feeds, load_onnx
+from rt3c.core.plan import Plan
+from rt3c.encode import encode_model, plan_model
+from rt3c.export import ExportResult
+from rt3c.reference import run_onnx
 from rt3c.runtime_c.filters import FILTERS, comment
 from rt3c.runtime_c.program import Program, Tensor
 from rt3c.runtime_c.project import (

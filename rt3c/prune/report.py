@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from rt3c.progress import stdout
+from rt3c.core.progress import stdout
 
 
 def level_table(title: str, evaluation: dict, rows: list[dict]) -> Table:

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from rt3c.cache import cache_dir
+from rt3c.core.cache import cache_dir
+from rt3c.core.files import atomic_output
+from rt3c.core.plan import LayerPlan, Plan
+from rt3c.core.sparsify import block_prune
 from rt3c.datasets import Dataset
-from rt3c.files import atomic_output
 from rt3c.models.base import LoadedModel
-from rt3c.plan import LayerPlan, Plan
 from rt3c.prune.lasso import ReweightedGroupLasso
 from rt3c.prune.training import Masks, TrainSettings, train
-from rt3c.sparsify import block_prune
 
 
 class StageFiles:

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from rt3c.core.progress import console
 from rt3c.datasets import Split
 from rt3c.models.base import LoadedModel
-from rt3c.progress import console
 
 Masks = dict[str, torch.Tensor]
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rt3c.errors import UserError
+from rt3c.core.errors import UserError
 from rt3c.prune.pipeline import DEFAULT_LAYERS
 from rt3c.prune.training import TrainSettings
 from rt3c.search.evaluate import BACKENDS

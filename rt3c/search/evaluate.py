@@ -23,18 +23,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rt3c.boards import Board
+from rt3c.core.boards import Board
+from rt3c.core.errors import UserError
+from rt3c.core.plan import LayerPlan
+from rt3c.core.sparsify import pattern_sets
 from rt3c.datasets import Split
-from rt3c.errors import UserError
 from rt3c.latency import LatencyModel
 from rt3c.models import load_model
 from rt3c.models.base import LoadedModel
-from rt3c.plan import LayerPlan
 from rt3c.prune.stages import layer_masks
 from rt3c.prune.training import TrainSettings, evaluate, train
 from rt3c.search.objective import Evaluation
 from rt3c.search.space import SearchSpace
-from rt3c.sparsify import pattern_sets
 
 BACKENDS = ("process", "ray", "serial")
 

@@ -4,7 +4,7 @@
   its deadline; a penalty growing with the worst overshoot otherwise; and a further penalty unless accuracy
   falls (or stays) as the level gets sparser.
 - `energy`: the battery ratio along the board's DVFS trace (inferences per charge of the levels over the
-  dense model's at the top frequency, `rt3c.battery`), when every level meets its deadline and loses at most
+  dense model's at the top frequency, `rt3c.core.battery`), when every level meets its deadline and loses at most
   its budget of accuracy points against the dense model; a candidate over budget scores below any candidate
   within it and above any late one (1 - over / (over + 10) for `over` points over budget: still ordered when
   every candidate is far over, as on a search that cannot recover its sparse levels), so the search first
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rt3c.battery import simulate
-from rt3c.boards import Board
-from rt3c.errors import UserError
+from rt3c.core.battery import simulate
+from rt3c.core.boards import Board
+from rt3c.core.errors import UserError
 
 OBJECTIVES = ("accuracy", "energy")
 INFEASIBLE_REWARD = -1.0

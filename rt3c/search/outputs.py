@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rt3c.battery import simulate
-from rt3c.boards import Board, board_file
 from rt3c.codegen.targets import get_target
+from rt3c.core.battery import simulate
+from rt3c.core.boards import Board, board_file
+from rt3c.core.files import atomic_output
+from rt3c.core.plan import Plan
+from rt3c.core.progress import step
 from rt3c.export import export_model
-from rt3c.files import atomic_output
 from rt3c.latency import ProgramCost, measure_model
 from rt3c.models.base import LoadedModel
-from rt3c.plan import Plan
-from rt3c.progress import step
-from rt3c.prune.checkpoint import save_checkpoint
+from rt3c.models.checkpoint import save_checkpoint
 from rt3c.prune.stages import model_reference
 from rt3c.search.controller import Episode, SearchLog
 from rt3c.search.evaluate import level_latencies, level_sparsity

@@ -31,15 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rt3c.boards import load_board
 from rt3c.codegen.targets import get_target
+from rt3c.core.boards import load_board
+from rt3c.core.errors import UserError
+from rt3c.core.files import exclusive_lock
+from rt3c.core.plan import Level, Plan
+from rt3c.core.progress import console, step
 from rt3c.datasets import Split, load_dataset
-from rt3c.errors import UserError
-from rt3c.files import exclusive_lock
 from rt3c.models import load_model
 from rt3c.models.base import LoadedModel
-from rt3c.plan import Level, Plan
-from rt3c.progress import console, step
 from rt3c.prune.pipeline import select_layers
 from rt3c.prune.stages import (
     DenseRecipe,

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from rt3c.battery import RT3_DEFAULT_TRACE
-from rt3c.boards import Board
 from rt3c.codegen.targets import Target
-from rt3c.errors import UserError
+from rt3c.core.battery import RT3_DEFAULT_TRACE
+from rt3c.core.boards import Board
+from rt3c.core.errors import UserError
+from rt3c.core.sparsify import block_prune
 from rt3c.export import export_model
 from rt3c.latency import (
     LatencyModel,
@@ -34,7 +35,6 @@ from rt3c.latency import (
 from rt3c.models.base import LoadedModel
 from rt3c.search.evaluate import CandidatePlanner, level_latencies
 from rt3c.search.space import SearchSpace
-from rt3c.sparsify import block_prune
 
 if TYPE_CHECKING:
     from rt3c.search.config import SearchConfig

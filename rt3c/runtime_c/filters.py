@@ -24,7 +24,7 @@ from collections.abc import Callable
 import jinja2
 import numpy as np
 
-from rt3c.errors import UserError
+from rt3c.core.errors import UserError
 from rt3c.runtime_c.program import C_TYPES
 
 C_KEYWORDS = frozenset(

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from rt3c.errors import UserError
+from rt3c.core.errors import UserError
 
 
 @contextlib.contextmanager

@@ -13,9 +13,9 @@ import jinja2
 import numpy as np
 
 import rt3c
-from rt3c.arena import ALIGNMENT as ARENA_ALIGNMENT
 from rt3c.codegen.targets import Target
-from rt3c.errors import UserError
+from rt3c.core.errors import UserError
+from rt3c.runtime_c.arena import ALIGNMENT as ARENA_ALIGNMENT
 from rt3c.runtime_c.filters import C_KEYWORDS, FILTERS, c_identifier
 from rt3c.runtime_c.program import Program, Tensor
 

@@ -18,14 +18,14 @@ import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
 
-from rt3c.errors import UserError
+from rt3c.core.errors import UserError
+from rt3c.core.onnx_io import LEVELS_METADATA_KEY
+from rt3c.core.plan import Plan
+from rt3c.core.sparse_format import EncodedLayer, encode_layer, section_widths
 from rt3c.passes.linear_layers import LinearLayer, find_linear_layers
 from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE, OPSET, function_proto, node_attributes
-from rt3c.plan import Plan
-from rt3c.sparse_format import EncodedLayer, encode_layer, section_widths
 
 LEVEL_INPUT = "rt3c_level"
-LEVELS_METADATA_KEY = "rt3c.levels"
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:

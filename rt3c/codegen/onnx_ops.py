@@ -20,8 +20,8 @@ from onnx import helper
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
-from rt3c.errors import UserError
-from rt3c.progress import quiet, quiet_native_stderr
+from rt3c.core.errors import UserError
+from rt3c.core.progress import quiet, quiet_native_stderr
 
 SUPPORTED_OPS = frozenset(
     {

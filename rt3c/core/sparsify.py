@@ -18,8 +18,8 @@ import math
 
 import numpy as np
 
-from rt3c.errors import UserError
-from rt3c.plan import PRUNED, LayerLevel, LayerPlan, Level, Plan
+from rt3c.core.errors import UserError
+from rt3c.core.plan import PRUNED, LayerLevel, LayerPlan, Level, Plan
 
 FIT_ITERATIONS = 6
 

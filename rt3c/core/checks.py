@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from rt3c.errors import UserError
+from rt3c.core.errors import UserError
 
 UNREADABLE_JSON = (json.JSONDecodeError, UnicodeDecodeError, RecursionError)
 """What `json.loads` raises on text that is not JSON, not UTF-8, or nested deeper than Python's stack."""

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rt3c.checks import finite_array
-from rt3c.errors import UserError
-from rt3c.plan import LayerPlan, check_layer_size
+from rt3c.core.checks import finite_array
+from rt3c.core.errors import UserError
+from rt3c.core.plan import LayerPlan, check_layer_size
 
 MAX_CHAINS = 256
 """Chains per layer: each is one unrolled loop in every level's kernel, so this bounds kernel size."""

@@ -13,8 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-from rt3c.arena import ArenaPlan, Lifetime, plan_arena
-from rt3c.errors import UserError
+from rt3c.core.errors import UserError
+from rt3c.runtime_c.arena import ArenaPlan, Lifetime, plan_arena
 
 Storage = Literal["input", "output", "activation", "constant"]
 

@@ -25,7 +25,7 @@ import tvm
 from tvm.script.parser import parse
 
 from rt3c.codegen.targets import Target
-from rt3c.sparse_format import EncodedLayer
+from rt3c.core.sparse_format import EncodedLayer
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "sparse_linear.py.j2"
 

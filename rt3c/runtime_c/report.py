@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rt3c.boards import Board
 from rt3c.codegen.targets import Target
-from rt3c.errors import VerificationError
+from rt3c.core.boards import Board
+from rt3c.core.errors import VerificationError
 from rt3c.runtime_c.filters import comment
 from rt3c.runtime_c.program import Program
 from rt3c.runtime_c.project import binutil, weights_bytes

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from rt3c.checks import UNREADABLE_JSON
-from rt3c.errors import UserError
-from rt3c.export import WEIGHTS_METADATA_KEY
+from rt3c.core.checks import UNREADABLE_JSON
+from rt3c.core.errors import UserError
+from rt3c.core.onnx_io import WEIGHTS_METADATA_KEY
 
 
 @dataclass

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rt3c.checks import UNREADABLE_JSON, integer
-from rt3c.errors import UserError
-from rt3c.files import atomic_output
+from rt3c.core.checks import UNREADABLE_JSON, integer
+from rt3c.core.errors import UserError
+from rt3c.core.files import atomic_output
 
 PLAN_FORMAT = "rt3c-plan"
 PLAN_VERSION = 1

@@ -3,9 +3,9 @@
 The key hashes the TVM version, the TVM target (triple, cpu, features), rt3c's own build code (the
 schedules and build settings, which change the output without changing the input functions) and every
 kernel's symbol and TVMScript text (op, shapes, dtypes and, for SparseLinear, the baked-in pattern
-table). Entries live in `rt3c.cache.cache_dir("kernels")` (`$RT3C_CACHE_DIR/kernels`, default
+table). Entries live in `rt3c.core.cache.cache_dir("kernels")` (`$RT3C_CACHE_DIR/kernels`, default
 `~/.cache/rt3c/kernels`); they are written atomically, so concurrent builds at worst compile twice, and
-checked against the size and digest recorded with them, so a damaged one is rebuilt (`rt3c.cache`).
+checked against the size and digest recorded with them, so a damaged one is rebuilt (`rt3c.core.cache`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import tvm
 
-from rt3c import cache
 from rt3c.codegen import schedules, targets
 from rt3c.codegen.targets import Target, build_kernels
+from rt3c.core import cache
 
 
 def kernel_key(functions: dict[str, tvm.tirx.PrimFunc], target: Target) -> str:

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rt3c.boards import Board
-from rt3c.checks import real_number
-from rt3c.errors import UserError
+from rt3c.core.boards import Board
+from rt3c.core.checks import real_number
+from rt3c.core.errors import UserError
 
 TRACE_SECONDS_LIMIT = 1e12
 """Longest time one trace line may give (31,700 years): the sum of the lines stays finite."""

@@ -1,7 +1,7 @@
 """A pruned model on disk: a directory with a manifest naming the base model and the trained weights.
 
 `rt3c.models.load_model` resolves such a directory (so `rt3c export --model DIR` works after prune):
-it loads the base model (a zoo name or an absolute model path) and then the weights.
+it builds the base model (a zoo name or an absolute model path) and then loads the weights into it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rt3c.errors import UserError
+from rt3c.core.errors import UserError
 from rt3c.models.base import LoadedModel
 
 MANIFEST = "rt3c-checkpoint.json"
@@ -43,9 +43,32 @@ def is_checkpoint(directory: Path) -> bool:
     return (Path(directory) / MANIFEST).is_file()
 
 
-def load_checkpoint(directory: Path) -> LoadedModel:
-    from rt3c.models.zoo import load_model
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint directory's manifest: the base model to build, then the weights to load into it.
 
+    Building the base model is the zoo's job (`rt3c.models.load_model` does both steps), so this module
+    needs nothing from the zoo.
+    """
+
+    directory: Path
+    base_model: str
+    weights_file: Path
+
+    def load_into(self, model: LoadedModel) -> LoadedModel:
+        """`model` (built from `base_model`) with the trained weights, named after the directory."""
+        try:
+            state = torch.load(self.weights_file, map_location="cpu", weights_only=True)
+            model.module.load_state_dict(state)
+        except (OSError, RuntimeError, ValueError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"{self.weights_file}: does not fit base model {self.base_model}: {first_line}"
+            ) from None
+        return dataclasses.replace(model, name=str(self.directory), module=model.module.eval())
+
+
+def read_checkpoint(directory: Path) -> Checkpoint:
     directory = Path(directory)
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
@@ -57,11 +80,4 @@ def load_checkpoint(directory: Path) -> LoadedModel:
         raise UserError(
             f"{directory / MANIFEST}: format is {manifest.get('format')!r}, not {CHECKPOINT_FORMAT}"
         )
-    model = load_model(base_model)
-    try:
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)
-        model.module.load_state_dict(state)
-    except (OSError, RuntimeError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{weights_file}: does not fit base model {base_model}: {first_line}") from None
-    return dataclasses.replace(model, name=str(directory), module=model.module.eval())
+    return Checkpoint(directory, base_model, weights_file)

@@ -17,7 +17,7 @@ from functools import cached_property
 import tvm
 
 from rt3c.codegen.schedules import schedule_matmul
-from rt3c.errors import UserError
+from rt3c.core.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from rt3c.checks import real_number
-from rt3c.errors import UserError
-from rt3c.plan import MAX_FREQUENCY_KHZ, MAX_LEVELS
+from rt3c.core.checks import real_number
+from rt3c.core.errors import UserError
+from rt3c.core.plan import MAX_FREQUENCY_KHZ, MAX_LEVELS
 
 TARGETS = ("host", "aarch64", "cortex-m4", "cortex-m7")
 BOARDS_DIR = Path(__file__).resolve().parent / "boards"
