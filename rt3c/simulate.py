@@ -19,7 +19,7 @@ from rt3c.core.boards import BOARD_QUANTITY_LIMIT, Board, load_board
 from rt3c.core.checks import UNREADABLE_JSON, real_number
 from rt3c.core.errors import UserError
 from rt3c.core.progress import stdout
-from rt3c.latency import cycles_per_unit
+from rt3c.latency.units import cycles_per_unit
 
 RT3_CLAIMED_RATIO = 4.0
 UNITS_LIMIT = 1e18

@@ -28,7 +28,7 @@ from rt3c.core.errors import UserError
 from rt3c.core.plan import LayerPlan
 from rt3c.core.sparsify import pattern_sets
 from rt3c.datasets import Split
-from rt3c.latency import LatencyModel
+from rt3c.latency.cost_model import LatencyModel
 from rt3c.models import load_model
 from rt3c.models.base import LoadedModel
 from rt3c.prune.stages import layer_masks

@@ -28,7 +28,8 @@ from rt3c.core.files import atomic_output
 from rt3c.core.plan import Plan
 from rt3c.core.progress import step
 from rt3c.export import export_model
-from rt3c.latency import ProgramCost, measure_model
+from rt3c.latency.measure import measure_model
+from rt3c.latency.units import ProgramCost
 from rt3c.models.base import LoadedModel
 from rt3c.models.checkpoint import save_checkpoint
 from rt3c.prune.stages import model_reference

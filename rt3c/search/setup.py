@@ -24,14 +24,9 @@ from rt3c.core.boards import Board
 from rt3c.core.errors import UserError
 from rt3c.core.sparsify import block_prune
 from rt3c.export import export_model
-from rt3c.latency import (
-    LatencyModel,
-    build_latency_model,
-    check_source,
-    cycles_per_unit,
-    default_source,
-    host_clock_hz,
-)
+from rt3c.latency.calibrate import build_latency_model
+from rt3c.latency.cost_model import LatencyModel
+from rt3c.latency.units import check_source, cycles_per_unit, default_source, host_clock_hz
 from rt3c.models.base import LoadedModel
 from rt3c.search.evaluate import CandidatePlanner, level_latencies
 from rt3c.search.space import SearchSpace
