@@ -25,8 +25,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from rt3c.build import build_project
 from rt3c.codegen.targets import Target, get_target
-from rt3c.compile import build_project
 from rt3c.core.plan import Level
 from rt3c.core.sparse_format import encode_layer
 from rt3c.core.sparsify import one_shot_plan

@@ -40,12 +40,13 @@ from rich.console import Console
 from rich.table import Table
 
 from rt3c.codegen.targets import Target, get_target
-from rt3c.compile import _level_model, compile_model
+from rt3c.compile import compile_model
 from rt3c.core.onnx_io import deterministic_feeds, load_onnx
 from rt3c.core.plan import Plan
 from rt3c.encode import encode_model, plan_model
 from rt3c.export import export_model
 from rt3c.instruction_count import count_instructions
+from rt3c.lower import level_model
 from rt3c.models import load_model
 from rt3c.runtime_c.project import PSRAM_MIB
 
@@ -227,7 +228,7 @@ def latency_table(work: Workspace, rounds: int, repeats: int) -> tuple[Table, fl
     )  # fmt: skip
     speedup = 0.0
     for level in range(len(plan.levels)):
-        session = _onnxruntime_session(_level_model(encoded, level))
+        session = _onnxruntime_session(level_model(encoded, level))
         (expected,) = session.run(None, feeds)
         c_ms, ort_dense_ms, ort_encoded_ms = [], [], []
         _, (got,) = _c_inference_ms(project, level, 1)

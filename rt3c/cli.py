@@ -300,7 +300,7 @@ def run_command(
     """Run a compiled model: natively (host), under qemu-aarch64, or on qemu-system-arm (Cortex-M)."""
     import numpy as np
 
-    from rt3c.compile import run_project
+    from rt3c.run import run_project
 
     results = run_project(project, level, inputs)
     for name, array in results.items():

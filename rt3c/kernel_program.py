@@ -1,5 +1,5 @@
 """A `Program` of bare linear-layer kernels, no model around them: how tests and benchmarks run single
-kernels on a target through the generated C project (`rt3c.compile.build_project`, `run_level`).
+kernels on a target through the generated C project (`rt3c.build.build_project`, `run_level`).
 
 Each step is one layer: `y = kernel(x, constants...)`, one kernel per level, reading activations of the
 layer's input width (one program input per distinct width) and writing its own output. Constants (weights,
@@ -17,8 +17,8 @@ from onnx import helper
 from rt3c.codegen.onnx_ops import TensorInfo, lower_node
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
 from rt3c.codegen.targets import Target, workspace_bytes
-from rt3c.compile import CompiledProgram
 from rt3c.core.sparse_format import EncodedLayer
+from rt3c.lower import CompiledProgram
 from rt3c.runtime_c.program import Call, Program, Tensor
 
 

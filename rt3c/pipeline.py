@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from rich.table import Table
 
-from rt3c.compile import compile_model, run_project
+from rt3c.compile import compile_model
 from rt3c.core.boards import load_board
 from rt3c.core.onnx_io import deterministic_feeds
 from rt3c.core.progress import stdout, step
@@ -19,6 +19,7 @@ from rt3c.export import export_model
 from rt3c.inspect_model import inspect_model
 from rt3c.models import load_model
 from rt3c.reference import run_onnx
+from rt3c.run import run_project
 from rt3c.runtime_c.report import summary
 
 DEMO_SPARSITIES = [0.5, 0.7, 0.8]

@@ -14,11 +14,13 @@ import onnx
 import pytest
 from test_cli import run_cli
 
-from rt3c.compile import _level_model, compile_model, run_project
+from rt3c.compile import compile_model
 from rt3c.core.onnx_io import deterministic_feeds, load_onnx
 from rt3c.encode import encode_model, plan_model
 from rt3c.export import ExportResult
+from rt3c.lower import level_model
 from rt3c.reference import run_onnx
+from rt3c.run import run_project
 
 HARNESS = Path(__file__).resolve().parent / "c" / "level_switch.c"
 FUZZ_HARNESS = Path(__file__).resolve().parent / "c" / "fuzz_runtime.c"
@@ -81,7 +83,7 @@ def test_weights_as_c_arrays(
     flags = ["-std=c99", "-pedantic", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{c_weights_project}"]
     binary = tmp_path / "rt3_main"
     subprocess.run([compiler, *flags, *map(str, sources), "-o", str(binary), "-lm"], check=True)
-    feeds = deterministic_feeds(_level_model(load_onnx(bert_tiny_encoded[0]), 0), seed=2)
+    feeds = deterministic_feeds(level_model(load_onnx(bert_tiny_encoded[0]), 0), seed=2)
     inputs = []
     for name in ("input_ids", "attention_mask"):
         (tmp_path / f"{name}.bin").write_bytes(feeds[name].tobytes())
@@ -129,7 +131,7 @@ def _check_against_onnxruntime(project: Path, encoded: Path, seed: int) -> None:
     """`rt3c run` on fresh inputs equals onnxruntime on the encoded model of each level."""
     model = load_onnx(encoded)
     for level in range(3):
-        reference = _level_model(model, level)
+        reference = level_model(model, level)
         feeds = deterministic_feeds(reference, seed=seed)
         paths = []
         for name, array in feeds.items():

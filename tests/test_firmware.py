@@ -14,10 +14,11 @@ import pytest
 from test_cli import run_cli
 
 from rt3c.codegen.targets import get_target
-from rt3c.compile import _level_model, compile_model
+from rt3c.compile import compile_model
 from rt3c.core.onnx_io import deterministic_feeds, load_onnx
 from rt3c.encode import encode_model, plan_model
 from rt3c.export import ExportResult
+from rt3c.lower import level_model
 from rt3c.reference import run_onnx
 from rt3c.runtime_c.project import TEMPLATES, check_prefix, default_prefix
 
@@ -58,7 +59,7 @@ def _references(encoded: Path) -> tuple[dict[str, np.ndarray], list[np.ndarray]]
     model = load_onnx(encoded)
     expected = []
     for level in range(len(model.metadata_props["rt3c.levels"].split(","))):
-        reference = _level_model(model, level)
+        reference = level_model(model, level)
         feeds = deterministic_feeds(reference, seed=SEED)
         path = encoded.with_suffix(f".L{level}.onnx")
         onnx.save(reference, path)

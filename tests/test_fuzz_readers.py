@@ -26,12 +26,12 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 from test_input_validation import BAD_INPUTS, one_layer_encoded  # noqa: F401 (a fixture)
 
-from rt3c.compile import read_input
 from rt3c.core.battery import RT3_DEFAULT_TRACE, load_trace, simulate
 from rt3c.core.boards import load_board, parse_board
 from rt3c.core.errors import UserError
 from rt3c.core.plan import MAX_LEVELS, Plan
 from rt3c.encode import read_encoded_layers
+from rt3c.run import read_input
 from rt3c.simulate import level_cycles
 
 EXAMPLES = int(os.environ.get("RT3C_FUZZ_EXAMPLES", "60"))

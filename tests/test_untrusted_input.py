@@ -37,13 +37,14 @@ from test_runtime_c import CFLAGS, MAIN, _toy_kernels, _toy_program
 
 from rt3c.codegen.kernel_cache import write_kernels
 from rt3c.codegen.targets import get_target
-from rt3c.compile import _level_model, compile_model, lower_model
+from rt3c.compile import compile_model
 from rt3c.core.errors import UserError
 from rt3c.core.files import exclusive_lock
 from rt3c.core.onnx_io import WEIGHTS_METADATA_KEY, deterministic_feeds, load_onnx
 from rt3c.core.plan import Plan
 from rt3c.encode import encode_model, plan_model
 from rt3c.export import ExportResult
+from rt3c.lower import level_model, lower_model
 from rt3c.reference import run_onnx
 from rt3c.runtime_c.filters import FILTERS, comment
 from rt3c.runtime_c.program import Program, Tensor
@@ -373,7 +374,7 @@ def test_ids_at_the_table_edges_match_onnxruntime(
     tmp_path: Path,
 ) -> None:
     encoded = encode_model(bert_tiny_export.onnx_path, bert_tiny_plan, tmp_path / "m.rt3.onnx").path
-    reference = _level_model(load_onnx(encoded), 2)
+    reference = level_model(load_onnx(encoded), 2)
     feeds = deterministic_feeds(reference, seed=3)
     feeds["input_ids"][0, :4] = [0, VOCAB - 1, 0, VOCAB - 1]
     onnx.save(reference, tmp_path / "level.onnx")

@@ -9,6 +9,7 @@ Kernels never need the TVM runtime: asserts are off and the generated code calls
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -145,6 +146,46 @@ def get_target(name: str) -> Target:
     if name not in TARGETS:
         raise UserError(f"--target {name}: unknown target; choose one of {', '.join(TARGETS)}")
     return TARGETS[name]
+
+
+# The -mfpu of each Cortex-M part arm-none-eabi-gcc 12 knows; None: no FPU (soft-float ABI).
+CORTEX_M_FPU = {
+    "cortex-m0plus": None,
+    "cortex-m3": None,
+    "cortex-m23": None,
+    "cortex-m4": "fpv4-sp-d16",
+    "cortex-m7": "fpv5-d16",
+    "cortex-m33": "fpv5-sp-d16",
+    "cortex-m35p": "fpv5-sp-d16",
+    "cortex-m55": "auto",
+}
+
+
+def cortex_m_part(target: Target, mcpu: str, verify: bool) -> Target:
+    """`target` (cortex-m4 or cortex-m7: TVM's C kernels, bare metal) built for the part `mcpu`.
+
+    Only the qemu board's own CPU can be verified; any other part needs `verify` off, and gets no
+    startup file or linker script (those are qemu's MPS2 boards'): the library is what it is for.
+    """
+    if target.board is None:
+        raise UserError(
+            f"--mcpu {mcpu}: only with a Cortex-M target (cortex-m4, cortex-m7), not {target.name}"
+        )
+    if mcpu not in CORTEX_M_FPU:
+        raise UserError(
+            f"--mcpu {mcpu!r:.40}: not a Cortex-M part rt3c builds for; choose one of {', '.join(CORTEX_M_FPU)}"
+        )
+    if f"-mcpu={mcpu}" in target.cflags:
+        return target
+    if verify:
+        raise UserError(
+            f"--mcpu {mcpu}: qemu's {target.board} (--target {target.name}) cannot run it; add --no-verify to "
+            "generate and build the project without running it"
+        )
+    fpu = CORTEX_M_FPU[mcpu]
+    kept = [flag for flag in target.cflags if not flag.startswith(("-mcpu=", "-mfpu=", "-mfloat-abi="))]
+    float_flags = [f"-mfpu={fpu}", "-mfloat-abi=hard"] if fpu else ["-mfloat-abi=soft"]
+    return dataclasses.replace(target, cflags=(f"-mcpu={mcpu}", *float_flags, *kept), board=None)
 
 
 _EXTENT = re.compile(r"T\.int(?:32|64)\((\d+)\)|\b(\d+)\b")

@@ -1,6 +1,6 @@
 """The latency model: per DVFS level, latency = cycles / frequency, from the kernels of the compiled model.
 
-Every kernel of a compiled model (`rt3c.compile.lower_model`) gets a cost per call in one of two units,
+Every kernel of a compiled model (`rt3c.lower.lower_model`) gets a cost per call in one of two units,
 and every number says which (`source`):
 
 - `qemu`: executed instructions, counted under qemu for the board's target (aarch64 under qemu-aarch64,

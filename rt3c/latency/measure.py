@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import tvm
 
+from rt3c.build import build_project
 from rt3c.codegen.targets import Target, build_kernels, get_target
-from rt3c.compile import CompiledProgram, build_project, lower_model
 from rt3c.core.plan import LayerPlan, Plan
 from rt3c.core.progress import step
 from rt3c.core.sparse_format import encode_layer
@@ -20,6 +20,7 @@ from rt3c.instruction_count import count_instructions, kernel_functions
 from rt3c.kernel_program import linear_program, sparse_linear_step
 from rt3c.latency.cost_model import LatencyModel
 from rt3c.latency.units import SPARSE_PREFIX, KernelCost, ProgramCost
+from rt3c.lower import CompiledProgram, lower_model
 from rt3c.runtime_c.project import render_project
 
 

@@ -1,0 +1,124 @@
+"""`rt3c run`: a compiled project's example program (natively or under qemu) on .npy inputs.
+
+The project's rt3c-build.json says the target, the levels and the inputs; it is checked before anything
+of it reaches a command line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rt3c.build import InputOutOfRange, run_level
+from rt3c.codegen.targets import TARGETS, get_target
+from rt3c.core.checks import UNREADABLE_JSON
+from rt3c.core.errors import UserError
+from rt3c.runtime_c.program import C_TYPES, Tensor
+from rt3c.runtime_c.project import PREFIX_PATTERN
+
+
+def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.ndarray]:
+    """Run a compiled project's example program (natively or under qemu) on .npy inputs."""
+    manifest = _read_manifest(project)
+    target, prefix = get_target(manifest["target"]), manifest["prefix"]
+    if not (project / "rt3_main").is_file():
+        raise UserError(
+            f"{project}: has no example program rt3_main (compiled with --no-verify); "
+            f"build it with `make -C {project} rt3_main`"
+        )
+    target.check_tools()
+    if not 0 <= level < len(manifest["levels"]):
+        raise UserError(f"--level {level}: the model has levels 0..{len(manifest['levels']) - 1}")
+    if len(inputs) != len(manifest["inputs"]):
+        names = ", ".join(t["name"] for t in manifest["inputs"])
+        raise UserError(
+            f"--input: the model takes {len(manifest['inputs'])} inputs ({names}), got {len(inputs)}"
+        )
+    arrays = [read_input(path, spec) for path, spec in zip(inputs, manifest["inputs"], strict=True)]
+    outputs = [Tensor(t["name"], tuple(t["shape"]), t["dtype"], "output") for t in manifest["outputs"]]
+    try:
+        results = run_level(project, target, level, arrays, outputs)
+    except InputOutOfRange as refusal:
+        # Name the file: rt3_main only knows that some index input was out of range.
+        refused = [
+            f"--input {path}: {spec['name']} takes values in [0, {spec['index_limit']})"
+            for path, spec, array in zip(inputs, manifest["inputs"], arrays, strict=True)
+            if spec.get("index_limit") is not None
+            and not np.all((array >= 0) & (array < spec["index_limit"]))
+        ]
+        raise UserError(
+            f"{'; '.join(refused) or refusal}; {prefix}_invoke refused it "
+            f"({prefix.upper()}_ERROR_INPUT_OUT_OF_RANGE)"
+        ) from None
+    return {tensor.name: result for tensor, result in zip(outputs, results, strict=True)}
+
+
+def read_input(path: Path, spec: dict) -> np.ndarray:
+    """The .npy file at `path` as the model input `spec` of the manifest (name, shape, dtype), or a
+    UserError naming the file."""
+    try:
+        # Mapped, not read: a header may claim more elements than the file (or memory) holds.
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError, OverflowError) as exc:  # mmap: a length past the address space
+        raise UserError(f"--input {path}: cannot read a .npy array ({exc})") from None
+    if list(array.shape) != spec["shape"]:
+        raise UserError(f"--input {path}: shape {list(array.shape)}, {spec['name']} needs {spec['shape']}")
+    return _as_input_dtype(array, np.dtype(spec["dtype"]), f"--input {path}: {spec['name']}")
+
+
+def _read_manifest(project: Path) -> dict:
+    """rt3c-build.json of a compiled project, checked as far as `run_project` relies on it."""
+    path = project / "rt3c-build.json"
+    if not path.is_file():
+        raise UserError(f"{project}: not an rt3c project (no rt3c-build.json); make one with `rt3c compile`")
+    try:
+        manifest = json.loads(path.read_text())
+        target, levels = manifest["target"], manifest["levels"]
+        specs = [
+            (f"{kind}[{index}]", spec)
+            for kind in ("inputs", "outputs")
+            for index, spec in enumerate(manifest[kind])
+        ]
+    except (*UNREADABLE_JSON, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not an rt3c project manifest ({type(exc).__name__}: {exc})") from None
+    if not isinstance(target, str) or target not in TARGETS:
+        raise UserError(f"{path}: target {target!r:.40} is none of {', '.join(TARGETS)}")
+    if not isinstance(manifest.get("prefix"), str) or not PREFIX_PATTERN.match(manifest["prefix"]):
+        raise UserError(
+            f"{path}: prefix {manifest.get('prefix')!r:.40} is not a prefix `rt3c compile` writes"
+        )
+    if not isinstance(levels, list) or not levels:
+        raise UserError(f"{path}: levels: expected a non-empty list, got {levels!r:.40}")
+    for where, spec in specs:
+        if not _is_tensor_spec(spec):
+            raise UserError(f"{path}: {where}: expected name, shape and dtype as `rt3c compile` writes them")
+    return manifest
+
+
+def _is_tensor_spec(spec: object) -> bool:
+    def positive(value: object) -> bool:
+        return type(value) is int and value >= 1
+
+    return (
+        isinstance(spec, dict)
+        and isinstance(spec.get("name"), str)
+        and isinstance(spec.get("dtype"), str)
+        and spec["dtype"] in C_TYPES
+        and isinstance(spec.get("shape"), list)
+        and all(positive(dim) for dim in spec["shape"])
+        and (spec.get("index_limit") is None or positive(spec["index_limit"]))
+    )
+
+
+def _as_input_dtype(array: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """`array` as `dtype`. Token ids and masks are integers: a float id would be truncated (3.7 -> 3) and
+    a value past the type would wrap, so an integer input takes only integers that its type holds."""
+    if np.issubdtype(dtype, np.integer):
+        if array.dtype.kind not in "biu":
+            raise UserError(f"{what} takes {dtype} integers, got {array.dtype} values")
+        info = np.iinfo(dtype)
+        if array.size and not info.min <= int(array.min()) <= int(array.max()) <= info.max:
+            raise UserError(f"{what} takes {dtype} integers, got values outside [{info.min}, {info.max}]")
+    return array.astype(dtype)
