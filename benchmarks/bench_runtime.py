@@ -48,7 +48,7 @@ from rt3c.export import export_model
 from rt3c.instruction_count import count_instructions
 from rt3c.lower import level_model
 from rt3c.models import load_model
-from rt3c.runtime_c.project import PSRAM_MIB
+from rt3c.runtime_c.build_files import PSRAM_MIB
 
 TOKENS = 64
 PREFIX = "bench"

@@ -16,8 +16,9 @@ from rt3c.core.errors import VerificationError
 from rt3c.core.onnx_io import deterministic_feeds, load_onnx
 from rt3c.lower import CompiledProgram, level_model
 from rt3c.reference import run_onnx
+from rt3c.runtime_c.build_files import render_build_files
 from rt3c.runtime_c.program import Program, Tensor
-from rt3c.runtime_c.project import MAIN_EXIT_INPUT_OUT_OF_RANGE, project_files, render_build_files
+from rt3c.runtime_c.project import MAIN_EXIT_INPUT_OUT_OF_RANGE, project_files
 
 TOLERANCE = 1e-4
 

@@ -22,12 +22,12 @@ from rt3c.runtime_c.report import (
     DenseReference,
     LevelReport,
     board_latencies,
-    measure_stack,
     memory,
     onnxruntime_us,
     section_sizes,
     write_report,
 )
+from rt3c.runtime_c.stack import measure_stack
 
 TIMED_REPEATS = 20
 """Inferences per level whose processor time is measured (host), after a first one."""

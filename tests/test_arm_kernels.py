@@ -23,8 +23,9 @@ from rt3c.instruction_count import count_instructions
 from rt3c.kernel_program import dense_linear_step, input_name, linear_program, sparse_linear_step
 from rt3c.lower import CompiledProgram
 from rt3c.passes.linear_layers import find_linear_layers
+from rt3c.runtime_c.build_files import render_build_files
 from rt3c.runtime_c.program import Program
-from rt3c.runtime_c.project import render_build_files, render_project
+from rt3c.runtime_c.project import render_project
 
 LOOP = r"""
 #include <stdlib.h>

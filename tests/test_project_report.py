@@ -19,20 +19,16 @@ from rt3c.compile_report import dense_reference
 from rt3c.core.boards import load_board
 from rt3c.runtime_c.report import (
     DENSE_LABEL,
-    STACK_METHOD,
     DenseReference,
     Flash,
     LevelReport,
     Ram,
-    Stack,
     board_latencies,
-    measure_stack,
     onnxruntime_us,
-    stack_estimate,
-    stack_frames,
     summary,
     write_report,
 )
+from rt3c.runtime_c.stack import STACK_METHOD, Stack, measure_stack, stack_estimate, stack_frames
 
 INSTRUCTIONS = [3_000_000, 2_000_000, 1_500_000]
 

@@ -46,15 +46,10 @@ from rt3c.encode import encode_model, plan_model
 from rt3c.export import ExportResult
 from rt3c.lower import level_model, lower_model
 from rt3c.reference import run_onnx
+from rt3c.runtime_c.build_files import render_build_files
 from rt3c.runtime_c.filters import FILTERS, comment
 from rt3c.runtime_c.program import Program, Tensor
-from rt3c.runtime_c.project import (
-    MAIN_EXIT_INPUT_OUT_OF_RANGE,
-    TEMPLATES,
-    environment,
-    render_build_files,
-    render_project,
-)
+from rt3c.runtime_c.project import MAIN_EXIT_INPUT_OUT_OF_RANGE, TEMPLATES, environment, render_project
 
 VOCAB = 1024  # bert-tiny's embedding rows
 INT32_MAX, INT32_MIN = 2**31 - 1, -(2**31)
