@@ -7,6 +7,7 @@ of it reaches a command line.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,9 @@ from rt3c.runtime_c.program import C_TYPES, Tensor
 from rt3c.runtime_c.project import PREFIX_PATTERN
 
 
-def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.ndarray]:
-    """Run a compiled project's example program (natively or under qemu) on .npy inputs."""
+def run_project(project: Path, level: int, inputs: Sequence[Path | np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a compiled project's example program (natively or under qemu) on its inputs, each a .npy file
+    (`rt3c run --input`) or an array (the Python API), in the program's input order."""
     manifest = _read_manifest(project)
     target, prefix = get_target(manifest["target"]), manifest["prefix"]
     if not (project / "rt3_main").is_file():
@@ -36,15 +38,22 @@ def run_project(project: Path, level: int, inputs: list[Path]) -> dict[str, np.n
         raise UserError(
             f"--input: the model takes {len(manifest['inputs'])} inputs ({names}), got {len(inputs)}"
         )
-    arrays = [read_input(path, spec) for path, spec in zip(inputs, manifest["inputs"], strict=True)]
+    labels = [
+        f"--input {source}" if isinstance(source, Path) else f"input {index}"
+        for index, source in enumerate(inputs)
+    ]
+    arrays = [
+        read_input(source, spec) if isinstance(source, Path) else input_array(np.asarray(source), spec, label)
+        for source, label, spec in zip(inputs, labels, manifest["inputs"], strict=True)
+    ]
     outputs = [Tensor(t["name"], tuple(t["shape"]), t["dtype"], "output") for t in manifest["outputs"]]
     try:
         results = run_level(project, target, level, arrays, outputs)
     except InputOutOfRange as refusal:
-        # Name the file: rt3_main only knows that some index input was out of range.
+        # Name the input: rt3_main only knows that some index input was out of range.
         refused = [
-            f"--input {path}: {spec['name']} takes values in [0, {spec['index_limit']})"
-            for path, spec, array in zip(inputs, manifest["inputs"], arrays, strict=True)
+            f"{label}: {spec['name']} takes values in [0, {spec['index_limit']})"
+            for label, spec, array in zip(labels, manifest["inputs"], arrays, strict=True)
             if spec.get("index_limit") is not None
             and not np.all((array >= 0) & (array < spec["index_limit"]))
         ]
@@ -63,9 +72,14 @@ def read_input(path: Path, spec: dict) -> np.ndarray:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError, OverflowError) as exc:  # mmap: a length past the address space
         raise UserError(f"--input {path}: cannot read a .npy array ({exc})") from None
+    return input_array(array, spec, f"--input {path}")
+
+
+def input_array(array: np.ndarray, spec: dict, label: str) -> np.ndarray:
+    """`array` as the model input `spec` (name, shape, dtype), or a UserError starting with `label`."""
     if list(array.shape) != spec["shape"]:
-        raise UserError(f"--input {path}: shape {list(array.shape)}, {spec['name']} needs {spec['shape']}")
-    return _as_input_dtype(array, np.dtype(spec["dtype"]), f"--input {path}: {spec['name']}")
+        raise UserError(f"{label}: shape {list(array.shape)}, {spec['name']} needs {spec['shape']}")
+    return _as_input_dtype(array, np.dtype(spec["dtype"]), f"{label}: {spec['name']}")
 
 
 def _read_manifest(project: Path) -> dict:

@@ -1,7 +1,7 @@
 """The layers of rt3c (docs/ARCHITECTURE.md): nothing imports upward, nothing imports in a circle, and the
 bottom layers load neither torch nor the heavy runtimes.
 
-    interface  rt3c.cli                                    the command line
+    interface  rt3c.cli, rt3c.api                          the command line, the Python API
     stages     rt3c.* (export, encode, lower, build, compile, latency, models, prune, search, ...)
     engines    rt3c.passes, rt3c.codegen, rt3c.runtime_c
     core       rt3c.core                                   the contracts: plan, format, ONNX I/O, boards
@@ -25,7 +25,15 @@ import pytest
 import rt3c
 
 PACKAGE_DIR = Path(rt3c.__file__).resolve().parent
-LAYERS = {"rt3c.core": 0, "rt3c.passes": 1, "rt3c.codegen": 1, "rt3c.runtime_c": 1, "rt3c": 2, "rt3c.cli": 3}
+LAYERS = {
+    "rt3c.core": 0,
+    "rt3c.passes": 1,
+    "rt3c.codegen": 1,
+    "rt3c.runtime_c": 1,
+    "rt3c": 2,
+    "rt3c.cli": 3,
+    "rt3c.api": 3,
+}
 LAYER_NAMES = ["core", "engines", "stages", "interface"]
 FORBIDDEN = {
     "rt3c.core": {"torch", "transformers", "tvm", "tvm_ffi", "jinja2", "onnxruntime"},
@@ -208,3 +216,8 @@ def test_simulate_and_report_load_neither_tvm_nor_torch() -> None:
     for code in (help_run, "import rt3c.simulate, rt3c.report"):
         loaded = _loaded_packages(code)
         assert not loaded & {"tvm", "torch"}, (code, sorted(loaded & {"tvm", "torch"}))
+
+
+def test_the_api_imports_its_stages_when_called() -> None:
+    loaded = _loaded_packages("from rt3c import api")
+    assert not loaded & {"tvm", "torch", "onnxruntime"}

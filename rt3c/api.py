@@ -1,0 +1,155 @@
+"""The Python API: each stage as one call, for notebooks and scripts (the CLI is a shell over the same).
+
+    from rt3c import api
+
+    exported = api.export("bert-tiny", "out/model.onnx")
+    api.plan(exported.onnx_path, "out/plan.json", sparsities=[0.5, 0.75], frequencies_khz=[1400000, 800000])
+    project = api.compile(exported.onnx_path, "out/project", plan="out/plan.json")
+    logits = project.run(1, {"input_ids": ids, "attention_mask": mask})["logits"]
+    project.memory  # flash and RAM bytes
+
+Errors are those of the stages: `rt3c.core.errors.UserError` for bad input (its message names the file,
+layer or option at fault), `VerificationError` when a built artifact does not compute what its source does.
+
+Each function imports its stage when called, so `from rt3c import api` loads neither torch nor TVM.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from rt3c.core.plan import Plan
+    from rt3c.encode import EncodeResult
+    from rt3c.export import ExportResult
+    from rt3c.prune.pipeline import PruneResult
+    from rt3c.search.outputs import SearchResult
+
+
+def export(model: str, out: str | Path, *, seq_len: int = 16, batch: int = 1) -> ExportResult:
+    """`model` (a zoo name, a Hugging Face directory, a checkpoint of `prune`, or `module:factory`) to
+    ONNX at `out`, verified against torch with onnxruntime."""
+    from rt3c.export import export_model
+    from rt3c.models import load_model
+
+    return export_model(load_model(model), Path(out), seq_len=seq_len, batch=batch)
+
+
+def plan(
+    onnx_path: str | Path,
+    out: str | Path,
+    *,
+    sparsities: list[float],
+    tile: tuple[int, int] = (4, 4),
+    patterns: int = 8,
+    block_ratio: float | None = None,
+    frequencies_khz: list[int] | None = None,
+    layers: str | None = None,
+) -> Plan:
+    """The one-shot plan of an exported model's linear layers: one level per sparsity, densest first."""
+    from rt3c.encode import plan_model
+
+    return plan_model(
+        Path(onnx_path),
+        Path(out),
+        sparsities=sparsities,
+        tile=tile,
+        patterns=patterns,
+        block_ratio=block_ratio,
+        frequencies_khz=frequencies_khz,
+        layers=layers,
+    )
+
+
+def encode(
+    onnx_path: str | Path, plan_path: str | Path, out: str | Path, *, level: int | None = None
+) -> EncodeResult:
+    """The exported model with its planned layers encoded (every level, or only `level`), verified level
+    by level against the masked dense model."""
+    from rt3c.encode import encode_model
+
+    return encode_model(Path(onnx_path), Path(plan_path), Path(out), level)
+
+
+@dataclass(frozen=True)
+class Project:
+    """A compiled C project: its folder, what `compile` measured, and its example program to run."""
+
+    directory: Path
+    report: dict[str, Any]
+    """The project's report.json (docs/RUNTIME.md)."""
+    max_abs_diff: list[float]
+    """Per level: max |C - onnxruntime| of the verified builds (empty without verification)."""
+
+    @property
+    def memory(self) -> dict[str, Any]:
+        """Flash and RAM bytes, each split by what they hold, with their totals."""
+        return {"flash_bytes": self.report["flash_bytes"], "ram_bytes": self.report["ram_bytes"]}
+
+    @property
+    def input_names(self) -> list[str]:
+        manifest = json.loads((self.directory / "rt3c-build.json").read_text())
+        return [tensor["name"] for tensor in manifest["inputs"]]
+
+    def run(
+        self, level: int, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Outputs by name of one inference of the built program at `level` (natively or under qemu);
+        `inputs` by name, or in the order of `input_names`."""
+        from rt3c.run import run_project
+
+        if isinstance(inputs, Mapping):
+            inputs = [inputs[name] for name in self.input_names]
+        return run_project(self.directory, level, list(inputs))
+
+
+def compile(
+    model_path: str | Path,
+    out_dir: str | Path,
+    *,
+    target: str = "host",
+    plan: str | Path | None = None,
+    board: str | None = None,
+    frequencies_khz: list[int] | None = None,
+    prefix: str | None = None,
+    verify: bool = True,
+) -> Project:
+    """An exported model with its `plan`, an encoded model, or a dense model, compiled into a C project at
+    `out_dir` for `target` (host, aarch64, cortex-m4, cortex-m7); built, and with `verify` run at every
+    level against onnxruntime. Several levels need their frequencies: from the plan, `board` or
+    `frequencies_khz`."""
+    from rt3c.compile import compile_model
+
+    result = compile_model(
+        Path(model_path),
+        Path(out_dir),
+        target_name=target,
+        plan_path=None if plan is None else Path(plan),
+        board=board,
+        frequencies_khz=frequencies_khz,
+        prefix=prefix,
+        verify=verify,
+    )
+    return Project(result.out_dir, result.report, result.max_abs_diff)
+
+
+def prune(model: str, data: str, out: str | Path, *, sparsities: list[float], **settings: Any) -> PruneResult:
+    """`rt3c prune`: dense baseline, group lasso and block pruning, pattern sets per level, joint training.
+    `settings` are the fields of `rt3c.prune.pipeline.PruneConfig` (tile, patterns, steps, ...)."""
+    from rt3c.prune.pipeline import PruneConfig, prune_model
+
+    return prune_model(PruneConfig(model=model, data=data, out=Path(out), sparsities=sparsities, **settings))
+
+
+def search(model: str, data: str, board: str, out: str | Path, **settings: Any) -> SearchResult:
+    """`rt3c search`: the pattern sets per DVFS level that meet each level's deadline on `board`, trained.
+    `settings` are the fields of `rt3c.search.run.SearchConfig` (objective, episodes, steps, ...)."""
+    from rt3c.search.run import SearchConfig, search_model
+
+    return search_model(SearchConfig(model=model, data=data, board=board, out=Path(out), **settings))
