@@ -20,7 +20,13 @@ from rt3c.core.onnx_io import WEIGHTS_METADATA_KEY
 from rt3c.core.plan import LayerLevel, LayerPlan, Level, Plan
 from rt3c.core.sparse_format import encode_layer
 from rt3c.encode import read_encoded_layers
-from rt3c.passes.encode import LEVEL_INPUT, EncodeSparseLinearPass, RemoveUnusedPass
+from rt3c.passes.encode import (
+    LEVEL_INPUT,
+    EncodeSparseLinearPass,
+    MaskWeightsPass,
+    RemoveUnusedPass,
+    SelectLevelPass,
+)
 from rt3c.passes.linear_layers import find_linear_layers
 
 FORMS = ("matmul+add", "matmul", "gemm transB=1", "gemm transB=0", "gemm no bias")
@@ -163,3 +169,30 @@ def test_twenty_chains_on_a_non_multiple_shape() -> None:
     for level in range(2):
         got = _run(encoded, {"x": x, LEVEL_INPUT: np.array(level, dtype=np.int64)})
         np.testing.assert_allclose(got, x @ (weight * layer_plan.mask(level)).T, atol=1e-5, rtol=1e-5)
+
+
+def test_passes_say_whether_they_modified_the_model() -> None:
+    """`modified` is true exactly when the model changed, so a pass manager may skip or repeat work."""
+    tile_masks = np.ones((1, 2, 2), dtype=bool)
+    sparse = tile_masks.copy()
+    sparse[0, 0, 0] = False
+    layer_plan = LayerPlan(
+        "w",
+        (4, 4),
+        (2, 2),
+        [LayerLevel(tile_masks, np.zeros((2, 2), np.int16)), LayerLevel(sparse, np.zeros((2, 2), np.int16))],
+    )
+    plan = Plan([Level("L0"), Level("L1")], {"w": layer_plan})
+    weight = np.arange(1, 17, dtype=np.float32).reshape(4, 4)
+
+    def model() -> ir.Model:
+        return ir.serde.deserialize_model(_linear_model("matmul+add", weight, np.ones(4, np.float32), (2,)))
+
+    assert not MaskWeightsPass(plan, 0, "test")(model()).modified  # level 0 keeps every weight
+    assert MaskWeightsPass(plan, 1, "test")(model()).modified
+    assert not RemoveUnusedPass()(model()).modified  # nothing unused in the dense model
+    encoded = model()
+    assert EncodeSparseLinearPass(plan, "test")(encoded).modified
+    assert RemoveUnusedPass()(encoded).modified  # the dense weight and Add are gone
+    assert not RemoveUnusedPass()(encoded).modified
+    assert SelectLevelPass(1)(encoded).modified

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes import InPlacePass, PassResult
+from onnx_ir.passes import InPlacePass, PassResult, Sequential
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
 
 from rt3c.core.errors import UserError
@@ -200,21 +200,24 @@ class MaskWeightsPass(InPlacePass):
 
     def call(self, model: ir.Model) -> PassResult:
         layers = _check_layers(model, self.plan, self.source)
+        modified = False
         for name, layer_plan in self.plan.layers.items():
             layer = layers[name]
-            stored = layer.weight_value.const_value.numpy()
             mask = layer_plan.mask(self.level)
+            if mask.all():  # a layer the plan keeps whole at this level is its own reference
+                continue
+            stored = layer.weight_value.const_value.numpy()
             masked = stored * (mask if layer.weight_is_out_in else mask.T)
             layer.weight_value.const_value = ir.tensor(
                 masked.astype(stored.dtype), name=layer.weight_value.name
             )
-        return PassResult(model, modified=True)
+            modified = True
+        return PassResult(model, modified=modified)
 
 
-class RemoveUnusedPass(InPlacePass):
-    """Drop what no output depends on any more (the dense weights, unselected levels, helper constants)."""
+class RemoveUnusedPass(Sequential):
+    """Drop what no output depends on any more (the dense weights, unselected levels, helper constants);
+    modified when any of its three passes removed something."""
 
-    def call(self, model: ir.Model) -> PassResult:
-        result = RemoveUnusedNodesPass()(model)
-        result = RemoveUnusedFunctionsPass()(result)
-        return RemoveUnusedOpsetsPass()(result)
+    def __init__(self) -> None:
+        super().__init__(RemoveUnusedNodesPass(), RemoveUnusedFunctionsPass(), RemoveUnusedOpsetsPass())
