@@ -16,7 +16,8 @@ from onnx import helper
 
 from rt3c.codegen.onnx_ops import TensorInfo, lower_node
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
-from rt3c.codegen.targets import Target, workspace_bytes
+from rt3c.codegen.targets import Target
+from rt3c.codegen.tvm_build import workspace_bytes
 from rt3c.core.sparse_format import EncodedLayer
 from rt3c.lower import CompiledProgram
 from rt3c.runtime_c.program import Call, Program, Tensor

@@ -20,7 +20,8 @@ import tvm_ffi
 
 from rt3c.codegen.onnx_ops import LoweredNode, TensorInfo, lower_node
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
-from rt3c.codegen.targets import Target, get_target, workspace_bytes
+from rt3c.codegen.targets import Target, get_target
+from rt3c.codegen.tvm_build import workspace_bytes
 from rt3c.core.errors import UserError
 from rt3c.core.onnx_io import LEVELS_METADATA_KEY, deterministic_feeds, load_onnx
 from rt3c.encode import read_encoded_layers

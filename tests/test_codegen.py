@@ -14,7 +14,8 @@ from rt3c.codegen.kernel_cache import write_kernels
 from rt3c.codegen.onnx_ops import TensorInfo, lower_node
 from rt3c.codegen.schedules import schedule_matmul
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
-from rt3c.codegen.targets import build_kernels, get_target
+from rt3c.codegen.targets import get_target
+from rt3c.codegen.tvm_build import build_kernels
 from rt3c.core.plan import Level
 from rt3c.core.sparse_format import encode_layer
 from rt3c.core.sparsify import one_shot_plan

@@ -221,3 +221,9 @@ def test_simulate_and_report_load_neither_tvm_nor_torch() -> None:
 def test_the_api_imports_its_stages_when_called() -> None:
     loaded = _loaded_packages("from rt3c import api")
     assert not loaded & {"tvm", "torch", "onnxruntime"}
+
+
+def test_search_workers_and_the_target_table_do_not_load_tvm() -> None:
+    """Each search worker (a spawned process) imports `rt3c.search.evaluate` to train and score candidates
+    with the latency model's arithmetic: TVM is for building kernels, which workers never do."""
+    assert "tvm" not in _loaded_packages("import rt3c.search.evaluate, rt3c.codegen.targets")

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import tvm
 
-from rt3c.codegen import schedules, targets
-from rt3c.codegen.targets import Target, build_kernels
+from rt3c.codegen import schedules, targets, tvm_build
+from rt3c.codegen.targets import Target
+from rt3c.codegen.tvm_build import build_kernels
 from rt3c.core import cache
 
 
@@ -24,7 +25,7 @@ def kernel_key(functions: dict[str, tvm.tirx.PrimFunc], target: Target) -> str:
     digest = hashlib.sha256()
     for part in (tvm.__version__, str(target.tvm_target), target.kernel_output, str(target.vector_floats)):
         digest.update(part.encode() + b"\0")
-    for module in (schedules, targets):
+    for module in (schedules, targets, tvm_build):
         digest.update(Path(module.__file__).read_bytes())
     for name in sorted(functions):
         digest.update(name.encode() + b"\0" + functions[name].script().encode() + b"\0")

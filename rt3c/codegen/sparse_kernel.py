@@ -11,7 +11,7 @@ transposed (`x_t[column, token]`, a scratch buffer of k x block floats), so each
 multiplies `block` contiguous floats, one SIMD FMA per vector of tokens with the weight broadcast. Each
 tile row accumulates into a `rows x block` block that stays in registers over all the row's tiles and is
 written to `y` once, with the bias. The block size is chosen from the target's vector width and register
-file (`token_block`). Edge tiles need no guard inside the hot loop: the padding columns of `x_t` are zero
+file (`rt3c.codegen.targets.token_block`). Edge tiles need no guard inside the hot loop: the padding columns of `x_t` are zero
 and padding rows are never written.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm.script.parser import parse
 
-from rt3c.codegen.targets import Target
+from rt3c.codegen.targets import Target, token_block
 from rt3c.core.sparse_format import EncodedLayer
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "sparse_linear.py.j2"
@@ -37,21 +37,6 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-
-
-# Accumulators a kernel keeps live: half the register file of AVX-512 and NEON (32 vectors each) and of
-# the Cortex-M FPU (32 single-precision registers), leaving the rest for activations, weights, addresses.
-_ACCUMULATOR_REGISTERS = 16
-
-
-def token_block(target: Target, tile_rows: int, tokens: int) -> int:
-    """How many tokens one pass over the weights handles (the width of a tile row's accumulator block)."""
-    registers_per_row = max(_ACCUMULATOR_REGISTERS // tile_rows, 1)
-    if target.vector_floats:
-        block = target.vector_floats * min(registers_per_row, target.token_vectors)
-    else:
-        block = registers_per_row
-    return min(block, tokens)
 
 
 def render_sparse_linear(name: str, layer: EncodedLayer, level: int, rows_of_x: int, target: Target) -> str:

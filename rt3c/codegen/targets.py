@@ -5,20 +5,21 @@
 - `cortex-m4` / `cortex-m7`: bare metal, TVM's C target compiled by arm-none-eabi-gcc with the hard-float
   ABI, run under qemu-system-arm (mps2-an386 / mps2-an500) with semihosting.
 Kernels never need the TVM runtime: asserts are off and the generated code calls no runtime function.
+Building them is `rt3c.codegen.tvm_build`; this module loads TVM only for `Target.tvm_target`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-import tvm
-
-from rt3c.codegen.schedules import schedule_matmul
 from rt3c.core.errors import UserError
+
+if TYPE_CHECKING:
+    import tvm
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class Target:
 
     @cached_property
     def tvm_target(self) -> tvm.target.Target:
+        # TVM loads here, when a kernel is built: the CLI and the search workers read this table only.
+        import tvm
+
         # Reassociation lets LLVM vectorise float reductions (LayerNorm's sums: 10x faster on the host);
         # it changes rounding only. No-NaN/no-Inf flags stay off: models test IsNaN.
         fast_math = {"fast-math-reassoc": True, "fast-math-contract": True}
@@ -142,6 +146,21 @@ TARGETS = {
 }
 
 
+# Accumulators a kernel keeps live: half the register file of AVX-512 and NEON (32 vectors each) and of
+# the Cortex-M FPU (32 single-precision registers), leaving the rest for activations, weights, addresses.
+_ACCUMULATOR_REGISTERS = 16
+
+
+def token_block(target: Target, tile_rows: int, tokens: int) -> int:
+    """How many tokens one pass over the weights handles (the width of a tile row's accumulator block)."""
+    registers_per_row = max(_ACCUMULATOR_REGISTERS // tile_rows, 1)
+    if target.vector_floats:
+        block = target.vector_floats * min(registers_per_row, target.token_vectors)
+    else:
+        block = registers_per_row
+    return min(block, tokens)
+
+
 def get_target(name: str) -> Target:
     if name not in TARGETS:
         raise UserError(f"--target {name}: unknown target; choose one of {', '.join(TARGETS)}")
@@ -186,52 +205,3 @@ def cortex_m_part(target: Target, mcpu: str, verify: bool) -> Target:
     kept = [flag for flag in target.cflags if not flag.startswith(("-mcpu=", "-mfpu=", "-mfloat-abi="))]
     float_flags = [f"-mfpu={fpu}", "-mfloat-abi=hard"] if fpu else ["-mfloat-abi=soft"]
     return dataclasses.replace(target, cflags=(f"-mcpu={mcpu}", *float_flags, *kept), board=None)
-
-
-_EXTENT = re.compile(r"T\.int(?:32|64)\((\d+)\)|\b(\d+)\b")
-_DTYPE = re.compile(r"^\s*,\s*\"(\w+)\"")
-
-
-def _allocations(script: str) -> list[tuple[int, str]]:
-    """(elements, dtype) of every `alloc_buffer((shape...), dtype?)` in TVMScript text."""
-    found = []
-    for line in script.splitlines():
-        if "alloc_buffer((" not in line:
-            continue
-        rest = line.split("alloc_buffer((", 1)[1]
-        depth, end = 1, 0
-        while depth and end < len(rest):
-            depth += {"(": 1, ")": -1}.get(rest[end], 0)
-            end += 1
-        elements = 1
-        for wrapped, bare in _EXTENT.findall(rest[: end - 1]):
-            elements *= int(wrapped or bare)
-        dtype = _DTYPE.match(rest[end:])
-        found.append((elements, dtype.group(1) if dtype else "float32"))  # TVMScript omits the default dtype
-    return found
-
-
-def workspace_bytes(func: tvm.tirx.PrimFunc, target: Target) -> int:
-    """An upper bound of the workspace a kernel asks for on `target`: all intermediate buffers of the
-    function as `build_kernels` compiles it (matmuls scheduled, which adds their accumulator), each 64-aligned.
-
-    TVM keeps small intermediates on the stack and asks `TVMBackendAllocWorkspace` for the others; the
-    runtime serves them from a static scratch area sized by the largest bound over all kernels.
-    """
-    total = 0
-    for elements, dtype in _allocations(schedule_matmul(func, target.vector_floats).script()):
-        bits = 8 if dtype == "bool" else int(re.sub(r"\D", "", dtype) or 8)
-        total += -(-(elements * bits // 8) // 64) * 64
-    return total
-
-
-def build_kernels(functions: dict[str, tvm.tirx.PrimFunc], target: Target) -> tvm.runtime.Module:
-    """Compile PrimFuncs into one module with no runtime dependencies (asserts off), matmuls scheduled."""
-    module = tvm.IRModule(
-        {
-            name: schedule_matmul(func.with_attr("global_symbol", name), target.vector_floats)
-            for name, func in functions.items()
-        }
-    )
-    with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
-        return tvm.compile(module, target=target.tvm_target).mod

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from rt3c.codegen import onnx_ops, schedules, sparse_kernel, targets
+from rt3c.codegen import onnx_ops, schedules, sparse_kernel, targets, tvm_build
 from rt3c.codegen.targets import Target
 from rt3c.core.cache import cache_dir, read_entry, write_entry
 from rt3c.core.plan import LayerPlan, Level
@@ -106,7 +106,7 @@ def calibrate(
 def code_digest() -> str:
     """rt3c's kernel generation and build code: a change to it changes what kernels cost."""
     digest = hashlib.sha256()
-    for module in (onnx_ops, schedules, sparse_kernel, targets):
+    for module in (onnx_ops, schedules, sparse_kernel, targets, tvm_build):
         digest.update(Path(module.__file__).read_bytes())
     digest.update(sparse_kernel.TEMPLATE.read_bytes())
     return digest.hexdigest()

@@ -7,8 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from rt3c.codegen.sparse_kernel import token_block
-from rt3c.codegen.targets import Target, get_target
+from rt3c.codegen.targets import Target, get_target, token_block
 from rt3c.core.plan import LayerPlan
 from rt3c.latency.units import UNITS
 

@@ -11,7 +11,8 @@ import numpy as np
 import tvm
 
 from rt3c.build import build_project
-from rt3c.codegen.targets import Target, build_kernels, get_target
+from rt3c.codegen.targets import Target, get_target
+from rt3c.codegen.tvm_build import build_kernels
 from rt3c.core.plan import LayerPlan, Plan
 from rt3c.core.progress import step
 from rt3c.core.sparse_format import encode_layer
