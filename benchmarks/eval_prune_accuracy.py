@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rt3c.cli import parse_tile
+from rt3c.cli.options import parse_tile
 from rt3c.core.plan import Level
 from rt3c.core.progress import stdout
 from rt3c.datasets import load_dataset

@@ -1,0 +1,65 @@
+"""Option texts and parsers that several commands share."""
+
+from __future__ import annotations
+
+from rt3c.core.errors import UserError
+
+LEVELS_HELP = "Number of DVFS levels (default: the number of --sparsity values; --board must have as many)."
+SPARSITY_HELP = "Per level, densest first: the fraction of the planned layers' weights removed."
+PATTERNS_HELP = "k, the number of patterns per pattern set."
+BATCH_SIZE_HELP = "Examples per training step (export's --batch is the graph's batch dimension)."
+
+
+def floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected comma-separated numbers") from None
+
+
+def integers(text: str, option: str) -> list[int]:
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise UserError(f"{option} {text!r}: expected comma-separated integers")
+    return [int(part) for part in parts]
+
+
+def parse_tile(text: str) -> tuple[int, int]:
+    """`--tile ROWSxCOLS` as (rows, cols)."""
+    rows, _, cols = text.lower().partition("x")
+    if not (rows.isdigit() and cols.isdigit()) or int(rows) < 1 or int(cols) < 1:
+        raise UserError(f"--tile {text!r}: expected ROWSxCOLS with positive integers, e.g. 4x4")
+    return int(rows), int(cols)
+
+
+def levels_and_frequencies(
+    sparsity: str, levels: int | None, board: str | None
+) -> tuple[list[float], list[int] | None]:
+    """Per level the sparsity, and the frequencies of `--board` (None without one). The number of levels is
+    that of `--sparsity`; `--levels` and the board's levels, when given, must agree with it."""
+    sparsities = floats(sparsity, "--sparsity")
+    if levels is not None and levels != len(sparsities):
+        raise UserError(f"--levels {levels} but --sparsity {sparsity} gives {len(sparsities)} values")
+    if board is None:
+        return sparsities, None
+    from rt3c.core.boards import load_board
+
+    frequencies = [level.frequency_khz for level in load_board(board).levels]
+    if len(frequencies) != len(sparsities):
+        raise UserError(
+            f"--board {board} has {len(frequencies)} frequency levels but --sparsity {sparsity} "
+            f"gives {len(sparsities)} values"
+        )
+    return sparsities, frequencies
+
+
+def stage_steps(text: str, stages: tuple[str, ...]) -> list[int]:
+    """`--steps`: one count per training stage, each at most the search's MAX_STEPS (prune's too)."""
+    from rt3c.search.config import MAX_STEPS
+
+    counts = integers(text, "--steps")
+    if len(counts) != len(stages):
+        raise UserError(f"--steps {text!r}: expected {len(stages)} counts ({','.join(stages)})")
+    if max(counts) > MAX_STEPS:
+        raise UserError(f"--steps {text!r}: each count must be between 0 and {MAX_STEPS}")
+    return counts
