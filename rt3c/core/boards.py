@@ -18,6 +18,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rt3c.core.checks import real_number
 from rt3c.core.errors import UserError
@@ -65,7 +66,7 @@ C * f * V^2 finite, so no simulation prints inf."""
 
 
 def _number(
-    table: dict, key: str, where: str, *, positive: bool = True, default: float | None = None
+    table: dict[str, Any], key: str, where: str, *, positive: bool = True, default: float | None = None
 ) -> float:
     value = table.get(key, default)
     if value is None:
@@ -73,7 +74,7 @@ def _number(
     return real_number(value, f"{where}: key {key!r}", low=0.0, high=BOARD_QUANTITY_LIMIT, low_open=positive)
 
 
-def parse_board(data: dict, source: str) -> Board:
+def parse_board(data: dict[str, Any], source: str) -> Board:
     """Build a Board from parsed TOML, naming the key at fault in any error."""
     for key in ("name", "target"):
         if not isinstance(data.get(key), str):

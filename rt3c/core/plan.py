@@ -31,6 +31,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -307,7 +308,7 @@ def check_layer_size(shape: tuple[int, int], tile: tuple[int, int], where: str) 
         )
 
 
-def _layer_from_json(name: str, entry: dict, source: str) -> LayerPlan:
+def _layer_from_json(name: str, entry: dict[str, Any], source: str) -> LayerPlan:
     where = f"{source}: plan layer {name}"
     try:
         tile = _pair(entry["tile"], f"{where}: tile", MAX_TILE_ELEMENTS)

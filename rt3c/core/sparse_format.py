@@ -102,7 +102,8 @@ class EncodedLayer:
     def tile_runs(self) -> np.ndarray:
         """int64 [T]: the run `r * C + c` of each kept tile (expanded from the run pointer)."""
         counts = np.diff(self.tile_run_ptr.astype(np.int64))
-        return np.repeat(np.arange(len(counts)), counts)
+        # numpy's stubs type the diff of an int64 array as timedelta64, which repeat does not take.
+        return np.repeat(np.arange(len(counts)), counts)  # type: ignore[arg-type]
 
     def tile_rows(self) -> np.ndarray:
         """int64 [T]: the tile row of each kept tile."""
@@ -159,8 +160,8 @@ class EncodedLayer:
         check_layer_size(self.shape, self.tile, "the layer")
         tile_size = self.tile[0] * self.tile[1]
         if not self.levels or not 1 <= self.n_chains <= MAX_CHAINS:
-            chains = self.n_chains if self.levels else 0
-            raise UserError(f"{len(self.levels)} levels of {chains} chains (expected 1 to {MAX_CHAINS})")
+            n_chains = self.n_chains if self.levels else 0
+            raise UserError(f"{len(self.levels)} levels of {n_chains} chains (expected 1 to {MAX_CHAINS})")
         for name, array in (("tile_run_ptr", self.tile_run_ptr), ("tile_col", self.tile_col)):
             if array.ndim != 1 or array.dtype.kind not in "ui":
                 raise UserError(

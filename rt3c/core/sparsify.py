@@ -57,7 +57,11 @@ def _masks_from_rankings(rankings: np.ndarray, nnz: int) -> np.ndarray:
 
 def _kept_magnitude(magnitudes: np.ndarray, rankings: np.ndarray, nnz_per_level: list[int]) -> np.ndarray:
     """float [T, k]: magnitude each family keeps in each tile, summed over the levels."""
-    return sum(magnitudes @ _masks_from_rankings(rankings, nnz).T.astype(np.float64) for nnz in nnz_per_level)
+    start = np.zeros((magnitudes.shape[0], rankings.shape[0]))
+    return sum(
+        (magnitudes @ _masks_from_rankings(rankings, nnz).T.astype(np.float64) for nnz in nnz_per_level),
+        start,
+    )
 
 
 def _initial_rankings(
