@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from rt3c.codegen.kernel_cache import write_kernels
 from rt3c.codegen.targets import Target
 from rt3c.core.errors import VerificationError
-from rt3c.core.onnx_io import deterministic_feeds, load_onnx
+from rt3c.core.onnx_io import deterministic_feeds
 from rt3c.lower import CompiledProgram, level_model
 from rt3c.reference import run_onnx
 from rt3c.runtime_c.build_files import render_build_files
@@ -85,8 +86,7 @@ def _make(build_dir: Path, goal: str) -> None:
         )
 
 
-def verify_project(encoded_path: Path, build_dir: Path, target: Target, program: Program) -> list[float]:
-    encoded = load_onnx(encoded_path)
+def verify_project(encoded: ir.Model, build_dir: Path, target: Target, program: Program) -> list[float]:
     diffs = []
     for level in range(len(program.levels)):
         reference = level_model(encoded, level)

@@ -15,19 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 
 from rt3c.build import build_project, verify_project
 from rt3c.codegen.targets import Target, cortex_m_part, get_target
-from rt3c.compile_report import dense_reference, measure_levels, project_report, time_dense
+from rt3c.compile_report import dense_reference, measure_levels, project_report, time_dense, timing_feeds
 from rt3c.core.boards import Board, load_board
 from rt3c.core.errors import UserError
 from rt3c.core.files import exclusive_lock
-from rt3c.core.onnx_io import LEVELS_METADATA_KEY, load_onnx
 from rt3c.core.plan import MAX_FREQUENCY_KHZ, Plan
 from rt3c.core.progress import step
-from rt3c.core.sparse_format import EncodedLayer, encode_layer
-from rt3c.encode import encode_model, read_encoded_layers
-from rt3c.lower import CompiledProgram, lower_model
+from rt3c.core.sparse_format import encode_layer
+from rt3c.encode import EncodedModel, encode_model, encoded_layers, load_encoded
+from rt3c.lower import CompiledProgram, lower
 from rt3c.runtime_c.program import Tensor
 from rt3c.runtime_c.project import WEIGHTS_FORMATS, check_prefix, default_prefix, render_project
 
@@ -89,28 +89,33 @@ def compile_model(
     with exclusive_lock(out_dir):
         if out_dir.exists() and any(out_dir.iterdir()):
             raise UserError(f"--out {out_dir}: exists and is not empty")
-        encoded_layers = read_encoded_layers(encoded_path, required=False) if plan is not None else {}
-        if plan is not None and plan_path is not None and encoded_layers:
-            _check_plan_matches(plan, plan_path, encoded_path, encoded_layers)
-        if plan is not None and not encoded_layers:
+        # Loaded and checked once; lowering, verification, measurement and the report share it.
+        source = load_encoded(encoded_path)
+        exported_with_plan = plan is not None and not source.layers
+        if plan is not None and plan_path is not None and source.layers:
+            _check_plan_matches(plan, plan_path, source)
+        if plan is not None and exported_with_plan:
             level_names = [level.name for level in plan.levels]  # the encoding below keeps every level
         else:
-            level_names = load_onnx(encoded_path).metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
+            level_names = source.level_names
         frequencies = level_frequencies(
             level_names, plan, plan_path, board, frequencies_khz, source=str(encoded_path)
         )
-        source = encoded_path
+        encoded = source
         with tempfile.TemporaryDirectory(prefix="rt3c-compile-") as scratch:
-            if plan is not None and plan_path is not None and not encoded_layers:
+            if exported_with_plan and plan_path is not None:
                 # An exported model and its plan: run the encoding passes first (they verify every level).
-                encoded_path = encode_model(encoded_path, plan_path, Path(scratch) / "model.rt3.onnx").path
+                result = encode_model(encoded_path, plan_path, Path(scratch) / "model.rt3.onnx")
+                encoded = EncodedModel(
+                    result.path, result.model, encoded_layers(result.model, str(result.path))
+                )
             with step("lower the model to TVM kernels"):
-                compiled = lower_model(encoded_path, target, frequencies)
+                compiled = lower(encoded, target, frequencies)
             compiled.program.prefix = prefix or default_prefix(compiled.program.name)
             compiled.program.weights_format = weights_format
             board_profile = None if board is None else load_board(board)
-            dense = dense_reference(source, plan is not None and not encoded_layers)
-            return _generate_and_verify(compiled, encoded_path, out_dir, target, verify, board_profile, dense)
+            dense = dense_reference(source, exported_with_plan)
+            return _generate_and_verify(compiled, encoded, out_dir, target, verify, board_profile, dense)
 
 
 FREQUENCY_OPTIONS = "--board BOARD or --frequencies KHZ,KHZ,... (kHz, one per level, densest first)"
@@ -171,18 +176,17 @@ def level_frequencies(
     return given
 
 
-def _check_plan_matches(
-    plan: Plan, plan_path: Path, encoded_path: Path, layers: dict[str, EncodedLayer]
-) -> None:
+def _check_plan_matches(plan: Plan, plan_path: Path, encoded: EncodedModel) -> None:
     """An encoded model compiled with --plan (for the levels' frequencies) must be that plan's encoding:
     the same layers, levels (all of them, or the one `encode --level` kept), tiles, kept tiles and pattern
     ids. The first difference is named."""
+    encoded_path, layers = encoded.path, encoded.layers
     plan.check_shapes({name: layer.shape for name, layer in layers.items()}, str(encoded_path))
     unplanned = sorted(set(layers) - set(plan.layers))
     if unplanned:
         raise UserError(f"--plan {plan_path}: has no layer {unplanned[0]}, which {encoded_path} encodes")
     plan_levels = [level.name for level in plan.levels]
-    model_levels = load_onnx(encoded_path).metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
+    model_levels = encoded.level_names
     unknown = [name for name in model_levels if name not in plan_levels]
     if unknown or (len(model_levels) > 1 and model_levels != plan_levels):
         raise UserError(
@@ -214,7 +218,7 @@ def _check_plan_matches(
 
 def _generate_and_verify(
     compiled: CompiledProgram,
-    encoded_path: Path,
+    encoded: EncodedModel,
     out_dir: Path,
     target: Target,
     verify: bool,
@@ -238,16 +242,17 @@ def _generate_and_verify(
         host_costs: list[float | int | None] = costs
         dense_us: float | str = "not verified (--no-verify)"
         if verify:
-            diffs, host_costs = _verify_builds(compiled, encoded_path, staging, check_dir, target)
+            feeds = timing_feeds(encoded)
+            diffs, host_costs = _verify_builds(compiled, encoded.model, feeds, staging, check_dir, target)
             with step(f"measure every level of the {target.name} build"):
-                costs = measure_levels(compiled.program, encoded_path, staging, target)
+                costs = measure_levels(compiled.program, feeds, staging, target)
             if target.name == "host":
                 host_costs = costs
-            dense_us = dense if isinstance(dense, str) else time_dense(dense, encoded_path)
+            dense_us = dense if isinstance(dense, str) else time_dense(dense, feeds)
         program = compiled.program
         host_us = [None if cost is None else float(cost) for cost in host_costs]
         report = project_report(
-            program, encoded_path, staging, target, info, diffs, costs, board, (host_us, dense_us)
+            program, encoded, staging, target, info, diffs, costs, board, (host_us, dense_us)
         )
         (staging / "rt3c-build.json").write_text(
             json.dumps(
@@ -282,22 +287,27 @@ def _generate_and_verify(
 
 
 def _verify_builds(
-    compiled: CompiledProgram, encoded_path: Path, staging: Path, check_dir: Path, target: Target
+    compiled: CompiledProgram,
+    encoded: ir.Model,
+    feeds: dict[str, np.ndarray],
+    staging: Path,
+    check_dir: Path,
+    target: Target,
 ) -> tuple[list[float], list[float | int | None]]:
     """Every level of the host build, then of the target's (under its emulator), against onnxruntime:
     per level the larger difference; and, for a cross target, per level the host build's µs per
     inference (for the speedup against onnxruntime in the report; a host target's are measured after)."""
     levels = len(compiled.program.levels)
     with step(f"verify {levels} levels of the host build against onnxruntime"):
-        diffs = verify_project(encoded_path, check_dir, get_target("host"), compiled.program)
+        diffs = verify_project(encoded, check_dir, get_target("host"), compiled.program)
     if check_dir == staging:
         return diffs, [None] * levels
     with step("measure every level of the host build"):
-        host_costs = measure_levels(compiled.program, encoded_path, check_dir, get_target("host"))
+        host_costs = measure_levels(compiled.program, feeds, check_dir, get_target("host"))
     shutil.rmtree(check_dir)
     runner = target.board or " ".join(target.run_prefix)
     with step(f"verify {levels} levels of the {target.name} build under {runner}"):
-        target_diffs = verify_project(encoded_path, staging, target, compiled.program)
+        target_diffs = verify_project(encoded, staging, target, compiled.program)
     return [max(a, b) for a, b in zip(diffs, target_diffs, strict=True)], host_costs
 
 

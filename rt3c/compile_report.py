@@ -11,10 +11,10 @@ import numpy as np
 
 from rt3c.codegen.targets import Target
 from rt3c.core.boards import Board
-from rt3c.core.onnx_io import deterministic_feeds, load_onnx
+from rt3c.core.onnx_io import deterministic_feeds
 from rt3c.core.progress import step
-from rt3c.encode import read_encoded_layers
-from rt3c.inspect_model import inspect_model
+from rt3c.encode import EncodedModel
+from rt3c.inspect_model import inspect_encoded
 from rt3c.instruction_count import count_instructions
 from rt3c.lower import level_model
 from rt3c.runtime_c.program import Program
@@ -43,12 +43,17 @@ two suffice; the timing line `rt3_main` prints after repeats adds a few thousand
 bert-tiny's inference on Cortex-M4, less for larger models)."""
 
 
+def timing_feeds(encoded: EncodedModel) -> dict[str, np.ndarray]:
+    """The inputs every level of the build and onnxruntime's dense model are timed on."""
+    return deterministic_feeds(level_model(encoded.model, 0))
+
+
 def measure_levels(
-    program: Program, encoded_path: Path, build_dir: Path, target: Target
+    program: Program, feeds: dict[str, np.ndarray], build_dir: Path, target: Target
 ) -> list[float | int | None]:
     """Per level, processor µs per inference of a native build, or executed instructions per inference
-    of a qemu target (the count with COUNTED_REPEATS more inferences minus the count without)."""
-    feeds = deterministic_feeds(level_model(load_onnx(encoded_path), 0))
+    of a qemu target (the count with COUNTED_REPEATS more inferences minus the count without), on `feeds`
+    (`timing_feeds`)."""
     costs: list[float | int | None] = []
     with tempfile.TemporaryDirectory(prefix="measure-", dir=build_dir) as tmp:
         directory = Path(tmp).relative_to(build_dir)
@@ -79,7 +84,7 @@ def measure_levels(
 
 def project_report(
     program: Program,
-    encoded_path: Path,
+    encoded: EncodedModel,
     project: Path,
     target: Target,
     info: dict[str, object],
@@ -95,8 +100,8 @@ def project_report(
     memory_bytes = int(info["memory_bytes"])  # type: ignore[call-overload]
     flash, ram = memory(program, sections, memory_bytes - program.workspace_bytes)
     sparsity = None
-    if read_encoded_layers(encoded_path, required=False):
-        totals = inspect_model(encoded_path).level_totals()
+    if encoded.layers:
+        totals = inspect_encoded(encoded.model, encoded.layers).level_totals()
         sparsity = [float(totals[level]["sparsity"]) for level in range(len(program.levels))]
     native = target.board is None and not target.run_prefix
     instructions = [None if native else cost for cost in costs]
@@ -133,17 +138,16 @@ def project_report(
     )
 
 
-def dense_reference(source: Path, exported_with_plan: bool) -> Path | str:
+def dense_reference(source: EncodedModel, exported_with_plan: bool) -> Path | str:
     """The dense model behind what compile got, or why there is none: an exported model with its plan,
     or a dense model alone, is its own; an encoded model does not carry its dense source."""
-    if exported_with_plan or not read_encoded_layers(source, required=False):
-        return source
+    if exported_with_plan or not source.layers:
+        return source.path
     return "no_dense_reference: compiled from an encoded model, whose dense source compile did not get"
 
 
-def time_dense(dense: Path, encoded_path: Path) -> float | str:
+def time_dense(dense: Path, feeds: dict[str, np.ndarray]) -> float | str:
     """µs per inference of onnxruntime on the dense model, one thread, on the inputs the C build is
-    timed on; or why it cannot run them."""
-    feeds = deterministic_feeds(level_model(load_onnx(encoded_path), 0))
+    timed on (`timing_feeds`); or why it cannot run them."""
     with step("time onnxruntime on the dense model (1 thread)"):
         return onnxruntime_us(dense, feeds, TIMED_REPEATS, TIMED_RUNS)

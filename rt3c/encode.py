@@ -62,6 +62,8 @@ class EncodeResult:
     """Per verified level: max |ORT(encoded) - ORT(masked dense)|."""
     dense_layers: list[str]
     """Linear layers of the model that the plan does not list: they stay dense."""
+    model: ir.Model
+    """What was written to `path`, checked: compile lowers it without reading the file back."""
 
 
 def encode_model(onnx_path: Path, plan_path: Path, out: Path, level: int | None = None) -> EncodeResult:
@@ -89,7 +91,7 @@ def encode_model(onnx_path: Path, plan_path: Path, out: Path, level: int | None 
             onnx_path, plan, encoded, [level] if level is not None else range(len(plan.levels))
         )
     save_onnx_atomically(model, out)
-    return EncodeResult(out, diffs, dense_layers)
+    return EncodeResult(out, diffs, dense_layers, model)
 
 
 def _keep_read_values(model: ir.Model) -> None:
@@ -194,28 +196,52 @@ def planned_weights(layers: dict[str, LinearLayer], source: str) -> dict[str, np
     return weights
 
 
-def read_encoded_layers(path: Path, required: bool = True) -> dict[str, EncodedLayer]:
-    """The encoded layers of an rt3c model (all levels, or the one it keeps), by torch parameter name.
+@dataclass(frozen=True)
+class EncodedModel:
+    """A model file loaded and fully checked once, with its encoded layers (none for a dense model): what
+    lowering, verification, measurement and the report of one compile share."""
 
-    A tampered file is refused, naming the layer and what is wrong: the arrays must be a well-formed
+    path: Path
+    model: ir.Model
+    layers: dict[str, EncodedLayer]
+
+    @property
+    def level_names(self) -> list[str]:
+        return self.model.metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
+
+
+def load_encoded(path: Path) -> EncodedModel:
+    model = load_onnx(path)
+    return EncodedModel(Path(path), model, encoded_layers(model, str(path), required=False))
+
+
+def read_encoded_layers(path: Path, required: bool = True) -> dict[str, EncodedLayer]:
+    """The encoded layers of an rt3c model file (all levels, or the one it keeps), by torch parameter name."""
+    return encoded_layers(load_onnx(path), str(path), required)
+
+
+def encoded_layers(model: ir.Model, source: str, required: bool = True) -> dict[str, EncodedLayer]:
+    """The encoded layers of an rt3c model (all levels, or the one it keeps), by torch parameter name;
+    `source` names the model in errors.
+
+    A tampered model is refused, naming the layer and what is wrong: the arrays must be a well-formed
     encoding (`EncodedLayer.validate`), every node's attributes must be the ones its arrays give, and each
     layer must have one node per level of the model's `rt3c.levels` metadata."""
-    model = load_onnx(path)
     level_names = model.metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
     by_layer: dict[str, list[ir.Node]] = {}
     for node in sparse_linear_nodes(model.graph):
         layer = node.attributes.get("layer")
         if layer is None or not isinstance(layer.value, str):
-            raise UserError(f"{path}: node {node.name}: SparseLinear without a string attribute 'layer'")
+            raise UserError(f"{source}: node {node.name}: SparseLinear without a string attribute 'layer'")
         by_layer.setdefault(layer.value, []).append(node)
     if not by_layer and required:
-        raise UserError(f"{path}: has no rt3c.SparseLinear node; encode it with `rt3c encode`")
+        raise UserError(f"{source}: has no rt3c.SparseLinear node; encode it with `rt3c encode`")
     layers = {}
     for name, nodes in by_layer.items():
         try:
             layers[name] = _encoded_layer(name, nodes, len(level_names))
         except UserError as exc:
-            raise UserError(f"{path}: layer {name}: {exc}") from None
+            raise UserError(f"{source}: layer {name}: {exc}") from None
     return layers
 
 

@@ -12,13 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 from rich.console import Console
 from rich.table import Table
 
 from rt3c.core.onnx_io import LEVELS_METADATA_KEY, load_onnx
 from rt3c.core.progress import stdout
 from rt3c.core.sparse_format import EncodedLayer
-from rt3c.encode import read_encoded_layers
+from rt3c.encode import encoded_layers
 from rt3c.passes.encode import LEVEL_INPUT, sparse_linear_nodes
 
 FLOAT_BYTES = 4
@@ -116,8 +117,11 @@ def _level_row(layer: EncodedLayer, level: int, level_name: str) -> LayerLevelRo
 
 
 def inspect_model(path: Path) -> Report:
-    layers = read_encoded_layers(path)
     model = load_onnx(path)
+    return inspect_encoded(model, encoded_layers(model, str(path)))
+
+
+def inspect_encoded(model: ir.Model, layers: dict[str, EncodedLayer]) -> Report:
     names = model.metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
     sparse = {value.name for node in sparse_linear_nodes(model.graph) for value in node.inputs[1:4]}
     others = [

@@ -23,8 +23,8 @@ from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
 from rt3c.codegen.targets import Target, get_target
 from rt3c.codegen.tvm_build import workspace_bytes
 from rt3c.core.errors import UserError
-from rt3c.core.onnx_io import LEVELS_METADATA_KEY, deterministic_feeds, load_onnx
-from rt3c.encode import read_encoded_layers
+from rt3c.core.onnx_io import deterministic_feeds
+from rt3c.encode import EncodedModel, load_encoded
 from rt3c.passes.encode import LEVEL_INPUT, RemoveUnusedPass, SelectLevelPass
 from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE
 from rt3c.reference import run_onnx
@@ -126,16 +126,20 @@ class CompiledProgram:
 def lower_model(
     encoded_path: Path, target: Target, frequencies_khz: list[int] | None = None
 ) -> CompiledProgram:
+    """`lower` on an encoded model file."""
+    return lower(load_encoded(encoded_path), target, frequencies_khz)
+
+
+def lower(encoded: EncodedModel, target: Target, frequencies_khz: list[int] | None = None) -> CompiledProgram:
     """The Program of an encoded model for `target`: tensors, kernels, one call list per level.
 
     The kernels are target-neutral TIR (the host check builds them too), but the sparse kernels block
     tokens to fit `target`'s registers. `frequencies_khz` (per level, see `level_frequencies`) goes into
     the runtime's table for rt3_on_frequency; without it the table holds zeros (measurement builds only).
     """
-    encoded = load_onnx(encoded_path)
-    level_names = encoded.metadata_props.get(LEVELS_METADATA_KEY, "L0").split(",")
-    layers = read_encoded_layers(encoded_path, required=False)
-    skeleton = level_model(encoded, 0)
+    level_names = encoded.level_names
+    layers = encoded.layers
+    skeleton = level_model(encoded.model, 0)
     opset = next(o.version for o in skeleton.opset_import if o.domain in ("", "ai.onnx"))
     feeds = deterministic_feeds(skeleton)
     values = _all_values(skeleton, feeds)
@@ -162,7 +166,7 @@ def lower_model(
 
     n_levels = len(level_names)
     program = Program(
-        name=encoded.metadata_props.get("rt3c.source", encoded_path.stem),
+        name=encoded.model.metadata_props.get("rt3c.source", encoded.path.stem),
         levels=level_names,
         frequencies_khz=list(frequencies_khz) if frequencies_khz else [None] * n_levels,
         tensors=tensors,
@@ -203,7 +207,7 @@ def lower_model(
             if infos[x].shape[-1:] != (layer.shape[1],) or infos[y].shape[-1:] != (layer.shape[0],):
                 # The kernel reads in_features per row of X and writes out_features per row of Y.
                 raise UserError(
-                    f"{encoded_path}: layer {layer_name}: input {list(infos[x].shape)} and output "
+                    f"{encoded.path}: layer {layer_name}: input {list(infos[x].shape)} and output "
                     f"{list(infos[y].shape)} do not end in its in_features {layer.shape[1]} and "
                     f"out_features {layer.shape[0]}"
                 )

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rt3c.codegen.targets import get_target
 from rt3c.compile_report import dense_reference
 from rt3c.core.boards import load_board
+from rt3c.encode import load_encoded
 from rt3c.runtime_c.report import (
     DENSE_LABEL,
     DenseReference,
@@ -189,7 +190,7 @@ def test_onnxruntime_dense_time(tmp_path: Path) -> None:
     assert isinstance(us, float) and 0 < us < 100_000
     why = onnxruntime_us(model, {"input_ids": np.ones((1, 16), np.int64)}, repeats=1, runs=1)
     assert why == "the dense model's inputs x are not the compiled model's"
-    assert dense_reference(model, exported_with_plan=False) == model
+    assert dense_reference(load_encoded(model), exported_with_plan=False) == model
 
 
 def test_report_speedup_vs_dense(tmp_path: Path) -> None:
