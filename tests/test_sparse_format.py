@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rt3c.core.errors import UserError
-from rt3c.core.plan import PRUNED, LayerLevel, LayerPlan, Level, Plan
+from rt3c.core.plan import LayerLevel, LayerPlan, Level, Plan
+from rt3c.core.plan_text import PRUNED
 from rt3c.core.sparse_format import encode_layer
 from rt3c.core.sparsify import block_prune, one_shot_plan, pattern_sets
 

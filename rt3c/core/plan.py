@@ -38,12 +38,11 @@ import numpy as np
 from rt3c.core.checks import UNREADABLE_JSON, integer
 from rt3c.core.errors import UserError
 from rt3c.core.files import atomic_output
+from rt3c.core.plan_text import DIGITS, PRUNED, pattern_from_text, pattern_to_text, row_from_text, row_to_text
 
 PLAN_FORMAT = "rt3c-plan"
 PLAN_VERSION = 1
-PRUNED = -1
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-MAX_PATTERNS = len(_DIGITS)
+MAX_PATTERNS = len(DIGITS)
 MAX_FREQUENCY_KHZ = 2**32 - 1
 """The runtime stores each level's frequency as a uint32_t (rt3_on_frequency's argument)."""
 MAX_LEVELS = 16
@@ -221,8 +220,8 @@ class Plan:
                     "tile": list(layer.tile),
                     "levels": [
                         {
-                            "patterns": [_pattern_to_text(p) for p in plan_level.patterns],
-                            "tiles": [_row_to_text(row) for row in plan_level.tile_patterns],
+                            "patterns": [pattern_to_text(p) for p in plan_level.patterns],
+                            "tiles": [row_to_text(row) for row in plan_level.tile_patterns],
                         }
                         for plan_level in layer.levels
                     ],
@@ -318,13 +317,13 @@ def _layer_from_json(name: str, entry: dict[str, Any], source: str) -> LayerPlan
             raise ValueError(f"levels: expected a list of at most {MAX_LEVELS} levels")
         levels = []
         for index, level in enumerate(entry["levels"]):
-            patterns = [_pattern_from_text(text, name) for text in level["patterns"]]
+            patterns = [pattern_from_text(text, name) for text in level["patterns"]]
             for number, pattern in enumerate(patterns):
                 if pattern.shape != tile:
                     raise ValueError(
                         f"level {index} pattern {number} is {pattern.shape[0]}x{pattern.shape[1]}, the tile is {tile[0]}x{tile[1]}"
                     )
-            rows = [_row_from_text(text, name) for text in level["tiles"]]
+            rows = [row_from_text(text, name) for text in level["tiles"]]
             if len({len(row) for row in rows}) > 1:
                 raise ValueError(
                     f"level {index}: tile rows have different lengths (tile grid is not rectangular)"
@@ -339,28 +338,3 @@ def _pair(value: object, where: str, high: int) -> tuple[int, int]:
     if not isinstance(value, list) or len(value) != 2:
         raise UserError(f"{where}: expected two integers, got {value!r:.40}")
     return integer(value[0], f"{where}[0]", 1, high), integer(value[1], f"{where}[1]", 1, high)
-
-
-def _pattern_to_text(pattern: np.ndarray) -> str:
-    return "/".join("".join("1" if bit else "0" for bit in row) for row in pattern)
-
-
-def _pattern_from_text(text: str, layer: str) -> np.ndarray:
-    if not isinstance(text, str):
-        raise TypeError(f"layer {layer}: pattern {text!r:.40} is not a string")
-    rows = text.split("/")
-    if any(len(row) != len(rows[0]) or set(row) - {"0", "1"} for row in rows):
-        raise ValueError(f"layer {layer}: pattern {text!r} is not rows of 0/1 of equal length")
-    return np.array([[char == "1" for char in row] for row in rows], dtype=bool)
-
-
-def _row_to_text(row: np.ndarray) -> str:
-    return "".join("." if value == PRUNED else _DIGITS[value] for value in row)
-
-
-def _row_from_text(text: str, layer: str) -> np.ndarray:
-    if not isinstance(text, str):
-        raise TypeError(f"layer {layer}: tile row {text!r:.40} is not a string")
-    if set(text) - set(_DIGITS) - {"."}:
-        raise ValueError(f"layer {layer}: tile row {text[:40]!r} has characters other than '.', 0-9, a-z")
-    return np.array([PRUNED if char == "." else _DIGITS.index(char) for char in text], dtype=np.int16)

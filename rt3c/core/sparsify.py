@@ -19,7 +19,8 @@ import math
 import numpy as np
 
 from rt3c.core.errors import UserError
-from rt3c.core.plan import PRUNED, LayerLevel, LayerPlan, Level, Plan
+from rt3c.core.plan import LayerLevel, LayerPlan, Level, Plan
+from rt3c.core.plan_text import PRUNED
 
 FIT_ITERATIONS = 6
 
