@@ -93,6 +93,21 @@ def _fast_gelu(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
 
 _LEGALIZE_FAST = {"relax.nn.gelu": _fast_gelu}
 
+RELAX_LOWERING = tvm.transform.Sequential(
+    [
+        relax.transform.FastMathTransform(),
+        relax.transform.LegalizeOps(_LEGALIZE_FAST),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ],
+    name="rt3c.relax_lowering",
+)
+"""One node's Relax module -> PrimFuncs and a `main` that calls them: fast math, legalization to TIR (GELU
+as `_fast_gelu`), fusion into kernels, and nothing left that `main` does not call. Every pass here has
+opt_level 0 or 1, so the default PassContext (2) runs them all."""
+
 
 def lower_node(
     node: onnx.NodeProto,
@@ -120,13 +135,7 @@ def lower_node(
     try:
         with quiet(), quiet_native_stderr(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the importer warns about every name it sanitises
-            module = from_onnx(model, opset=opset, keep_params_in_input=True)
-            module = relax.transform.FastMathTransform()(module)
-            module = relax.transform.LegalizeOps(_LEGALIZE_FAST)(module)
-            module = relax.transform.AnnotateTIROpPattern()(module)
-            module = relax.transform.FuseOps()(module)
-            module = relax.transform.FuseTIR()(module)
-            module = relax.transform.DeadCodeElimination()(module)
+            module = RELAX_LOWERING(from_onnx(model, opset=opset, keep_params_in_input=True))
     except Exception as exc:  # TVM raises TVMError, ValueError, ... for ops or attributes it cannot import
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise UserError(f"{where}: TVM cannot compile it ({first})") from None
