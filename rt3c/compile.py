@@ -26,7 +26,7 @@ from rt3c.core.files import exclusive_lock
 from rt3c.core.plan import MAX_FREQUENCY_KHZ, Plan
 from rt3c.core.progress import step
 from rt3c.core.sparse_format import encode_layer
-from rt3c.encode import EncodedModel, encode_model, encoded_layers, load_encoded
+from rt3c.encode import EncodedModel, encode, encoded_layers, load_encoded
 from rt3c.lower import CompiledProgram, lower
 from rt3c.runtime_c.program import Tensor
 from rt3c.runtime_c.project import WEIGHTS_FORMATS, check_prefix, default_prefix, render_project
@@ -102,20 +102,17 @@ def compile_model(
             level_names, plan, plan_path, board, frequencies_khz, source=str(encoded_path)
         )
         encoded = source
-        with tempfile.TemporaryDirectory(prefix="rt3c-compile-") as scratch:
-            if exported_with_plan and plan_path is not None:
-                # An exported model and its plan: run the encoding passes first (they verify every level).
-                result = encode_model(encoded_path, plan_path, Path(scratch) / "model.rt3.onnx")
-                encoded = EncodedModel(
-                    result.path, result.model, encoded_layers(result.model, str(result.path))
-                )
-            with step("lower the model to TVM kernels"):
-                compiled = lower(encoded, target, frequencies)
-            compiled.program.prefix = prefix or default_prefix(compiled.program.name)
-            compiled.program.weights_format = weights_format
-            board_profile = None if board is None else load_board(board)
-            dense = dense_reference(source, exported_with_plan)
-            return _generate_and_verify(compiled, encoded, out_dir, target, verify, board_profile, dense)
+        if exported_with_plan and plan is not None:
+            # An exported model and its plan: run the encoding passes first (they verify every level).
+            model = encode(source.model, plan, str(encoded_path)).model
+            encoded = EncodedModel(encoded_path, model, encoded_layers(model, str(encoded_path)))
+        with step("lower the model to TVM kernels"):
+            compiled = lower(encoded, target, frequencies)
+        compiled.program.prefix = prefix or default_prefix(compiled.program.name)
+        compiled.program.weights_format = weights_format
+        board_profile = None if board is None else load_board(board)
+        dense = dense_reference(source, exported_with_plan)
+        return _generate_and_verify(compiled, encoded, out_dir, target, verify, board_profile, dense)
 
 
 FREQUENCY_OPTIONS = "--board BOARD or --frequencies KHZ,KHZ,... (kHz, one per level, densest first)"

@@ -6,10 +6,12 @@ planner over the exported weights) and `read_encoded_layers` (what codegen reads
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from rt3c.core.errors import UserError, VerificationError
 from rt3c.core.onnx_io import (
     LEVELS_METADATA_KEY,
     SOURCE_METADATA_KEY,
+    checked_proto,
     deterministic_feeds,
     load_onnx,
     save_onnx_atomically,
@@ -57,21 +60,29 @@ def _level_count(model: onnx.ModelProto) -> int:
 
 @dataclass(frozen=True)
 class EncodeResult:
-    path: Path
+    model: ir.Model
+    """The encoded model, checked (`checked_proto`) and verified."""
     max_abs_diff: list[float]
     """Per verified level: max |ORT(encoded) - ORT(masked dense)|."""
     dense_layers: list[str]
     """Linear layers of the model that the plan does not list: they stay dense."""
-    model: ir.Model
-    """What was written to `path`, checked: compile lowers it without reading the file back."""
+    path: Path | None = None
+    """Where `encode_model` wrote it."""
 
 
 def encode_model(onnx_path: Path, plan_path: Path, out: Path, level: int | None = None) -> EncodeResult:
-    """Encode every planned layer; with `level`, keep only that level. Verified before anything is written."""
-    plan = Plan.load(plan_path)
-    source = str(onnx_path)
+    """`encode` on files: the exported model at `onnx_path` with the plan at `plan_path`, written to `out`
+    only once checked and verified."""
+    result = encode(load_onnx(onnx_path), Plan.load(plan_path), str(onnx_path), level)
+    save_onnx_atomically(checked_proto(result.model), out)
+    return dataclasses.replace(result, path=out)
+
+
+def encode(exported: ir.Model, plan: Plan, source: str, level: int | None = None) -> EncodeResult:
+    """Encode every planned layer of `exported` (left as it is); with `level`, keep only that level.
+    Verified level by level against the masked dense model; `source` names the model in errors."""
     with step(f"encode {len(plan.layers)} layers x {len(plan.levels)} levels"):
-        model = load_onnx(onnx_path)
+        model = _copy(exported)
         found = find_linear_layers(model, source)
         dense_layers = sorted(set(found) - set(plan.layers))
         planned_weights({name: layer for name, layer in found.items() if name in plan.layers}, source)
@@ -85,13 +96,16 @@ def encode_model(onnx_path: Path, plan_path: Path, out: Path, level: int | None 
         RemoveUnusedPass()(model)
         if level is not None:
             _keep_read_values(model)
-        encoded = ir.serde.serialize_model(model)
+        encoded = checked_proto(model)
     with step("verify every level against the masked dense model with onnxruntime"):
         diffs = verify_encoding(
-            onnx_path, plan, encoded, [level] if level is not None else range(len(plan.levels))
+            exported, plan, source, encoded, [level] if level is not None else range(len(plan.levels))
         )
-    save_onnx_atomically(model, out)
-    return EncodeResult(out, diffs, dense_layers, model)
+    return EncodeResult(model, diffs, dense_layers)
+
+
+def _copy(model: ir.Model) -> ir.Model:
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
 
 
 def _keep_read_values(model: ir.Model) -> None:
@@ -107,17 +121,18 @@ def _keep_read_values(model: ir.Model) -> None:
             values.shape = ir.Shape([read])
 
 
-def verify_encoding(onnx_path: Path, plan: Plan, encoded: onnx.ModelProto, levels) -> list[float]:
-    original = load_onnx(onnx_path)
-    feeds = deterministic_feeds(ir.serde.serialize_model(original))
+def verify_encoding(
+    exported: ir.Model, plan: Plan, source: str, encoded: onnx.ModelProto, levels: Iterable[int]
+) -> list[float]:
+    feeds = deterministic_feeds(ir.serde.serialize_model(exported))
     all_levels = any(i.name == LEVEL_INPUT for i in encoded.graph.input)
     diffs = []
     with tempfile.TemporaryDirectory(prefix="rt3c-verify-") as tmp:
         encoded_path = Path(tmp) / "encoded.onnx"
         onnx.save(encoded, encoded_path)
         for level in levels:
-            reference = load_onnx(onnx_path)
-            MaskWeightsPass(plan, level, str(onnx_path))(reference)
+            reference = _copy(exported)
+            MaskWeightsPass(plan, level, source)(reference)
             reference_path = Path(tmp) / f"masked-{level}.onnx"
             onnx.save(ir.serde.serialize_model(reference), reference_path)
             level_feeds = {**feeds, LEVEL_INPUT: np.array(level, dtype=np.int64)} if all_levels else feeds

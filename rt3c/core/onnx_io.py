@@ -38,10 +38,15 @@ def load_onnx(path: Path) -> ir.Model:
     return ir.serde.deserialize_model(proto)
 
 
-def save_onnx_atomically(model: ir.Model, out: Path) -> None:
-    """Check the model fully, then write it; on any failure nothing is left at `out`."""
+def checked_proto(model: ir.Model) -> onnx.ModelProto:
+    """`model` serialized and fully checked (`onnx.checker`, full check), as rt3c writes and runs models."""
     proto = ir.serde.serialize_model(model)
     onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def save_onnx_atomically(proto: onnx.ModelProto, out: Path) -> None:
+    """Write a checked model (`checked_proto`); on any failure nothing is left at `out`."""
     with atomic_output(out) as tmp:
         onnx.save(proto, str(tmp))
 
