@@ -26,7 +26,8 @@ from rt3c.core.files import exclusive_lock
 from rt3c.core.plan import MAX_FREQUENCY_KHZ, Plan
 from rt3c.core.progress import step
 from rt3c.core.sparse_format import encode_layer
-from rt3c.encode import EncodedModel, encode, encoded_layers, load_encoded
+from rt3c.encode import encode
+from rt3c.encoded_model import EncodedModel, encoded_layers, load_encoded
 from rt3c.lower import CompiledProgram, lower
 from rt3c.runtime_c.program import Tensor
 from rt3c.runtime_c.project import WEIGHTS_FORMATS, check_prefix, default_prefix, render_project

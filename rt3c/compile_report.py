@@ -13,7 +13,7 @@ from rt3c.codegen.targets import Target
 from rt3c.core.boards import Board
 from rt3c.core.onnx_io import deterministic_feeds
 from rt3c.core.progress import step
-from rt3c.encode import EncodedModel
+from rt3c.encoded_model import EncodedModel
 from rt3c.inspect_model import inspect_encoded
 from rt3c.instruction_count import count_instructions
 from rt3c.lower import level_model

@@ -19,7 +19,7 @@ from rich.table import Table
 from rt3c.core.onnx_io import LEVELS_METADATA_KEY, load_onnx
 from rt3c.core.progress import stdout
 from rt3c.core.sparse_format import EncodedLayer
-from rt3c.encode import encoded_layers
+from rt3c.encoded_model import encoded_layers
 from rt3c.passes.encode import LEVEL_INPUT, sparse_linear_nodes
 
 FLOAT_BYTES = 4

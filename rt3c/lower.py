@@ -24,7 +24,7 @@ from rt3c.codegen.targets import Target, get_target
 from rt3c.codegen.tvm_build import workspace_bytes
 from rt3c.core.errors import UserError
 from rt3c.core.onnx_io import deterministic_feeds
-from rt3c.encode import EncodedModel, load_encoded
+from rt3c.encoded_model import EncodedModel, load_encoded
 from rt3c.passes.encode import LEVEL_INPUT, RemoveUnusedPass, SelectLevelPass
 from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE
 from rt3c.reference import run_onnx

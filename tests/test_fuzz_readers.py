@@ -30,7 +30,7 @@ from rt3c.core.battery import RT3_DEFAULT_TRACE, load_trace, simulate
 from rt3c.core.boards import load_board, parse_board
 from rt3c.core.errors import UserError
 from rt3c.core.plan import MAX_LEVELS, Plan
-from rt3c.encode import read_encoded_layers
+from rt3c.encoded_model import read_encoded_layers
 from rt3c.run import read_input
 from rt3c.simulate import level_cycles
 

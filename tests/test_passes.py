@@ -19,7 +19,7 @@ from test_sparse_format import layer_plans
 from rt3c.core.onnx_io import WEIGHTS_METADATA_KEY
 from rt3c.core.plan import LayerLevel, LayerPlan, Level, Plan
 from rt3c.core.sparse_format import encode_layer
-from rt3c.encode import read_encoded_layers
+from rt3c.encoded_model import read_encoded_layers
 from rt3c.passes.encode import (
     LEVEL_INPUT,
     EncodeSparseLinearPass,

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rt3c.codegen.targets import get_target
 from rt3c.compile_report import dense_reference
 from rt3c.core.boards import load_board
-from rt3c.encode import load_encoded
+from rt3c.encoded_model import load_encoded
 from rt3c.runtime_c.report import (
     DENSE_LABEL,
     DenseReference,
