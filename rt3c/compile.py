@@ -1,9 +1,10 @@
 """Stage: encoded ONNX -> kernels -> a C project, built and verified level by level (`rt3c compile`).
 
-Entry point: `compile_model`, which runs the stages in order: encode (when given an exported model and its
-plan), lower (`rt3c.lower`), render (`rt3c.runtime_c.project`), build and verify (`rt3c.build`), measure and
-report (`rt3c.compile_report`). The host build runs every level on a seeded input and must match
-onnxruntime on the encoded model of that level.
+Entry point: `compile_model`, which loads the model once and runs the stages on it in order: encode (when
+given an exported model and its plan, `rt3c.encode`), lower (`rt3c.lower`), render
+(`rt3c.runtime_c.project`), build and verify (`rt3c.build`), measure and report (`rt3c.compile_report`).
+The host build runs every level on a seeded input and must match onnxruntime on the encoded model of that
+level.
 """
 
 from __future__ import annotations
