@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes import InPlacePass, PassResult, Sequential
+from onnx_ir.passes import InPlacePass, PassResult, PreconditionError, Sequential
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
 
 from rt3c.core.errors import UserError
@@ -26,6 +26,11 @@ from rt3c.passes.linear_layers import LinearLayer, find_linear_layers
 from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE, OPSET, function_proto, node_attributes
 
 LEVEL_INPUT = "rt3c_level"
+
+
+class ModelPreconditionError(UserError, PreconditionError):
+    """A model a pass cannot run on: onnx-ir's precondition failure (raised from `requires`, which onnx-ir
+    passes on as it is) and a UserError, so the CLI names the model's fault in one line and exits 2."""
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
@@ -165,15 +170,20 @@ class SelectLevelPass(InPlacePass):
         super().__init__()
         self.level = level
 
+    def requires(self, model: ir.Model) -> None:
+        levels = model.metadata_props.get(LEVELS_METADATA_KEY, "").split(",")
+        if LEVEL_INPUT not in model.graph.initializers:
+            raise ModelPreconditionError(
+                f"model {model.graph.name}: has no levels to select (is it an all-levels rt3c model?)"
+            )
+        if not 0 <= self.level < len(levels):
+            raise ModelPreconditionError(
+                f"--level {self.level}: the model has levels 0..{len(levels) - 1} ({', '.join(levels)})"
+            )
+
     def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
         levels = model.metadata_props.get(LEVELS_METADATA_KEY, "").split(",")
-        if LEVEL_INPUT not in graph.initializers:
-            raise UserError(f"model {graph.name}: has no levels to select (is it an all-levels rt3c model?)")
-        if not 0 <= self.level < len(levels):
-            raise UserError(
-                f"--level {self.level}: the model has levels 0..{len(levels) - 1} ({', '.join(levels)})"
-            )
         for node in sparse_linear_nodes(graph):
             if node.attributes["level"].value != self.level:
                 continue
