@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -136,9 +137,17 @@ def verify_encoding(
     return diffs
 
 
-def plan_model(
-    onnx_path: Path,
-    out: Path,
+def plan_model(onnx_path: Path, out: Path, **settings: Any) -> Plan:
+    """`one_shot` on files: the plan of the exported model at `onnx_path`, written to `out`; `settings` are
+    `one_shot`'s."""
+    plan = one_shot(load_onnx(onnx_path), str(onnx_path), **settings)
+    plan.save(out)
+    return plan
+
+
+def one_shot(
+    model: ir.Model,
+    source: str,
     *,
     sparsities: list[float],
     tile: tuple[int, int],
@@ -147,11 +156,11 @@ def plan_model(
     frequencies_khz: list[int] | None = None,
     layers: str | None = None,
 ) -> Plan:
-    """The one-shot plan for the exported model's linear layers (all but the output layer by default)."""
-    model = load_onnx(onnx_path)
-    found = find_linear_layers(model, str(onnx_path))
+    """The one-shot plan for the exported model's linear layers (all but the output layer by default);
+    `source` names the model in errors."""
+    found = find_linear_layers(model, source)
     if not found:
-        raise UserError(f"{onnx_path}: has no linear layer with a constant weight")
+        raise UserError(f"{source}: has no linear layer with a constant weight")
     graph_outputs = set(model.graph.outputs)
     if layers is None:
         chosen = {name: layer for name, layer in found.items() if layer.output not in graph_outputs}
@@ -162,12 +171,12 @@ def plan_model(
             raise UserError(f"--layers {layers!r}: not a regular expression ({exc})") from None
         chosen = {name: layer for name, layer in found.items() if pattern.search(name)}
     if not chosen:
-        raise UserError(f"--layers {layers!r}: matches none of {onnx_path}'s linear layers")
+        raise UserError(f"--layers {layers!r}: matches none of {source}'s linear layers")
     if frequencies_khz is not None and len(frequencies_khz) != len(sparsities):
         raise UserError(f"--frequencies: {len(frequencies_khz)} values for {len(sparsities)} levels")
     if not 1 <= len(sparsities) <= MAX_LEVELS:
         raise UserError(f"--sparsity: {len(sparsities)} levels, expected 1 to {MAX_LEVELS}")
-    weights = planned_weights(chosen, str(onnx_path))
+    weights = planned_weights(chosen, source)
     for name, weight in weights.items():
         # As `rt3c prune` does: a tile may be padded but not exceed the weight (tiles larger than every
         # layer only pad it with zeros, and cost time and memory in proportion).
@@ -177,7 +186,7 @@ def plan_model(
                 "a tile may be padded but not exceed the weight"
             )
     levels = [Level(f"L{i}", frequencies_khz[i] if frequencies_khz else None) for i in range(len(sparsities))]
-    plan = one_shot_plan(
+    return one_shot_plan(
         weights,
         levels,
         sparsities,
@@ -186,8 +195,6 @@ def plan_model(
         block_ratio,
         model=model.metadata_props.get(SOURCE_METADATA_KEY),
     )
-    plan.save(out)
-    return plan
 
 
 def planned_weights(layers: dict[str, LinearLayer], source: str) -> dict[str, np.ndarray]:
