@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from test_sparse_format import layer_plans
 
+from rt3c.core.errors import UserError
 from rt3c.core.onnx_io import WEIGHTS_METADATA_KEY
 from rt3c.core.plan import LayerLevel, LayerPlan, Level, Plan
 from rt3c.core.sparse_format import encode_layer
@@ -196,3 +197,19 @@ def test_passes_say_whether_they_modified_the_model() -> None:
     assert RemoveUnusedPass()(encoded).modified  # the dense weight and Add are gone
     assert not RemoveUnusedPass()(encoded).modified
     assert SelectLevelPass(1)(encoded).modified
+
+
+def test_a_failed_precondition_leaves_the_model_alone() -> None:
+    """Preconditions run in `requires`, before the pass touches anything, and are UserErrors."""
+    weight = np.ones((4, 4), np.float32)
+    proto = _linear_model("matmul+add", weight, np.zeros(4, np.float32), (2,))
+    proto.opset_import[0].version = 12
+    model = ir.serde.deserialize_model(proto)
+    layer_plan = LayerPlan(
+        "w", (4, 4), (2, 2), [LayerLevel(np.ones((1, 2, 2), bool), np.zeros((2, 2), np.int16))]
+    )
+    with pytest.raises(UserError, match="opset 12 is older than 13"):
+        EncodeSparseLinearPass(Plan([Level("L0")], {"w": layer_plan}), "test")(model)
+    assert ir.serde.serialize_model(model) == ir.serde.serialize_model(ir.serde.deserialize_model(proto))
+    with pytest.raises(UserError, match="has no levels to select"):
+        SelectLevelPass(0)(model)

@@ -56,12 +56,17 @@ class EncodeSparseLinearPass(InPlacePass):
         self.plan = plan
         self.source = source
 
+    def requires(self, model: ir.Model) -> None:
+        opset = model.opset_imports.get("", 18)
+        if opset < 13:
+            raise ModelPreconditionError(
+                f"{self.source}: opset {opset} is older than 13, which SparseLinear's body needs"
+            )
+
     def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
         layers = _check_layers(model, self.plan, self.source)
         opset = model.opset_imports.get("", 18)
-        if opset < 13:
-            raise UserError(f"{self.source}: opset {opset} is older than 13, which SparseLinear's body needs")
         level_value = _initializer(graph, LEVEL_INPUT, np.array(0, dtype=np.int64))
         graph.inputs.append(level_value)
         zero_axis = _initializer(graph, "rt3c_axis0", np.array([0], dtype=np.int64))
