@@ -9,8 +9,6 @@ its images go to DIR/report/ (index.html); it reads only DIR/search.json and DIR
 from __future__ import annotations
 
 import html
-import shutil
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +22,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator
 from rt3c.core.battery import Simulation
 from rt3c.core.boards import Board
 from rt3c.core.errors import UserError
+from rt3c.core.files import atomic_directory
 from rt3c.simulate import RT3_CLAIMED_RATIO, read_json, searched_board, simulate_dir
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
@@ -199,19 +198,14 @@ def render_report(directory: Path, board_ref: str | None = None, trace: Path | N
     sim = simulate_dir(directory, board_ref, trace)
     # Rendered into a staging folder that replaces DIR/report only when every file is written: a search log
     # or latency file with a field missing or of the wrong type is an error naming them, not half a report.
-    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".report."))
-    try:
+    out = directory / "report"
+    with atomic_directory(out) as staging:
         try:
             _write_report(search, latency, best, methods, board, sim, staging)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise UserError(
                 f"{directory}: search.json or latency.json is malformed ({type(exc).__name__}: {exc})"
             ) from None
-        out = directory / "report"
-        shutil.rmtree(out, ignore_errors=True)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out / "index.html"
 
 

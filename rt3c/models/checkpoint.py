@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from rt3c.core.errors import UserError
+from rt3c.core.files import atomic_directory
 from rt3c.models.base import LoadedModel
 
 MANIFEST = "rt3c-checkpoint.json"
@@ -26,17 +24,10 @@ WEIGHTS = "weights.pt"
 
 def save_checkpoint(directory: Path, base_model: str, module: nn.Module, metadata: dict) -> None:
     """Write the checkpoint directory whole or not at all (built next to it, then renamed into place)."""
-    directory = Path(directory)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    try:
+    with atomic_directory(directory) as staging:
         torch.save(module.state_dict(), staging / WEIGHTS)
         manifest = {"format": CHECKPOINT_FORMAT, "base_model": base_model, "weights": WEIGHTS, **metadata}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def is_checkpoint(directory: Path) -> bool:
