@@ -15,6 +15,7 @@ from rt3c.codegen.kernel_cache import write_kernels
 from rt3c.codegen.targets import Target
 from rt3c.core.errors import VerificationError
 from rt3c.core.onnx_io import deterministic_feeds
+from rt3c.core.processes import run_process_group
 from rt3c.lower import CompiledProgram, level_model
 from rt3c.reference import run_onnx
 from rt3c.runtime_c.build_files import render_build_files
@@ -79,7 +80,7 @@ def build_project(
 
 
 def _make(build_dir: Path, goal: str) -> None:
-    result = subprocess.run(["make", "-s", goal], cwd=build_dir, capture_output=True, text=True, check=False)
+    result = run_process_group(["make", "-s", goal], build_dir)
     if result.returncode != 0:
         raise VerificationError(
             f"building {build_dir} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"

@@ -42,6 +42,7 @@ from rt3c.core.errors import UserError
 from rt3c.core.files import exclusive_lock
 from rt3c.core.onnx_io import WEIGHTS_METADATA_KEY, deterministic_feeds, load_onnx
 from rt3c.core.plan import Plan
+from rt3c.core.processes import run_process_group
 from rt3c.encode import encode_model, plan_model
 from rt3c.export import ExportResult
 from rt3c.lower import level_model, lower_model
@@ -493,6 +494,16 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing(
     assert process.returncode == 130, rest
     assert rest.strip().splitlines() == ["rt3c: interrupted"]
     assert {path.name for path in tmp_path.iterdir()} <= {"cache"}  # no --out, no staging folder
+
+
+def test_an_interrupted_build_leaves_no_compiler_running(tmp_path: Path) -> None:
+    """`make`'s own children die with it: a compiler left running would write into a staging folder that
+    the interrupted rt3c has just removed (seen as a `.project.*` folder left after Ctrl-C)."""
+    script = "sleep 60 & echo $! > grandchild; wait"
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_process_group(["sh", "-c", script], tmp_path, timeout=1.0)
+    stat = Path(f"/proc/{(tmp_path / 'grandchild').read_text().strip()}/stat")
+    assert not stat.exists() or stat.read_text().split(")")[1].split()[0] == "Z"  # gone, or dead unreaped
 
 
 @contextlib.contextmanager
