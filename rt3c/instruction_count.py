@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rt3c.codegen.targets import Target
 from rt3c.core import cache
-from rt3c.core.errors import UserError, VerificationError
+from rt3c.core.errors import SettingError, UserError, VerificationError
 
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "qemu_plugin" / "insn_count.c"
 FUNCTION_TYPES = frozenset("tTwW")
@@ -123,7 +123,7 @@ def count_instructions(
     bare-metal programs only a short command line, so keep them short). The program must exit with 0.
     """
     if target.board is None and not target.run_prefix:
-        raise UserError(f"--target {target.name}: runs natively; instruction counts need a qemu target")
+        raise SettingError("target", "runs natively; instruction counts need a qemu target", target.name)
     target.check_tools()
     cwd = Path.cwd() if cwd is None else cwd
     available = function_ranges(cwd / binary, nm_tool(target))

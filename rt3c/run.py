@@ -15,7 +15,7 @@ import numpy as np
 from rt3c.build import InputOutOfRange, run_level
 from rt3c.codegen.targets import TARGETS, get_target
 from rt3c.core.checks import UNREADABLE_JSON
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError, UserError
 from rt3c.runtime_c.program import C_TYPES, Tensor
 from rt3c.runtime_c.project import PREFIX_PATTERN
 
@@ -27,16 +27,16 @@ def run_project(project: Path, level: int, inputs: Sequence[Path | np.ndarray]) 
     target, prefix = get_target(manifest["target"]), manifest["prefix"]
     if not (project / "rt3_main").is_file():
         raise UserError(
-            f"{project}: has no example program rt3_main (compiled with --no-verify); "
+            f"{project}: has no example program rt3_main (compiled without verification); "
             f"build it with `make -C {project} rt3_main`"
         )
     target.check_tools()
     if not 0 <= level < len(manifest["levels"]):
-        raise UserError(f"--level {level}: the model has levels 0..{len(manifest['levels']) - 1}")
+        raise SettingError("level", f"the model has levels 0..{len(manifest['levels']) - 1}", level)
     if len(inputs) != len(manifest["inputs"]):
         names = ", ".join(t["name"] for t in manifest["inputs"])
-        raise UserError(
-            f"--input: the model takes {len(manifest['inputs'])} inputs ({names}), got {len(inputs)}"
+        raise SettingError(
+            "inputs", f"the model takes {len(manifest['inputs'])} inputs ({names}), got {len(inputs)}"
         )
     labels = [
         f"--input {source}" if isinstance(source, Path) else f"input {index}"

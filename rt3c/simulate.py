@@ -17,7 +17,7 @@ from rich.table import Table
 from rt3c.core.battery import RT3_DEFAULT_TRACE, Simulation, load_trace, simulate
 from rt3c.core.boards import BOARD_QUANTITY_LIMIT, Board, load_board
 from rt3c.core.checks import UNREADABLE_JSON, real_number
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError, UserError
 from rt3c.core.progress import stdout
 from rt3c.latency.units import cycles_per_unit
 
@@ -64,12 +64,12 @@ def level_cycles(latency: dict, board: Board, source_path: str) -> tuple[float, 
             host_hz, f"{source_path}: host_hz", low=0.0, high=BOARD_QUANTITY_LIMIT, low_open=True
         )
     if len(units) != len(board.levels):
-        raise UserError(
-            f"--board {board.name}: has {len(board.levels)} levels, but {source_path} has {len(units)}"
+        raise SettingError(
+            "board", f"has {len(board.levels)} levels, but {source_path} has {len(units)}", board.name
         )
     if board.target != target:
-        raise UserError(
-            f"--board {board.name}: targets {board.target}, but {source_path} was measured for {target}"
+        raise SettingError(
+            "board", f"targets {board.target}, but {source_path} was measured for {target}", board.name
         )
     per_unit = cycles_per_unit(source, board.cycles_per_instruction, host_hz)
     return dense_units * per_unit, [u * per_unit for u in units]
@@ -81,7 +81,7 @@ def searched_board(directory: Path, board_ref: str | None) -> Board:
         return load_board(board_ref)
     copy = Path(directory) / "board.toml"
     if not copy.is_file():
-        raise UserError(f"{copy}: missing (give --board, or make DIR with `rt3c search --out DIR`)")
+        raise UserError(f"{copy}: missing (name the board, or make DIR with `rt3c search --out DIR`)")
     return load_board(copy)
 
 
@@ -94,8 +94,8 @@ def simulate_dir(directory: Path, board_ref: str | None = None, trace: Path | No
     elif len(board.levels) == len(RT3_DEFAULT_TRACE):
         fractions = RT3_DEFAULT_TRACE
     else:
-        raise UserError(
-            f"--board {board.name}: has {len(board.levels)} levels; RT3's default trace is for 3, give --trace"
+        raise SettingError(
+            "board", f"has {len(board.levels)} levels; RT3's default trace is for 3, give a trace", board.name
         )
     return simulate(board, dense, levels, fractions)
 

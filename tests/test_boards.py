@@ -125,5 +125,5 @@ def test_trace_file(tmp_path: Path) -> None:
 
 
 def test_trace_must_match_levels(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="--trace"):
+    with pytest.raises(UserError, match=r"^trace \[0.7, 0.7\]: "):
         simulate(_board(tmp_path), 1e6, [1e6, 1e6], (0.7, 0.7))

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import typer
 
+import rt3c
 from rt3c.cli import app, main
+from rt3c.core.errors import SettingError
 
 
 def run_cli(*args: str) -> int:
@@ -156,6 +158,38 @@ def test_one_option_name_one_meaning() -> None:
     assert set(typer_types["--batch"]) == {"export"}
     assert set(typer_types["--batch-size"]) == {"prune", "search"}
     assert set(typer_types["-b"]) == set(typer_types["--board"])
+
+
+def test_settings_errors_name_the_option() -> None:
+    """The library's errors name settings as Python spells them (`block_ratio`) and the CLI shows the
+    option that sets each: every setting a library `SettingError` names maps to an option of the CLI,
+    except those only the Python API can set."""
+    import ast
+
+    from rt3c.cli.options import option_name
+
+    api_only = {"max_len", "level_weights"}
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    options = {option for command in commands.values() for param in command.params for option in param.opts}
+    named = set()
+    for source in Path(rt3c.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            # `_check_range(setting, ...)` raises a SettingError for the setting it is given.
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None)
+                in (
+                    "SettingError",
+                    "_check_range",
+                )
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                named.add(node.args[0].value)
+    assert len(named) > 20
+    assert {option_name(setting) for setting in named - api_only} <= options
+    error = SettingError("block_ratio", "must be in [0, 1)", 1.5)
+    assert str(error) == "block_ratio 1.5: must be in [0, 1)"
+    assert error.render(option_name(error.setting)) == "--block-ratio 1.5: must be in [0, 1)"
 
 
 class _FakePlan:

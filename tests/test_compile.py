@@ -587,7 +587,7 @@ def test_another_cortex_m_part(
     common = [str(encoded), "--frequencies", ",".join(map(str, FREQUENCIES_KHZ)), "--target", "cortex-m4"]
     out = tmp_path / "project"
     refused = {
-        "--mcpu cortex-m33": "--mcpu cortex-m33: qemu's mps2-an386 (--target cortex-m4) cannot run it; add --no-verify",
+        "--mcpu cortex-m33": "--mcpu cortex-m33: qemu's mps2-an386 (target cortex-m4) cannot run it; turn verification off",
         "--mcpu cortex-a53 --no-verify": "--mcpu 'cortex-a53': not a Cortex-M part rt3c builds for",
     }
     for options, message in refused.items():
@@ -604,7 +604,7 @@ def test_another_cortex_m_part(
     assert "Tag_CPU_arch: v8-M.mainline" in attributes and "Tag_ABI_VFP_args: VFP registers" in attributes
     assert not (out / "mps2.ld").exists() and "-mcpu=cortex-m33" in (out / "toolchain.cmake").read_text()
     assert run_cli("run", str(out)) == 2
-    assert "has no example program rt3_main (compiled with --no-verify)" in capsys.readouterr().err
+    assert "has no example program rt3_main (compiled without verification)" in capsys.readouterr().err
 
 
 def test_demo_runs_the_chain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

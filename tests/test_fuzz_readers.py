@@ -162,7 +162,7 @@ def test_fuzz_trace_and_latency_file(trace_text: str, latency: dict) -> None:
         try:
             fractions = load_trace(trace, board)
         except UserError as refusal:
-            assert str(refusal).startswith(f"--trace {trace}") and "\n" not in str(refusal)
+            assert str(refusal).startswith(str(trace)) and "\n" not in str(refusal)
     try:
         dense, levels = level_cycles(latency, board, "latency.json")
     except UserError as refusal:

@@ -192,5 +192,5 @@ def test_candidate_plans_share_block_pruning_and_follow_the_choices() -> None:
 
 
 def test_unknown_backend() -> None:
-    with pytest.raises(UserError, match="--backend threads"), evaluation_pool(None, "threads", 2, None):
+    with pytest.raises(UserError, match=r"^backend threads: "), evaluation_pool(None, "threads", 2, None):
         pass

@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from rt3c.core.errors import UserError, VerificationError
+from rt3c.cli.options import option_name
+from rt3c.core.errors import SettingError, UserError, VerificationError
 
 app = typer.Typer(
     name="rt3c",
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as exc:  # usage errors (bad option, missing argument) exit 2
         exc.show()
         code = exc.exit_code
+    except SettingError as exc:
+        message, code = f"error: {exc.render(option_name(exc.setting))}", 2
     except UserError as exc:
         message, code = f"error: {exc}", 2
     except (VerificationError, Exception) as exc:

@@ -9,6 +9,26 @@ SPARSITY_HELP = "Per level, densest first: the fraction of the planned layers' w
 PATTERNS_HELP = "k, the number of patterns per pattern set."
 BATCH_SIZE_HELP = "Examples per training step (export's --batch is the graph's batch dimension)."
 
+OPTION_NAMES = {
+    "sparsities": "--sparsity",
+    "layer_ratios": "--layer-ratio",
+    "pattern_counts": "--pattern-choices",
+    "inputs": "--input",
+    "frequencies_khz": "--board",
+    "dense_steps": "--steps",
+    "lasso_steps": "--steps",
+    "finetune_steps": "--steps",
+    "warm_steps": "--steps",
+    "recovery_steps": "--steps",
+    "joint_steps": "--steps",
+}
+"""Settings whose option is not their Python name with dashes (`block_ratio` -> `--block-ratio`)."""
+
+
+def option_name(setting: str) -> str:
+    """The CLI option that sets the Python setting `setting` (`SettingError.setting`)."""
+    return OPTION_NAMES.get(setting, "--" + setting.replace("_", "-"))
+
 
 def floats(text: str, option: str) -> list[float]:
     try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError
 
 if TYPE_CHECKING:
     import tvm
@@ -79,8 +79,8 @@ class Target:
     def check_tools(self) -> None:
         for tool, package in self.tools.items():
             if shutil.which(tool) is None:
-                raise UserError(
-                    f"--target {self.name}: {tool} not found; install it with `apt-get install {package}`"
+                raise SettingError(
+                    "target", f"{tool} not found; install it with `apt-get install {package}`", self.name
                 )
 
 
@@ -163,7 +163,7 @@ def token_block(target: Target, tile_rows: int, tokens: int) -> int:
 
 def get_target(name: str) -> Target:
     if name not in TARGETS:
-        raise UserError(f"--target {name}: unknown target; choose one of {', '.join(TARGETS)}")
+        raise SettingError("target", f"unknown target; choose one of {', '.join(TARGETS)}", name)
     return TARGETS[name]
 
 
@@ -187,19 +187,23 @@ def cortex_m_part(target: Target, mcpu: str, verify: bool) -> Target:
     startup file or linker script (those are qemu's MPS2 boards'): the library is what it is for.
     """
     if target.board is None:
-        raise UserError(
-            f"--mcpu {mcpu}: only with a Cortex-M target (cortex-m4, cortex-m7), not {target.name}"
+        raise SettingError(
+            "mcpu", f"only with a Cortex-M target (cortex-m4, cortex-m7), not {target.name}", mcpu
         )
     if mcpu not in CORTEX_M_FPU:
-        raise UserError(
-            f"--mcpu {mcpu!r:.40}: not a Cortex-M part rt3c builds for; choose one of {', '.join(CORTEX_M_FPU)}"
+        raise SettingError(
+            "mcpu",
+            f"not a Cortex-M part rt3c builds for; choose one of {', '.join(CORTEX_M_FPU)}",
+            f"{mcpu!r:.40}",
         )
     if f"-mcpu={mcpu}" in target.cflags:
         return target
     if verify:
-        raise UserError(
-            f"--mcpu {mcpu}: qemu's {target.board} (--target {target.name}) cannot run it; add --no-verify to "
-            "generate and build the project without running it"
+        raise SettingError(
+            "mcpu",
+            f"qemu's {target.board} (target {target.name}) cannot run it; turn verification off to generate "
+            "and build the project without running it",
+            mcpu,
         )
     fpu = CORTEX_M_FPU[mcpu]
     kept = [flag for flag in target.cflags if not flag.startswith(("-mcpu=", "-mfpu=", "-mfloat-abi="))]

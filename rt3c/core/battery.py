@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rt3c.core.boards import Board
 from rt3c.core.checks import real_number
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError, UserError
 
 TRACE_SECONDS_LIMIT = 1e12
 """Longest time one trace line may give (31,700 years): the sum of the lines stays finite."""
@@ -89,7 +89,7 @@ def simulate(
             f"board {board.name}: has {n} frequency levels but the model has {len(level_cycles)} levels"
         )
     if len(trace) != n or any(phi < 0 for phi in trace) or abs(sum(trace) - 1.0) > 1e-6:
-        raise UserError(f"--trace: needs {n} non-negative time fractions summing to 1, got {list(trace)}")
+        raise SettingError("trace", f"needs {n} non-negative time fractions summing to 1", list(trace))
     top_only = (1.0,) + (0.0,) * (n - 1)
     scenarios = (
         _scenario("dense, top frequency", board, top_only, [dense_cycles] * n),
@@ -107,7 +107,7 @@ def load_trace(path: Path, board: Board) -> tuple[float, ...]:
     try:
         lines = Path(path).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--trace {path}: cannot read ({exc})") from None
+        raise UserError(f"{path}: cannot read the trace ({exc})") from None
     for number, line in enumerate(lines, 1):
         fields = line.split("#")[0].replace(",", " ").split()
         if not fields:
@@ -117,9 +117,9 @@ def load_trace(path: Path, board: Board) -> tuple[float, ...]:
             mhz_value, duration = float(mhz_text), float(duration_text)
         except ValueError:
             raise UserError(
-                f"--trace {path}:{number}: expected 'frequency_mhz seconds', got {line.strip()!r:.80}"
+                f"{path}:{number}: expected 'frequency_mhz seconds', got {line.strip()!r:.80}"
             ) from None
-        where = f"--trace {path}:{number}"
+        where = f"{path}:{number}"
         mhz = round(real_number(mhz_value, f"{where}: frequency_mhz", low=0.0))
         duration = real_number(duration, f"{where}: seconds", low=0.0, high=TRACE_SECONDS_LIMIT)
         if mhz not in by_mhz:
@@ -129,5 +129,5 @@ def load_trace(path: Path, board: Board) -> tuple[float, ...]:
         seconds[by_mhz[mhz]] += duration
     total = sum(seconds)
     if total <= 0:
-        raise UserError(f"--trace {path}: no time in the trace")
+        raise UserError(f"{path}: no time in the trace")
     return tuple(s / total for s in seconds)

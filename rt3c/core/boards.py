@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rt3c.core.checks import real_number
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError, UserError
 from rt3c.core.plan import MAX_FREQUENCY_KHZ, MAX_LEVELS
 
 TARGETS = ("host", "aarch64", "cortex-m4", "cortex-m7")
@@ -138,7 +138,9 @@ def board_file(ref: str | Path) -> Path:
     if not path.suffix and str(ref) in shipped_boards():
         return BOARDS_DIR / f"{ref}.toml"
     if not path.is_file():
-        raise UserError(f"--board {ref}: no such board file or shipped board ({', '.join(shipped_boards())})")
+        raise SettingError(
+            "board", f"no such board file or shipped board ({', '.join(shipped_boards())})", ref
+        )
     return path
 
 

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError, UserError
 from rt3c.core.plan import LayerLevel, LayerPlan, Level, Plan
 from rt3c.core.plan_text import PRUNED
 
@@ -106,7 +106,7 @@ def pattern_sets(
     if list(nnz_per_level) != sorted(nnz_per_level, reverse=True):
         raise UserError(f"nonzeros per tile {nnz_per_level}: must not rise from one level to the next")
     if not 1 <= patterns <= 36:
-        raise UserError(f"--patterns {patterns}: must be between 1 and 36")
+        raise SettingError("patterns", "must be between 1 and 36", patterns)
     tiles = _tiles(weight, tile)
     magnitudes = np.abs(tiles[kept_tiles])  # [T, positions]
     ranking_values = tiles[kept_tiles] if signed_ranking else magnitudes
@@ -140,9 +140,9 @@ def default_block_ratio(sparsities: list[float]) -> float:
 
 def check_sparsities(sparsities: list[float]) -> None:
     if not sparsities or any(not 0.0 <= s < 1.0 for s in sparsities):
-        raise UserError(f"--sparsity {sparsities}: every level's sparsity must be in [0, 1)")
+        raise SettingError("sparsities", "every level's sparsity must be in [0, 1)", sparsities)
     if any(b <= a for a, b in itertools.pairwise(sparsities)):
-        raise UserError(f"--sparsity {sparsities}: levels must increase in sparsity (densest first)")
+        raise SettingError("sparsities", "levels must increase in sparsity (densest first)", sparsities)
 
 
 def nnz_for_levels(sparsities: list[float], block_ratio: float, tile: tuple[int, int]) -> list[int]:
@@ -167,13 +167,13 @@ def one_shot_plan(
     """Magnitude BP, then magnitude pattern families, for every layer in `weights` (torch `[out, in]`)."""
     check_sparsities(sparsities)
     if len(levels) != len(sparsities):
-        raise UserError(f"--levels {len(levels)} but --sparsity gives {len(sparsities)} values")
+        raise SettingError("sparsities", f"{len(sparsities)} values for {len(levels)} levels", sparsities)
     if min(tile) < 1:
-        raise UserError(f"--tile {tile[0]}x{tile[1]}: both sides must be positive")
+        raise SettingError("tile", "both sides must be positive", f"{tile[0]}x{tile[1]}")
     ratio = default_block_ratio(sparsities) if block_ratio is None else block_ratio
     if not 0.0 <= ratio <= sparsities[0]:
-        raise UserError(
-            f"--block-ratio {ratio}: must be in [0, the densest level's sparsity {sparsities[0]}]"
+        raise SettingError(
+            "block_ratio", f"must be in [0, the densest level's sparsity {sparsities[0]}]", ratio
         )
     nnz = nnz_for_levels(sparsities, ratio, tile)
     layers = {}

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError
 
 if TYPE_CHECKING:
     from rt3c.codegen.targets import Target
@@ -23,18 +23,20 @@ def host_clock_hz() -> float:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        raise UserError("--latency host: cannot read /proc/cpuinfo for the host's clock") from None
+        raise SettingError("latency", "cannot read /proc/cpuinfo for the host's clock", "host") from None
     clocks = [float(line.split(":")[1]) for line in text.splitlines() if line.startswith("cpu MHz")]
     if not clocks:
-        raise UserError("--latency host: /proc/cpuinfo has no 'cpu MHz' line for the host's clock")
+        raise SettingError("latency", "/proc/cpuinfo has no 'cpu MHz' line for the host's clock", "host")
     return max(clocks) * 1e6
 
 
 def check_source(source: str, target: Target) -> None:
     if source not in SOURCES:
-        raise UserError(f"--latency {source}: choose one of {', '.join(SOURCES)}")
+        raise SettingError("latency", f"choose one of {', '.join(SOURCES)}", source)
     if source == "qemu" and target.name == "host":
-        raise UserError("--latency qemu: the board's target is host, which runs natively; use --latency host")
+        raise SettingError(
+            "latency", "the board's target is host, which runs natively; measure on the host", "qemu"
+        )
 
 
 def default_source(target: Target) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError, UserError
 from rt3c.core.files import atomic_output, exclusive_lock
 from rt3c.core.plan import LayerPlan, Level, Plan
 from rt3c.core.progress import step
@@ -105,7 +105,7 @@ def select_layers(model: LoadedModel, pattern: str, tile: tuple[int, int]) -> di
     try:
         regex = re.compile(pattern)
     except re.error as exc:
-        raise UserError(f"--layers {pattern!r}: not a regular expression ({exc})") from None
+        raise SettingError("layers", f"not a regular expression ({exc})", repr(pattern)) from None
     linear_weights = {
         f"{name}.weight" if name else "weight": module.weight
         for name, module in model.module.named_modules()
@@ -113,12 +113,13 @@ def select_layers(model: LoadedModel, pattern: str, tile: tuple[int, int]) -> di
     }
     chosen = {name: weight for name, weight in linear_weights.items() if regex.search(name)}
     if not chosen:
-        raise UserError(f"--layers {pattern!r}: matches no linear layer weight of {model.name}")
+        raise SettingError("layers", f"matches no linear layer weight of {model.name}", repr(pattern))
     for name, weight in chosen.items():
         if tile[0] > weight.shape[0] or tile[1] > weight.shape[1]:
-            raise UserError(
-                f"--tile {tile[0]}x{tile[1]}: larger than layer {name} {list(weight.shape)}; "
-                "a tile may be padded but not exceed the weight"
+            raise SettingError(
+                "tile",
+                f"larger than layer {name} {list(weight.shape)}; a tile may be padded but not exceed the weight",
+                f"{tile[0]}x{tile[1]}",
             )
     return chosen
 
@@ -141,21 +142,21 @@ def _block_ratios(config: PruneConfig, names: list[str]) -> dict[str, float]:
 def check_config(config: PruneConfig) -> None:
     check_sparsities(config.sparsities)
     if min(config.tile) < 1:
-        raise UserError(f"--tile {config.tile[0]}x{config.tile[1]}: both sides must be positive")
+        raise SettingError("tile", "both sides must be positive", f"{config.tile[0]}x{config.tile[1]}")
     for regex, ratio in config.layer_ratios.items():
         if not 0.0 <= ratio < 1.0:
-            raise UserError(f"--layer-ratio {regex}={ratio}: ratios must be in [0, 1)")
+            raise SettingError("layer_ratios", "ratios must be in [0, 1)", f"{regex}={ratio}")
     if config.block_ratio is not None and not 0.0 <= config.block_ratio < 1.0:
-        raise UserError(f"--block-ratio {config.block_ratio}: must be in [0, 1)")
+        raise SettingError("block_ratio", "must be in [0, 1)", config.block_ratio)
     if not 0.0 <= config.distill <= 1.0:
-        raise UserError(f"--distill {config.distill}: must be in [0, 1]")
+        raise SettingError("distill", "must be in [0, 1]", config.distill)
     if config.level_weights is not None and len(config.level_weights) != len(config.sparsities):
-        raise UserError(
-            f"--level-weights: {len(config.level_weights)} values for {len(config.sparsities)} levels"
+        raise SettingError(
+            "level_weights", f"{len(config.level_weights)} values for {len(config.sparsities)} levels"
         )
     if config.frequencies_khz is not None and len(config.frequencies_khz) != len(config.sparsities):
-        raise UserError(
-            f"frequencies: {len(config.frequencies_khz)} values for {len(config.sparsities)} levels"
+        raise SettingError(
+            "frequencies_khz", f"{len(config.frequencies_khz)} values for {len(config.sparsities)} levels"
         )
 
 
@@ -219,7 +220,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
     check_config(config)
     out = Path(config.out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
+        raise SettingError("out", "exists and is not a directory", out)
     model = load_model(config.model)
     weights = select_layers(model, config.layers, config.tile)
     ratios = _block_ratios(config, list(weights))

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from rt3c.codegen.targets import Target
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError
 from rt3c.runtime_c.program import Program
 from rt3c.runtime_c.project import TEMPLATES, environment, project_files, render_all, weights_bytes
 
@@ -90,9 +90,11 @@ def binutil(target: Target, tool: str) -> str:
 
 def _check_weights_fit(size: int, target: Target) -> None:
     if size > PSRAM_MIB << 20:
-        raise UserError(
-            f"--target {target.name}: the weights take {size / 2**20:.1f} MiB, but qemu's {target.board} "
-            f"holds {PSRAM_MIB} MiB of them (PSRAM); use a sparser plan or plan more layers"
+        raise SettingError(
+            "target",
+            f"the weights take {size / 2**20:.1f} MiB, but qemu's {target.board} holds {PSRAM_MIB} MiB of them "
+            "(PSRAM); use a sparser plan or plan more layers",
+            target.name,
         )
 
 

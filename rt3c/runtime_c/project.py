@@ -15,7 +15,7 @@ import jinja2
 import numpy as np
 
 import rt3c
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError
 from rt3c.runtime_c.arena import ALIGNMENT as ARENA_ALIGNMENT
 from rt3c.runtime_c.filters import C_KEYWORDS, FILTERS, c_identifier
 from rt3c.runtime_c.program import Program, Tensor
@@ -117,9 +117,10 @@ def check_prefix(prefix: str) -> str:
     """`--prefix`: a lower-case C identifier of at most 32 characters that is not a keyword (upper-cased,
     it starts the macros, so one case keeps two prefixes from sharing macros)."""
     if not PREFIX_PATTERN.match(prefix) or prefix in C_KEYWORDS:
-        raise UserError(
-            f"--prefix {prefix!r:.40}: expected a lower-case C identifier ([a-z][a-z0-9_]*, at most 32 "
-            "characters, not a C keyword)"
+        raise SettingError(
+            "prefix",
+            "expected a lower-case C identifier ([a-z][a-z0-9_]*, at most 32 characters, not a C keyword)",
+            f"{prefix!r:.40}",
         )
     return prefix
 

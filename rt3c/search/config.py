@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError
 from rt3c.prune.pipeline import DEFAULT_LAYERS
 from rt3c.prune.training import TrainSettings
 from rt3c.search.evaluate import BACKENDS
@@ -27,7 +27,7 @@ class SearchConfig:
     one_shot: bool = False
     episodes: int = 24
     """Per method: the controller and random search get the same budget."""
-    batch_size: int = 4
+    controller_batch: int = 4
     seq_len: int = 16
     """Tokens of the compiled model, whose latency is modelled."""
     max_len: int = 64
@@ -62,8 +62,8 @@ class SearchConfig:
     lasso_strength: float = 1e-5
     distill: float = 0.7
     level_weights: tuple[float, ...] | None = None
-    batch: int = 32
-    """Training batch size."""
+    batch_size: int = 32
+    """Examples per training step."""
     seed: int = 0
 
     def settings(self) -> dict:
@@ -81,41 +81,40 @@ MAX_WORKERS = 1024
 
 
 def check_config(config: SearchConfig) -> None:
-    """Every option in range before any work starts (a board-dependent check follows in `prepare`)."""
+    """Every setting in range before any work starts (a board-dependent check follows in `prepare`)."""
     if config.objective not in OBJECTIVES:
-        raise UserError(f"--objective {config.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        raise SettingError("objective", f"choose one of {', '.join(OBJECTIVES)}", repr(config.objective))
     if config.backend not in BACKENDS:
-        raise UserError(f"--backend {config.backend}: choose one of {', '.join(BACKENDS)}")
-    if not 1 <= config.episodes <= MAX_EPISODES or not 1 <= config.batch_size <= MAX_EPISODES:
-        raise UserError(f"--episodes and --controller-batch: must be between 1 and {MAX_EPISODES}")
-    if not 1 <= config.batch <= MAX_EPISODES:
-        raise UserError(f"--batch-size {config.batch}: must be between 1 and {MAX_EPISODES}")
+        raise SettingError("backend", f"choose one of {', '.join(BACKENDS)}", config.backend)
+    _check_range("episodes", config.episodes, 1, MAX_EPISODES)
+    _check_range("controller_batch", config.controller_batch, 1, MAX_EPISODES)
+    _check_range("batch_size", config.batch_size, 1, MAX_EPISODES)
     if config.block_ratio is not None and not 0.0 <= config.block_ratio < 1.0:
-        raise UserError(f"--block-ratio {config.block_ratio}: must be in [0, 1)")
+        raise SettingError("block_ratio", "must be in [0, 1)", config.block_ratio)
     if not config.densities or any(not 0.0 < d <= 1.0 for d in config.densities):
-        raise UserError(f"--densities {list(config.densities)}: each must be in (0, 1]")
+        raise SettingError("densities", "each must be in (0, 1]", list(config.densities))
     if list(config.densities) != sorted(config.densities, reverse=True):
-        raise UserError(f"--densities {list(config.densities)}: list them densest first")
+        raise SettingError("densities", "list them densest first", list(config.densities))
     if not config.pattern_counts or any(not 1 <= k <= 36 for k in config.pattern_counts):
-        raise UserError(f"--pattern-choices {list(config.pattern_counts)}: each must be between 1 and 36")
-    if not 1 <= config.validation_size <= MAX_EXAMPLES:
-        raise UserError(f"--validation-size {config.validation_size}: must be between 1 and {MAX_EXAMPLES}")
-    if not 1 <= config.seq_len <= MAX_TOKENS or not 1 <= config.max_len <= MAX_TOKENS:
-        raise UserError(f"--seq-len {config.seq_len}: must be between 1 and {MAX_TOKENS}")
-    steps = (
-        config.dense_steps,
-        config.lasso_steps,
-        config.finetune_steps,
-        config.warm_steps,
-        config.recovery_steps,
-        config.joint_steps,
-    )
-    if any(not 0 <= s <= MAX_STEPS for s in steps):
-        raise UserError(f"--steps {','.join(map(str, steps))}: each count must be between 0 and {MAX_STEPS}")
+        raise SettingError("pattern_counts", "each must be between 1 and 36", list(config.pattern_counts))
+    _check_range("validation_size", config.validation_size, 1, MAX_EXAMPLES)
+    _check_range("seq_len", config.seq_len, 1, MAX_TOKENS)
+    _check_range("max_len", config.max_len, 1, MAX_TOKENS)
+    _check_range("dense_steps", config.dense_steps, 0, MAX_STEPS)
+    _check_range("lasso_steps", config.lasso_steps, 0, MAX_STEPS)
+    _check_range("finetune_steps", config.finetune_steps, 0, MAX_STEPS)
+    _check_range("warm_steps", config.warm_steps, 0, MAX_STEPS)
+    _check_range("recovery_steps", config.recovery_steps, 0, MAX_STEPS)
+    _check_range("joint_steps", config.joint_steps, 0, MAX_STEPS)
     if not 0.0 <= config.distill <= 1.0:
-        raise UserError(f"--distill {config.distill}: must be in [0, 1]")
-    if config.workers is not None and not 1 <= config.workers <= MAX_WORKERS:
-        raise UserError(f"--workers {config.workers}: must be between 1 and {MAX_WORKERS}")
+        raise SettingError("distill", "must be in [0, 1]", config.distill)
+    if config.workers is not None:
+        _check_range("workers", config.workers, 1, MAX_WORKERS)
+
+
+def _check_range(setting: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise SettingError(setting, f"must be between {low} and {high}", value)
 
 
 def train_settings(config: SearchConfig, steps: int, learning_rate: float | None = None) -> TrainSettings:
@@ -123,7 +122,7 @@ def train_settings(config: SearchConfig, steps: int, learning_rate: float | None
     return TrainSettings(
         steps,
         config.learning_rate if learning_rate is None else learning_rate,
-        config.batch,
+        config.batch_size,
         config.seed,
         warmup=0.1,
         length_buckets=True,

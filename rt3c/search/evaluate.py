@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from rt3c.core.boards import Board
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError
 from rt3c.core.plan import LayerPlan
 from rt3c.core.sparsify import pattern_sets
 from rt3c.datasets import Split
@@ -179,7 +179,7 @@ def evaluation_pool(
 ) -> Iterator[tuple[Callable[[tuple[int, ...]], Evaluation], Callable[[Callable, Iterable], Iterable]]]:
     """(evaluate, map) for `CachedEvaluator`: worker processes on this machine, Ray, or in-process."""
     if backend not in BACKENDS:
-        raise UserError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+        raise SettingError("backend", f"choose one of {', '.join(BACKENDS)}", backend)
     count = workers or os.cpu_count() or 1
     if backend == "serial" or (backend == "process" and count == 1):
         yield local, map
@@ -188,7 +188,7 @@ def evaluation_pool(
         try:
             from ray.util.multiprocessing import Pool
         except ImportError:
-            raise UserError("--backend ray: Ray is not installed (pip install 'rt3c[ray]')") from None
+            raise SettingError("backend", "Ray is not installed (pip install 'rt3c[ray]')", "ray") from None
         pool = Pool(processes=count, initializer=_start_worker, initargs=(spec,))
     else:
         import multiprocessing

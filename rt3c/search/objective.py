@@ -20,7 +20,7 @@ import numpy as np
 
 from rt3c.core.battery import simulate
 from rt3c.core.boards import Board
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError
 
 OBJECTIVES = ("accuracy", "energy")
 INFEASIBLE_REWARD = -1.0
@@ -112,9 +112,9 @@ def parse_max_loss(text: str, levels: int) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise UserError(f"--max-loss {text!r}: expected comma-separated numbers of points") from None
+        raise SettingError("max_loss", "expected comma-separated numbers of points", repr(text)) from None
     if len(values) != levels:
-        raise UserError(f"--max-loss {text!r}: {len(values)} values for the board's {levels} levels")
+        raise SettingError("max_loss", f"{len(values)} values for the board's {levels} levels", repr(text))
     if any(not 0.0 <= v <= 100.0 for v in values):
-        raise UserError(f"--max-loss {text!r}: each budget must be between 0 and 100 points")
+        raise SettingError("max_loss", "each budget must be between 0 and 100 points", repr(text))
     return values
