@@ -33,7 +33,7 @@ import torch
 
 from rt3c.codegen.targets import get_target
 from rt3c.core.boards import load_board
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError
 from rt3c.core.files import exclusive_lock
 from rt3c.core.plan import Level, Plan
 from rt3c.core.progress import console, step
@@ -115,15 +115,17 @@ def search_model(config: SearchConfig) -> SearchResult:
     max_loss = config.max_loss
     if config.objective == "energy" and max_loss is None:
         if len(board.levels) != len(DEFAULT_MAX_LOSS):
-            raise UserError(f"--max-loss: board {board.name} has {len(board.levels)} levels, give one each")
+            raise SettingError(
+                "max_loss", f"board {board.name} has {len(board.levels)} levels, give one each"
+            )
         max_loss = DEFAULT_MAX_LOSS
     if max_loss is not None and len(max_loss) != len(board.levels):
-        raise UserError(
-            f"--max-loss: {len(max_loss)} values for board {board.name}'s {len(board.levels)} levels"
+        raise SettingError(
+            "max_loss", f"{len(max_loss)} values for board {board.name}'s {len(board.levels)} levels"
         )
     out = Path(config.out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
+        raise SettingError("out", "exists and is not a directory", out)
     model = load_model(config.model)
     with step(f"loading {config.data} for {model.name}"):
         data = load_dataset(config.data, model, config.max_len)
@@ -135,8 +137,8 @@ def search_model(config: SearchConfig) -> SearchResult:
     # Everything that can refuse the input (latency source, deadlines, block ratio) runs before DIR exists.
     setup = prepare(config, model, parameters, board, target)
 
-    validation = _shortest_first(data.validation, config.validation_size)
-    test = _shortest_first(data.test)
+    validation = shortest_first(data.validation, config.validation_size)
+    test = shortest_first(data.test)
     with step(f"dense accuracy on {len(validation)} validation and {len(test)} test examples"):
         dense_validation = evaluate(model, validation)["accuracy"]
         dense_test = evaluate(model, test)["accuracy"]
@@ -167,7 +169,7 @@ def search_model(config: SearchConfig) -> SearchResult:
             "lr": [config.learning_rate, config.finetune_learning_rate],
             "lasso_strength": config.lasso_strength,
             "distill": config.distill,
-            "batch": config.batch,
+            "batch": config.batch_size,
             "seed": config.seed,
         }
 
@@ -226,7 +228,7 @@ def search_model(config: SearchConfig) -> SearchResult:
             "objective": config.objective,
             "max_loss": list(max_loss or []),
             "episodes": config.episodes,
-            "batch_size": config.batch_size,
+            "batch_size": config.controller_batch,
             "validation_size": len(validation),
             "recovery_steps": config.recovery_steps * trains,
             "space": asdict(setup.space),
@@ -245,7 +247,7 @@ def search_model(config: SearchConfig) -> SearchResult:
                             evaluator,
                             objective,
                             config.episodes,
-                            batch_size=config.batch_size,
+                            batch_size=config.controller_batch,
                             seed=config.seed,
                             on_episode=lambda episode, method=method: _print_episode(method, episode),
                         )
@@ -310,7 +312,7 @@ def search_model(config: SearchConfig) -> SearchResult:
         )
 
 
-def _shortest_first(split: Split, size: int | None = None) -> Split:
+def shortest_first(split: Split, size: int | None = None) -> Split:
     """The first `size` examples (the split is already shuffled), ordered by length: `Split.batch` trims
     each batch to its longest row, so sorted batches carry little padding (2-3x faster evaluation)."""
     count = len(split) if size is None else min(size, len(split))

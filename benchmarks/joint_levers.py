@@ -1,0 +1,98 @@
+"""How much do the joint stage's levers move the searched levels' test accuracy? (docs/SEARCH.md, "Levers
+of the joint stage")
+
+    .venv/bin/python benchmarks/joint_levers.py DIR [--steps 600] [--level-weights 0.2,0.3,0.5]
+                                                [--seeds 0,1,2] [--lr 1e-4]
+
+DIR is a finished `rt3c search --out DIR` (its `plan.json` and `stages/warm.pt`). For each seed, the joint
+stage trains the plan's levels from the warm start again (distillation 0.7 from the dense model, batch 32,
+the search's own settings otherwise), and each level's test accuracy is measured as `rt3c search` measures
+it. Printed: one row per seed, then the mean and the spread (max - min) per level, against dense.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from rt3c.core.plan import Plan
+from rt3c.datasets import load_dataset
+from rt3c.models import load_model
+from rt3c.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks
+from rt3c.prune.training import TrainSettings, evaluate
+from rt3c.search.run import shortest_first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--level-weights", default="equal", help="comma-separated, or 'equal'")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    level_weights = (
+        None if args.level_weights == "equal" else [float(w) for w in args.level_weights.split(",")]
+    )
+
+    warm = torch.load(args.directory / "stages" / "warm.pt", map_location="cpu", weights_only=False)
+    recipe = DenseRecipe(**warm["settings"]["backbone"]["dense"])
+    plan = Plan.load(args.directory / "plan.json")
+    model = load_model(recipe.model)
+    data = load_dataset(recipe.data, model, recipe.max_len)
+    dense_baseline(model, data, recipe)
+    teacher = copy.deepcopy(model.module).requires_grad_(False)
+    test = shortest_first(data.test)
+    dense = 100 * evaluate(model, test)["accuracy"]
+    levels = range(len(plan.levels))
+    sparsity = " / ".join(f"{plan.sparsity(level):.3f}" for level in levels)
+    print(
+        f"plan {args.directory / 'plan.json'}: sparsity {sparsity}; dense {dense:.2f} % on {len(test)} test"
+    )
+    print(f"joint: {args.steps} steps at {args.lr}, level weights {args.level_weights}")
+    print("| seed | " + " | ".join(f"L{level} test % (loss)" for level in levels) + " | minutes |")
+    print("|---" * (len(plan.levels) + 2) + "|", flush=True)
+    results = []
+    for seed in seeds:
+        model.module.load_state_dict(warm["state"])
+        started = time.monotonic()
+        settings = TrainSettings(args.steps, args.lr, 32, seed, warmup=0.1, length_buckets=True, distill=0.7)
+        joint_finetune(model, data, plan, settings, teacher, level_weights)
+        accuracy = [
+            100 * evaluate(model, test, layer_masks(plan.layers, level))["accuracy"] for level in levels
+        ]
+        results.append(accuracy)
+        cells = " | ".join(f"{a:.2f} ({dense - a:.2f})" for a in accuracy)
+        print(f"| {seed} | {cells} | {(time.monotonic() - started) / 60:.1f} |", flush=True)
+    if len(results) > 1:
+        per_level = list(zip(*results, strict=True))
+        cells = " | ".join(
+            f"{statistics.mean(a):.2f} ({dense - statistics.mean(a):.2f}) ± {(max(a) - min(a)) / 2:.2f}"
+            for a in per_level
+        )
+        print(f"| mean ± half spread | {cells} | |")
+    print(
+        json.dumps(
+            {
+                "steps": args.steps,
+                "lr": args.lr,
+                "level_weights": level_weights,
+                "dense": dense,
+                "seeds": seeds,
+                "test_accuracy": results,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
