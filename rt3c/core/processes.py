@@ -10,7 +10,7 @@ from pathlib import Path
 
 def run_process_group(
     command: list[str], cwd: Path, timeout: float | None = None
-) -> subprocess.CompletedProcess:
+) -> subprocess.CompletedProcess[str]:
     """Run `command` (output captured as text) in a process group of its own, and kill the whole group if
     anything interrupts the wait (Ctrl-C, SIGTERM, `timeout`).
 
