@@ -213,6 +213,8 @@ def export_model(
                 "class": type(model.module).__qualname__,
                 "parameters": model.num_parameters(),
                 "vocab_size": model.vocab_size,
+                "labels": model.labels,
+                "problem_type": model.problem_type,
             },
             "inputs": [
                 {"name": name, "shape": list(t.shape), "dtype": str(t.numpy().dtype)}

@@ -28,6 +28,10 @@ class LoadedModel:
     input_names: list[str] = field(default_factory=lambda: ["input_ids"])
     output_name: str = "logits"
     tokenizer: object | None = None
+    labels: list[str] | None = None
+    """A classifier's label names, one per logit (a Hugging Face config's `id2label`)."""
+    problem_type: str | None = None
+    """A Hugging Face classifier's `problem_type` (`single_label_classification`, `regression`, ...), if set."""
 
     def example_inputs(self, batch: int, seq_len: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
         """Deterministic inputs: seeded token ids, and a mask that pads the tail of the last row."""

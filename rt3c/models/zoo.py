@@ -1,7 +1,8 @@
 """The model zoo and the resolver that turns `--model NAME|PATH|package.module:factory` into a model.
 
 `rt3c models` lists the zoo. Besides zoo names, `--model` accepts a local Hugging Face model directory
-(any `AutoModelForSequenceClassification` architecture; a missing head is initialised with seed 0) and
+(an encoder of `ENCODERS` as a sequence classifier with its config's labels, a missing head initialised
+with seed 0; a decoder of `DECODERS` as a language model) and
 `package.module:factory`, a callable returning a `LoadedModel` or an `nn.Module` whose forward takes
 `input_ids` and whose `vocab_size` (or `config.vocab_size`) says how many tokens it has.
 """
@@ -47,14 +48,17 @@ def _quiet_transformers() -> None:
 
 
 def _classifier(name: str, model: nn.Module, max_seq_len: int, tokenizer: object | None) -> LoadedModel:
+    config = model.config
     return LoadedModel(
         name=name,
         module=model.eval(),
         kind="sequence-classification",
-        vocab_size=model.config.vocab_size,
+        vocab_size=config.vocab_size,
         max_seq_len=max_seq_len,
         input_names=["input_ids", "attention_mask"],
         tokenizer=tokenizer,
+        labels=[config.id2label[i] for i in range(config.num_labels)],
+        problem_type=config.problem_type,
     )
 
 
@@ -84,27 +88,65 @@ def _bert_tiny() -> LoadedModel:
     return _classifier("bert-tiny", model, config.max_position_embeddings, None)
 
 
-def _load_hf_classifier(name: str, path: Path) -> LoadedModel:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+ENCODERS = ("bert", "distilbert", "roberta", "albert", "electra")
+"""Hugging Face `model_type`s loaded as sequence classifiers (a directory of the bare encoder, such as a
+sentence model, gets a head initialised with seed 0)."""
+DECODERS = ("gpt2",)
+"""`model_type`s loaded as causal language models, exported without the key/value cache, logits out."""
+
+
+def _hf_config(path: Path) -> dict[str, object]:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path / 'config.json'}: not a readable JSON config ({exc})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path / 'config.json'}: expected a JSON object")
+    return config
+
+
+def _load_hf_model(name: str, path: Path) -> LoadedModel:
+    """A local Hugging Face directory: an encoder as a sequence classifier with the config's labels and
+    problem type, or a decoder as a language model; any other architecture is refused by name."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
-    config = json.loads((path / "config.json").read_text())
+    config = _hf_config(path)
+    model_type = config.get("model_type")
+    if model_type not in ENCODERS + DECODERS:
+        architecture = ", ".join(map(str, config.get("architectures") or [])) or "no 'architectures'"
+        raise UserError(
+            f"{path}: architecture {architecture} (model_type {model_type!r:.40}) is not supported; rt3c "
+            f"takes the encoders {', '.join(ENCODERS)} and the decoders {', '.join(DECODERS)}"
+        )
+    loader = AutoModelForSequenceClassification if model_type in ENCODERS else AutoModelForCausalLM
     torch.manual_seed(0)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=config.get("num_labels", 2)
-        )
-    except (ValueError, KeyError, OSError) as exc:
+        # The config's own labels (`id2label`) and problem type: nothing is forced.
+        model = loader.from_pretrained(path)
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a supported sequence-classification model: {first_line}") from None
+        raise UserError(f"{path}: cannot load the {model_type} model: {first_line}") from None
     tokenizer = None
     with contextlib.suppress(Exception):  # a model directory without tokenizer files is still a model
         tokenizer = AutoTokenizer.from_pretrained(path)
-    return _classifier(name, model, getattr(model.config, "max_position_embeddings", 512), tokenizer)
+    max_seq_len = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions
+    if model_type in ENCODERS:
+        return _classifier(name, model, max_seq_len, tokenizer)
+    # The graph recomputes every position from the ids alone: no cache inputs or outputs.
+    model.config.use_cache = False
+    return LoadedModel(
+        name=name,
+        module=model.eval(),
+        kind="language-model",
+        vocab_size=model.config.vocab_size,
+        max_seq_len=max_seq_len,
+        tokenizer=tokenizer,
+    )
 
 
 def _minilm_l6() -> LoadedModel:
-    return _load_hf_classifier("minilm-l6", minilm_dir())
+    return _load_hf_model("minilm-l6", minilm_dir())
 
 
 def _rt3_lm() -> LoadedModel:
@@ -181,7 +223,7 @@ def load_model(ref: str) -> LoadedModel:
             return checkpoint.load_into(load_model(checkpoint.base_model))
         if not path.is_dir() or not (path / "config.json").is_file():
             raise UserError(f"--model {ref}: not a model directory (no config.json)")
-        return _load_hf_classifier(str(path), path)
+        return _load_hf_model(str(path), path)
     if _FACTORY.match(ref):
         return _from_factory(ref)
     if "/" in ref or ref.startswith("."):
