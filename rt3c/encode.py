@@ -41,7 +41,7 @@ from rt3c.passes.encode import (
     SelectLevelPass,
     sparse_linear_nodes,
 )
-from rt3c.passes.linear_layers import LinearLayer, find_linear_layers
+from rt3c.passes.linear_layers import LinearLayer, find_linear_layers, untie_weights
 from rt3c.reference import run_onnx
 
 TOLERANCE = 1e-5
@@ -73,6 +73,7 @@ def encode(exported: ir.Model, plan: Plan, source: str, level: int | None = None
     Verified level by level against the masked dense model; `source` names the model in errors."""
     with step(f"encode {len(plan.layers)} layers x {len(plan.levels)} levels"):
         model = _copy(exported)
+        untie_weights(model, source)
         found = find_linear_layers(model, source)
         dense_layers = sorted(set(found) - set(plan.layers))
         planned_weights({name: layer for name, layer in found.items() if name in plan.layers}, source)
@@ -122,6 +123,7 @@ def verify_encoding(
         onnx.save(encoded, encoded_path)
         for level in levels:
             reference = _copy(exported)
+            untie_weights(reference, source)
             MaskWeightsPass(plan, level, source)(reference)
             reference_path = Path(tmp) / f"masked-{level}.onnx"
             onnx.save(ir.serde.serialize_model(reference), reference_path)

@@ -120,10 +120,12 @@ class EncodeSparseLinearPass(InPlacePass):
                 chain_pattern=encoding.chain_pattern,
                 value_sections=section_widths(encoded.value_cuts(level)),
             )
+            # The node's input as it is now, not as found: an earlier layer feeding this one directly
+            # (ALBERT's embedding projection) has had its output replaced.
             node = ir.Node(
                 DOMAIN,
                 OP_TYPE,
-                [layer.activation, run_ptr, col, buffers[encoding.buffer], bias_value],
+                [layer.node.inputs[0], run_ptr, col, buffers[encoding.buffer], bias_value],
                 ir.convenience.convert_attributes(attributes),
                 name=f"{prefix}.L{level}",
             )

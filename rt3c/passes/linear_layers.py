@@ -3,7 +3,10 @@
 Matched forms (any batch/sequence rank of X):
 - `MatMul(X, W)` with W an initializer `[in, out]`, optionally followed by `Add(_, b)` with b a constant `[out]`;
 - `Gemm(X, W, b?)` with `transB=1` (W `[out, in]`) or `transB=0` (W `[in, out]`), alpha = beta = 1, no transA.
-Each layer gets its torch parameter name from the `rt3c.weights` metadata that `rt3c export` writes.
+Each layer gets its torch parameter name from the `rt3c.weights` metadata that `rt3c export` writes; a model
+without that metadata (any other exporter) names each layer by its weight initializer. A weight used by
+several layers (tied or shared weights, e.g. ALBERT's shared layers) names one layer per use, in graph
+order: `NAME`, `NAME#1`, `NAME#2`, ... (docs/PLAN.md).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from rt3c.core.onnx_io import WEIGHTS_METADATA_KEY
 @dataclass
 class LinearLayer:
     name: str
-    """Torch parameter name of the weight."""
+    """Torch parameter name of the weight (its initializer's name in a model without rt3c metadata), with
+    `#N` for the N-th further use of a shared weight."""
     node: ir.Node
     """The MatMul or Gemm."""
     add: ir.Node | None
@@ -45,13 +49,16 @@ class LinearLayer:
         return None if self.bias_value is None else self.bias_value.const_value.numpy().astype(np.float32)
 
 
+SHARED_USE = "#"
+"""Joins a shared weight's name and the number of its further use (`NAME#1`)."""
+
+
 def weight_names(model: ir.Model, source: str) -> dict[str, str]:
-    """Initializer name -> torch parameter name, from the export metadata."""
+    """Initializer name -> torch parameter name, from the export metadata; without it (a model from
+    another exporter) each initializer is its own name."""
     raw = model.metadata_props.get(WEIGHTS_METADATA_KEY)
     if raw is None:
-        raise UserError(
-            f"{source}: no '{WEIGHTS_METADATA_KEY}' metadata; export the model with `rt3c export`"
-        )
+        return {name: name for name in model.graph.initializers}
     try:
         names = {init: entry["param"] for init, entry in json.loads(raw).items()}
     except (*UNREADABLE_JSON, AttributeError, KeyError, TypeError) as exc:
@@ -80,9 +87,10 @@ def _bias_add(node: ir.Node, out_features: int) -> tuple[ir.Node, ir.Value] | No
 
 
 def find_linear_layers(model: ir.Model, source: str) -> dict[str, LinearLayer]:
-    """Every linear layer of `model` whose weight maps to a torch parameter, by that parameter's name."""
+    """Every linear layer of `model` with a named constant weight, by that name (see the module's doc)."""
     names = weight_names(model, source)
     layers: dict[str, LinearLayer] = {}
+    uses: dict[str, int] = {}
     for node in model.graph:
         if (
             node.domain not in ("", "ai.onnx")
@@ -117,8 +125,48 @@ def find_linear_layers(model: ir.Model, source: str) -> dict[str, LinearLayer]:
                 ):
                     continue
                 bias_value = node.inputs[2]
-        name = names[weight.name]
+        # Each use of a shared weight is a layer of its own (the encoding passes replace one node each);
+        # equal plans of equal weights give equal arrays, which the C project stores once.
+        weight_name = names[weight.name]
+        count = uses.get(weight_name, 0)
+        uses[weight_name] = count + 1
+        name = f"{weight_name}{SHARED_USE}{count}" if count else weight_name
         if name in layers:
-            raise UserError(f"{source}: weight {name} is used by more than one linear layer (tied weights)")
+            raise UserError(f"{source}: two linear layers are named {name}; rename initializer {weight.name}")
         layers[name] = LinearLayer(name, node, add, activation, weight, bias_value, out_in)
     return layers
+
+
+def untie_weights(model: ir.Model, source: str) -> None:
+    """Give each further use of a weight shared by several MatMul/Gemm nodes its own initializer, a copy
+    named `NAME#N`, so that masking one use's weight (the reference of a plan that masks the uses
+    differently) leaves the others' as they were. `find_linear_layers` names the layers as before: the
+    copy maps to the same parameter, in the same graph order (or, without metadata, is named `NAME#N`)."""
+    graph = model.graph
+    names = weight_names(model, source)
+    metadata = model.metadata_props.get(WEIGHTS_METADATA_KEY)
+    entries = json.loads(metadata) if metadata is not None else None
+    seen: dict[str, int] = {}
+    for node in list(graph):
+        if (
+            node.domain not in ("", "ai.onnx")
+            or node.op_type not in ("MatMul", "Gemm")
+            or len(node.inputs) < 2
+        ):
+            continue
+        weight = node.inputs[1]
+        if not _constant(weight) or weight.name not in names:
+            continue
+        count = seen.get(weight.name, 0)
+        seen[weight.name] = count + 1
+        if not count:
+            continue
+        name = f"{weight.name}{SHARED_USE}{count}"
+        copy = ir.Value(name=name, shape=weight.shape, type=weight.type)
+        copy.const_value = ir.tensor(weight.const_value.numpy().copy(), name=name)
+        graph.register_initializer(copy)
+        node.replace_input_with(1, copy)
+        if entries is not None:
+            entries[name] = entries[weight.name]  # the same parameter: its uses keep their numbers
+    if entries is not None:
+        model.metadata_props[WEIGHTS_METADATA_KEY] = json.dumps(entries, sort_keys=True)
