@@ -68,13 +68,18 @@ def plan(
 
 
 def encode(
-    onnx_path: str | Path, plan_path: str | Path, out: str | Path, *, level: int | None = None
+    onnx_path: str | Path,
+    plan_path: str | Path,
+    out: str | Path,
+    *,
+    level: int | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> EncodeResult:
     """The exported model with its planned layers encoded (every level, or only `level`), verified level
-    by level against the masked dense model."""
+    by level against the masked dense model. `shapes` fixes dynamic input dimensions, by input name."""
     from rt3c.encode import encode_model
 
-    return encode_model(Path(onnx_path), Path(plan_path), Path(out), level)
+    return encode_model(Path(onnx_path), Path(plan_path), Path(out), level, shapes)
 
 
 @dataclass(frozen=True)
@@ -119,11 +124,12 @@ def compile(
     frequencies_khz: list[int] | None = None,
     prefix: str | None = None,
     verify: bool = True,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Project:
     """An exported model with its `plan`, an encoded model, or a dense model, compiled into a C project at
     `out_dir` for `target` (host, aarch64, cortex-m4, cortex-m7); built, and with `verify` run at every
     level against onnxruntime. Several levels need their frequencies: from the plan, `board` or
-    `frequencies_khz`."""
+    `frequencies_khz`. `shapes` fixes dynamic input dimensions, by input name."""
     from rt3c.compile import compile_model
 
     result = compile_model(
@@ -135,6 +141,7 @@ def compile(
         frequencies_khz=frequencies_khz,
         prefix=prefix,
         verify=verify,
+        shapes=shapes,
     )
     return Project(result.out_dir, result.report, result.max_abs_diff)
 

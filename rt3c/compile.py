@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from rt3c.compile_report import dense_reference, measure_levels, project_report,
 from rt3c.core.boards import Board, load_board
 from rt3c.core.errors import UserError
 from rt3c.core.files import exclusive_lock
+from rt3c.core.onnx_io import bind_input_shapes
 from rt3c.core.plan import MAX_FREQUENCY_KHZ, Plan
 from rt3c.core.progress import step
 from rt3c.core.sparse_format import encode_layer
@@ -57,6 +59,7 @@ def compile_model(
     verify: bool = True,
     mcpu: str | None = None,
     weights_format: str = "incbin",
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> CompileResult:
     """Lower, generate C, build for `target_name` (and the host), and verify every level of both builds.
 
@@ -66,7 +69,8 @@ def compile_model(
     the generated library starts with `prefix` (default: the model's name made an identifier). Without
     `verify`, the project is generated and its library built for the target only: no emulator is needed,
     and the qemu board's memory does not bound the weights. `mcpu` builds a Cortex-M target for another
-    Cortex-M part (`cortex_m_part`). `weights_format` is one of `WEIGHTS_FORMATS`.
+    Cortex-M part (`cortex_m_part`). `weights_format` is one of `WEIGHTS_FORMATS`. `shapes` fixes the
+    model's dynamic input dimensions, by input name (`bind_input_shapes`).
     """
     if prefix is not None:
         check_prefix(prefix)
@@ -93,6 +97,7 @@ def compile_model(
             raise UserError(f"--out {out_dir}: exists and is not empty")
         # Loaded and checked once; lowering, verification, measurement and the report share it.
         source = load_encoded(encoded_path)
+        bind_input_shapes(source.model, shapes or {}, str(encoded_path))
         exported_with_plan = plan is not None and not source.layers
         if plan is not None and plan_path is not None and source.layers:
             _check_plan_matches(plan, plan_path, source)

@@ -12,7 +12,7 @@ import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from rt3c.core.checks import finite_array
 from rt3c.core.errors import UserError, VerificationError
 from rt3c.core.onnx_io import (
     SOURCE_METADATA_KEY,
+    bind_input_shapes,
     checked_proto,
     deterministic_feeds,
     load_onnx,
@@ -59,18 +60,29 @@ class EncodeResult:
     """Where `encode_model` wrote it."""
 
 
-def encode_model(onnx_path: Path, plan_path: Path, out: Path, level: int | None = None) -> EncodeResult:
+def encode_model(
+    onnx_path: Path,
+    plan_path: Path,
+    out: Path,
+    level: int | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+) -> EncodeResult:
     """`encode` on files: the exported model at `onnx_path` with the plan at `plan_path`, written to `out`
-    only once checked and verified."""
+    only once checked and verified. `shapes` fixes the model's dynamic input dimensions (by input name;
+    the encoded model keeps them fixed)."""
     plan = Plan.load(plan_path)  # first: given a bad plan and a bad model, the plan's error is shown
-    result = encode(load_onnx(onnx_path), plan, str(onnx_path), level)
+    model = load_onnx(onnx_path)
+    bind_input_shapes(model, shapes or {}, str(onnx_path))
+    result = encode(model, plan, str(onnx_path), level)
     save_onnx_atomically(checked_proto(result.model), out)
     return dataclasses.replace(result, path=out)
 
 
 def encode(exported: ir.Model, plan: Plan, source: str, level: int | None = None) -> EncodeResult:
     """Encode every planned layer of `exported` (left as it is); with `level`, keep only that level.
-    Verified level by level against the masked dense model; `source` names the model in errors."""
+    Verified level by level against the masked dense model; `source` names the model in errors. Every
+    input must have a fixed shape (`bind_input_shapes`)."""
+    bind_input_shapes(exported, {}, source)
     with step(f"encode {len(plan.layers)} layers x {len(plan.levels)} levels"):
         model = _copy(exported)
         untie_weights(model, source)

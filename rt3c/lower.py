@@ -59,13 +59,52 @@ def _all_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[st
     return values
 
 
+# Ops whose output depends only on their input's shape, which is fixed once the graph inputs' are: the shape
+# arithmetic of exporters with dynamic axes (Shape -> Gather -> Concat -> Reshape) folds away with them.
+_SHAPE_OPS = frozenset({"Shape", "Size"})
+
+
 def _constant_names(model: onnx.ModelProto) -> set[str]:
-    """Initializers, and outputs of nodes that depend on nothing else (folded at compile time)."""
+    """Initializers, and outputs of nodes that depend on nothing else or only on shapes (folded at compile
+    time)."""
     constants = {init.name for init in model.graph.initializer}
     for node in model.graph.node:
-        if all(name in constants for name in node.input if name) and node.domain != DOMAIN:
+        if node.domain == DOMAIN:
+            continue
+        if node.op_type in _SHAPE_OPS or all(name in constants for name in node.input if name):
             constants.update(node.output)
     return constants
+
+
+def _split_to_slices(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> None:
+    """Each Split node becomes one Slice per output (the code generator's kernels write one tensor each);
+    the output sizes are read from the values onnxruntime computed, so every form of Split is covered."""
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if node.op_type != "Split" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        axis = next((attribute.i for attribute in node.attribute if attribute.name == "axis"), 0)
+        rank = values[node.input[0]].ndim
+        start = 0
+        for number, output in enumerate(node.output):
+            size = values[output].shape[axis] if output else 0
+            bounds = []
+            for role, bound in (("starts", start), ("ends", start + size), ("axes", axis % rank)):
+                name = f"{node.name or node.output[0]}.slice{number}.{role}"
+                array = np.array([bound], dtype=np.int64)
+                model.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
+                values[name] = array
+                bounds.append(name)
+            if output:
+                nodes.append(
+                    onnx.helper.make_node(
+                        "Slice", [node.input[0], *bounds], [output], name=f"{node.name}.slice{number}"
+                    )
+                )
+            start += size
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 # Ops that pass their first input's values through unchanged (only moved or retyped), so a bound on the
@@ -78,18 +117,24 @@ _VALUE_PRESERVING = frozenset(
 _INDEXING = frozenset({"Gather", "GatherElements", "GatherND"})
 
 
-def index_limits(model: onnx.ModelProto, constants: set[str], infos: dict[str, TensorInfo]) -> dict[str, int]:
+def index_limits(
+    model: onnx.ModelProto, constants: set[str], infos: dict[str, TensorInfo]
+) -> tuple[dict[str, int], list[tuple[int, int]]]:
     """Per graph input whose values become table indices (token ids into an embedding Gather): the table's
-    row count along the gathered axis, the least over all the tables it indexes.
+    row count along the gathered axis, the least over all the tables it indexes; and the indexing nodes
+    whose indices are computed from the inputs (their positions in the graph), with their table's row
+    count.
 
-    The runtime checks these inputs before it runs a kernel (no kernel bounds its reads). Indices that
+    The runtime checks those inputs before it runs a kernel (no kernel bounds its reads). Indices that
     are constants need no check; indices computed from the inputs by anything but value-preserving ops
-    (Cast between integers, Reshape, ...) could not be checked up front, so such a model is refused.
+    (Cast between integers, Reshape, ...: RoBERTa's position ids, a cumulative sum of the padding mask)
+    cannot be checked up front, so the node reads them clamped to its table (`_clamp_indices`).
     """
     producers = {output: node for node in model.graph.node for output in node.output}
     graph_inputs = {value.name for value in model.graph.input} - constants
     limits: dict[str, int] = {}
-    for node in model.graph.node:
+    computed: list[tuple[int, int]] = []
+    for position, node in enumerate(model.graph.node):
         if node.op_type not in _INDEXING or node.domain not in ("", "ai.onnx") or node.input[1] in constants:
             continue
         where = f"node {node.name or node.output[0]} ({node.op_type})"
@@ -97,24 +142,61 @@ def index_limits(model: onnx.ModelProto, constants: set[str], infos: dict[str, T
             raise UserError(
                 f"{where}: its indices depend on the model's inputs, which the C runtime cannot bound"
             )
+        axis = next((attribute.i for attribute in node.attribute if attribute.name == "axis"), 0)
+        rows = infos[node.input[0]].shape[axis]
         source = node.input[1]
         while source not in graph_inputs:
             producer = producers.get(source)
             if producer is None or producer.op_type not in _VALUE_PRESERVING:
-                raise UserError(
-                    f"{where}: its indices are computed from the model's inputs"
-                    f"{f' by {producer.op_type}' if producer is not None else ''}; the C runtime bounds only "
-                    f"indices that are inputs (passed through {', '.join(sorted(_VALUE_PRESERVING))})"
-                )
+                computed.append((position, rows))
+                break
             source = producer.input[0]
-        if not np.issubdtype(np.dtype(infos[source].dtype), np.integer):
-            raise UserError(
-                f"{where}: its indices come from input {source} of type {infos[source].dtype}, not an integer"
-            )
-        axis = next((attribute.i for attribute in node.attribute if attribute.name == "axis"), 0)
-        rows = infos[node.input[0]].shape[axis]
-        limits[source] = min(limits.get(source, rows), rows)
-    return limits
+        else:
+            if not np.issubdtype(np.dtype(infos[source].dtype), np.integer):
+                raise UserError(
+                    f"{where}: its indices come from input {source} of type {infos[source].dtype}, "
+                    "not an integer"
+                )
+            limits[source] = min(limits.get(source, rows), rows)
+    return limits, computed
+
+
+def _clamp_indices(
+    model: onnx.ModelProto,
+    computed: list[tuple[int, int]],
+    values: dict[str, np.ndarray],
+    constants: set[str],
+    infos: dict[str, TensorInfo],
+) -> None:
+    """Each node of `computed` (its position, its table's rows) reads its indices through Max(Min(indices, rows - 1), -rows): inside its
+    table whatever the inputs (ONNX's negative indices count from the end). On indices in range, as every
+    valid input of the exported models gives, nothing changes."""
+    guards: dict[int, list[onnx.NodeProto]] = {}
+    for position, rows in computed:
+        node = model.graph.node[position]
+        indices = node.input[1]
+        dtype = values[indices].dtype
+        high, low, clamped_high, clamped = (f"{indices}.{role}" for role in ("high", "low", "min", "clamped"))
+        for name, bound in ((high, rows - 1), (low, -rows)):
+            values[name] = np.array(bound, dtype=dtype)
+            model.graph.initializer.append(onnx.numpy_helper.from_array(values[name], name))
+            constants.add(name)
+            infos[name] = TensorInfo((), str(dtype))
+        for name in (clamped_high, clamped):
+            values[name] = np.clip(values[indices], -rows, rows - 1)
+            infos[name] = infos[indices]
+        guards[position] = [
+            onnx.helper.make_node("Min", [indices, high], [clamped_high], name=f"{node.name}.clamp_high"),
+            onnx.helper.make_node("Max", [clamped_high, low], [clamped], name=f"{node.name}.clamp_low"),
+        ]
+        node.input[1] = clamped
+    nodes = [
+        guarded
+        for position, node in enumerate(model.graph.node)
+        for guarded in [*guards.get(position, []), node]
+    ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 @dataclass
@@ -143,12 +225,15 @@ def lower(encoded: EncodedModel, target: Target, frequencies_khz: list[int] | No
     opset = next(o.version for o in skeleton.opset_import if o.domain in ("", "ai.onnx"))
     feeds = deterministic_feeds(skeleton)
     values = _all_values(skeleton, feeds)
+    _split_to_slices(skeleton, values)
     constants = _constant_names(skeleton)
     infos = {
         name: TensorInfo(tuple(int(d) for d in array.shape), str(array.dtype))
         for name, array in values.items()
     }
 
+    limits, computed = index_limits(skeleton, constants, infos)
+    _clamp_indices(skeleton, computed, values, constants, infos)
     graph_inputs = [i.name for i in skeleton.graph.input if i.name not in constants]
     graph_outputs = [o.name for o in skeleton.graph.output]
     tensors: dict[str, Tensor] = {}
@@ -173,7 +258,7 @@ def lower(encoded: EncodedModel, target: Target, frequencies_khz: list[int] | No
         inputs=graph_inputs,
         outputs=graph_outputs,
         steps=[],
-        index_limits=index_limits(skeleton, constants, infos),
+        index_limits=limits,
     )
     functions: dict[str, tvm.tirx.PrimFunc] = {}
     by_hash: dict[int, str] = {}

@@ -7,6 +7,9 @@ from rt3c.core.errors import UserError
 LEVELS_HELP = "Number of DVFS levels (default: the number of --sparsity values; --board must have as many)."
 SPARSITY_HELP = "Per level, densest first: the fraction of the planned layers' weights removed."
 PATTERNS_HELP = "k, the number of patterns per pattern set."
+SHAPE_HELP = (
+    "NAME=DIMS, e.g. input_ids=1x16: the fixed shape of a model input with dynamic dimensions (repeatable)."
+)
 BATCH_SIZE_HELP = "Examples per training step (export's --batch is the graph's batch dimension)."
 
 OPTION_NAMES = {
@@ -42,6 +45,20 @@ def integers(text: str, option: str) -> list[int]:
     if not all(part.isascii() and part.isdigit() for part in parts):
         raise UserError(f"{option} {text!r}: expected comma-separated integers")
     return [int(part) for part in parts]
+
+
+def parse_shapes(texts: list[str]) -> dict[str, tuple[int, ...]]:
+    """`--shape NAME=DIMS` (DIMS as `1x16`), repeatable, as {input name: dims}."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for text in texts:
+        name, _, dims = text.rpartition("=")
+        parts = dims.lower().split("x")
+        if not name or not all(part.isascii() and part.isdigit() for part in parts):
+            raise UserError(f"--shape {text!r}: expected NAME=DIMS with DIMS such as 1x16")
+        if name in shapes:
+            raise UserError(f"--shape {text!r}: input {name} is given twice")
+        shapes[name] = tuple(int(part) for part in parts)
+    return shapes
 
 
 def parse_tile(text: str) -> tuple[int, int]:

@@ -13,9 +13,11 @@ from rt3c.cli.app import ModelOption, app
 from rt3c.cli.options import (
     LEVELS_HELP,
     PATTERNS_HELP,
+    SHAPE_HELP,
     SPARSITY_HELP,
     integers,
     levels_and_frequencies,
+    parse_shapes,
     parse_tile,
 )
 from rt3c.core.progress import stdout
@@ -73,7 +75,13 @@ def export_command(
 
 @app.command("plan")
 def plan_command(
-    model: Annotated[Path, typer.Argument(help="Exported model.onnx (from `rt3c export`).")],
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="model.onnx from `rt3c export` (layers by torch name) or any other exporter (layers by "
+            "weight initializer name)."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Plan file to write (JSON).")],
     levels: Annotated[int | None, typer.Option("--levels", help=LEVELS_HELP)] = None,
     sparsity: Annotated[str, typer.Option("--sparsity", help=SPARSITY_HELP)] = "0.5,0.7,0.8",
@@ -115,17 +123,18 @@ def plan_command(
 
 @app.command("encode")
 def encode_command(
-    model: Annotated[Path, typer.Argument(help="Exported model.onnx.")],
+    model: Annotated[Path, typer.Argument(help="Exported model.onnx (rt3c export or any ONNX exporter).")],
     plan: Annotated[Path, typer.Option("--plan", "-p", help="Plan file (rt3c plan / rt3c prune).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Encoded model to write (.rt3.onnx).")],
     level: Annotated[
         int | None, typer.Option("--level", "-l", help="Keep only this level (default: all levels).")
     ] = None,
+    shape: Annotated[list[str], typer.Option("--shape", help=SHAPE_HELP)] = [],  # noqa: B006
 ) -> None:
     """Encode planned layers as rt3c.SparseLinear (block index + pattern ids), verified with onnxruntime."""
     from rt3c.encode import encode_model
 
-    result = encode_model(model, plan, out, level)
+    result = encode_model(model, plan, out, level, parse_shapes(shape))
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
     dense = f"; left dense (not in the plan): {', '.join(result.dense_layers)}" if result.dense_layers else ""
     typer.echo(f"{result.path}  (max |encoded - masked dense| per level: {diffs}{dense})")
@@ -195,6 +204,7 @@ def compile_command(
             help="incbin (GNU assembler .incbin, fast) or c (const C arrays, any C99 toolchain).",
         ),
     ] = "incbin",
+    shape: Annotated[list[str], typer.Option("--shape", help=SHAPE_HELP)] = [],  # noqa: B006
 ) -> None:
     """Generate TVM kernels and the C runtime, build, and verify every level against onnxruntime.
 
@@ -215,6 +225,7 @@ def compile_command(
         verify=verify,
         mcpu=mcpu,
         weights_format=weights_format,
+        shapes=parse_shapes(shape),
     )
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
     checked = f"max |C - onnxruntime| per level: {diffs}" if verify else "not verified (--no-verify)"

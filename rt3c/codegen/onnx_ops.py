@@ -25,7 +25,7 @@ from rt3c.core.progress import quiet, quiet_native_stderr
 
 SUPPORTED_OPS = frozenset(
     {
-        "Add", "And", "Cast", "Concat", "Div", "Equal", "Erf", "Expand", "Flatten", "Gather", "GatherElements",
+        "Add", "And", "Cast", "Concat", "CumSum", "Div", "Equal", "Erf", "Expand", "Flatten", "Gather", "GatherElements",
         "GatherND", "Gelu", "Gemm", "Greater", "IsNaN", "LayerNormalization", "Less", "MatMul", "Max", "Min",
         "Mul", "Neg", "Not", "Or", "Pow", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Sigmoid", "Slice",
         "Softmax", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze", "Where",
@@ -91,12 +91,34 @@ def _fast_gelu(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     return builder.call_te(gelu, call.args[0])
 
 
-_LEGALIZE_FAST = {"relax.nn.gelu": _fast_gelu}
+def _cumsum(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """Cumulative sum as a masked reduction, out[..., j, ...] = sum over k <= j (k < j if exclusive): TVM's
+    own legalization is a scan under `T.parallel`, which under LLVM calls a thread pool the runtime does
+    not have. Quadratic in the axis, which is short here (RoBERTa's positions: the sequence)."""
+    attrs = call.attrs
+    dtype = call.ty.dtype
+
+    def cumsum(x: tvm.te.Tensor) -> tvm.te.Tensor:
+        axis = int(attrs.axis) % len(x.shape)
+        k = tvm.te.reduce_axis((0, x.shape[axis]), name="k")
+
+        def element(*index: tvm.tirx.PrimExpr) -> tvm.tirx.PrimExpr:
+            source = (*index[:axis], k, *index[axis + 1 :])
+            included = k < index[axis] if attrs.exclusive else k <= index[axis]
+            zero = tvm.tirx.const(0, dtype)
+            return tvm.te.sum(tvm.tirx.Select(included, x(*source).astype(dtype), zero), axis=k)
+
+        return tvm.te.compute(x.shape, element, name="cumsum")
+
+    return builder.call_te(cumsum, call.args[0])
+
+
+_LEGALIZATIONS = {"relax.nn.gelu": _fast_gelu, "relax.cumsum": _cumsum}
 
 RELAX_LOWERING = tvm.transform.Sequential(
     [
         relax.transform.FastMathTransform(),
-        relax.transform.LegalizeOps(_LEGALIZE_FAST),
+        relax.transform.LegalizeOps(_LEGALIZATIONS),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
@@ -105,7 +127,7 @@ RELAX_LOWERING = tvm.transform.Sequential(
     name="rt3c.relax_lowering",
 )
 """One node's Relax module -> PrimFuncs and a `main` that calls them: fast math, legalization to TIR (GELU
-as `_fast_gelu`), fusion into kernels, and nothing left that `main` does not call. Every pass here has
+as `_fast_gelu`, CumSum as `_cumsum`), fusion into kernels, and nothing left that `main` does not call. Every pass here has
 opt_level 0 or 1, so the default PassContext (2) runs them all."""
 
 

@@ -6,6 +6,7 @@ error wherever it is met, and nothing half-written is ever left behind.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,48 @@ def save_onnx_atomically(proto: onnx.ModelProto, out: Path) -> None:
         onnx.save(proto, str(tmp))
 
 
+MAX_DIMENSION = 1 << 20
+"""Largest size `bind_input_shapes` gives a dimension (the C runtime holds every activation statically)."""
+
+
+def _dims_text(shape: ir.Shape | None) -> str:
+    return "[?]" if shape is None else "[" + ", ".join(str(dim) for dim in shape) + "]"
+
+
+def bind_input_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]], source: str) -> None:
+    """Fix the shapes of `model`'s inputs named in `shapes` (each must fit the input's declared shape,
+    its fixed dimensions kept), then check that every input has a fixed shape: a dynamic dimension left
+    is a UserError naming the input and the dimension. Exporters with dynamic axes (batch, sequence)
+    leave them symbolic; the compiled runtime holds every tensor at a fixed size."""
+    graph = model.graph
+    inputs = {value.name: value for value in graph.inputs if value.name not in graph.initializers}
+    for name, dims in shapes.items():
+        value = inputs.get(name)
+        if value is None:
+            raise UserError(f"{source}: has no input {name!r} to give a shape (inputs: {', '.join(inputs)})")
+        if not all(type(dim) is int and 1 <= dim <= MAX_DIMENSION for dim in dims):
+            raise UserError(f"input {name}: shape {list(dims)}: each size must be in [1, {MAX_DIMENSION}]")
+        declared = value.shape
+        if declared is not None and (
+            len(declared) != len(dims)
+            or any(isinstance(old, int) and old != new for old, new in zip(declared, dims, strict=True))
+        ):
+            raise UserError(
+                f"{source}: input {name} is {_dims_text(declared)}; the shape {list(dims)} does not fit it"
+            )
+        value.shape = ir.Shape(list(dims))
+    for name, value in inputs.items():
+        if value.shape is None:
+            raise UserError(f"{source}: input {name} has no declared shape; give it a fixed shape")
+        for axis, dim in enumerate(value.shape):
+            if not isinstance(dim, int):
+                raise UserError(
+                    f"{source}: input {name} {_dims_text(value.shape)}: dimension {axis} "
+                    f"({dim.value if dim.value is not None else 'unnamed'}) is dynamic; give the input a "
+                    "fixed shape"
+                )
+
+
 def deterministic_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded inputs for every graph input: token ids below the size of the table they index, masks of ones."""
     initializers = {init.name: init for init in model.graph.initializer}
@@ -65,8 +108,8 @@ def deterministic_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.n
             continue
         tensor_type = value.type.tensor_type
         shape = [dim.dim_value for dim in tensor_type.shape.dim]
-        if any(d <= 0 for d in shape):
-            raise UserError(f"input {value.name}: has a dynamic dimension; export with static shapes")
+        if any(d <= 0 for d in shape):  # `bind_input_shapes` names the dimension; this is its backstop
+            raise UserError(f"input {value.name}: has a dynamic dimension; give the input a fixed shape")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         if np.issubdtype(dtype, np.integer):
             high = vocab.get(value.name, 2)
