@@ -125,7 +125,9 @@ def count_instructions(
     if target.board is None and not target.run_prefix:
         raise SettingError("target", "runs natively; instruction counts need a qemu target", target.name)
     target.check_tools()
-    cwd = Path.cwd() if cwd is None else cwd
+    # Absolute: qemu-aarch64 is given `cwd / binary` and runs in `cwd`, so a relative `cwd` (a relative
+    # `rt3c compile --out`) would be taken twice.
+    cwd = Path.cwd() if cwd is None else cwd.resolve()
     available = function_ranges(cwd / binary, nm_tool(target))
     labels, ranges = [], []
     for label, functions in regions.items():

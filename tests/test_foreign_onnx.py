@@ -138,14 +138,17 @@ def test_compiled_at_every_level(
     _check_levels(project, encoded)
 
 
-def test_compiled_for_aarch64_with_shape_at_compile(foreign_models: dict[str, Path], tmp_path: Path) -> None:
-    """The exported model and its plan straight to an aarch64 project (verified under qemu-aarch64),
-    its dynamic axis bound by `compile --shape`."""
+def test_compiled_for_aarch64_with_shape_at_compile(
+    foreign_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exported model and its plan straight to an aarch64 project (verified and measured under
+    qemu-aarch64, into a relative --out), its dynamic axis bound by `compile --shape`."""
     plan, project = tmp_path / "plan.json", tmp_path / "project"
     _plan(foreign_models["onnx.helper"], plan)
     model = str(foreign_models["onnx.helper"])
+    monkeypatch.chdir(tmp_path)
     argv = ["compile", model, "--plan", str(plan), "--frequencies", FREQUENCIES, "-t", "aarch64"]
-    assert run_cli(*argv, "--shape", "x=1x8x16", "-o", str(project)) == 0
+    assert run_cli(*argv, "--shape", "x=1x8x16", "-o", "project") == 0
     report = json.loads((project / "rt3c-build.json").read_text())
     assert report["inputs"][0]["shape"] == [1, 8, 16] and len(report["max_abs_diff"]) == 3
 
