@@ -193,3 +193,15 @@ def test_dynamic_dimensions_bad_input(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+def test_prune_says_it_needs_a_torch_module(
+    foreign_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pruning trains the model: an ONNX file is refused in one line that points to one-shot planning."""
+    out = tmp_path / "pruned"
+    model = str(foreign_models["onnx.helper"])
+    assert run_cli("prune", "--model", model, "--data", "synthetic", "--out", str(out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an ONNX file, not a torch model" in err[0] and "`rt3c plan`" in err[0]
+    assert not out.exists()

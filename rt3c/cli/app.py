@@ -30,7 +30,10 @@ app = typer.Typer(
 ModelOption = Annotated[
     str,
     typer.Option(
-        "--model", "-m", help="Zoo name (see `rt3c models`), HF model directory, or module:factory."
+        "--model",
+        "-m",
+        help="Zoo name (see `rt3c models`), HF model directory, or module:factory: a torch model (an ONNX "
+        "file is planned with `rt3c plan`).",
     ),
 ]
 

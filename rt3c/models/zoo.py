@@ -221,6 +221,13 @@ def load_model(ref: str) -> LoadedModel:
         if is_checkpoint(path):  # written by `rt3c prune`
             checkpoint = read_checkpoint(path)
             return checkpoint.load_into(load_model(checkpoint.base_model))
+        if path.is_file() and path.suffix == ".onnx":
+            # Training needs the torch module; an ONNX model's weights can only be planned one-shot.
+            raise UserError(
+                f"--model {ref}: an ONNX file, not a torch model; export, prune and search train or trace "
+                "the torch module (a zoo name, a Hugging Face directory or module:factory). An ONNX model is "
+                "planned one-shot from its weights by `rt3c plan`, then encoded and compiled"
+            )
         if not path.is_dir() or not (path / "config.json").is_file():
             raise UserError(f"--model {ref}: not a model directory (no config.json)")
         return _load_hf_model(str(path), path)
