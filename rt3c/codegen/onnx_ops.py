@@ -25,10 +25,12 @@ from rt3c.core.progress import quiet, quiet_native_stderr
 
 SUPPORTED_OPS = frozenset(
     {
-        "Add", "And", "Cast", "Concat", "CumSum", "Div", "Equal", "Erf", "Expand", "Flatten", "Gather", "GatherElements",
-        "GatherND", "Gelu", "Gemm", "Greater", "IsNaN", "LayerNormalization", "Less", "MatMul", "Max", "Min",
-        "Mul", "Neg", "Not", "Or", "Pow", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Sigmoid", "Slice",
-        "Softmax", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze", "Where",
+        "Abs", "Add", "And", "Cast", "Ceil", "Clip", "Concat", "Cos", "CumSum", "Div", "Equal", "Erf", "Exp",
+        "Expand", "Flatten", "Floor", "Gather", "GatherElements", "GatherND", "Gelu", "Gemm", "Greater",
+        "GreaterOrEqual", "IsNaN", "LayerNormalization", "Less", "LessOrEqual", "Log", "MatMul", "Max", "Min",
+        "Mul", "Neg", "Not", "Or", "Pow", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum",
+        "Relu", "Reshape", "Sigmoid", "Sign", "Sin", "Slice", "Softmax", "Sqrt", "Squeeze", "Sub", "Tanh",
+        "Transpose", "Trilu", "Unsqueeze", "Where",
     }
 )  # fmt: skip
 
@@ -143,11 +145,24 @@ def lower_node(
     if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS:
         raise UserError(f"{where}: op is not supported by rt3c's code generator (supported: docs/KERNELS.md)")
     inputs = [name for name in node.input if name]
+    # Small integer constants (shapes, axes, starts) go in as Constant nodes, which the importer sees as
+    # compile-time values: some converters (Expand) read only those, not initializers, as static.
+    static = [
+        name
+        for name in dict.fromkeys(inputs)
+        if name in constants and constants[name].dtype == np.int64 and constants[name].ndim <= 1
+    ]
     initializers = [
-        onnx.numpy_helper.from_array(constants[name], name) for name in inputs if name in constants
+        onnx.numpy_helper.from_array(constants[name], name)
+        for name in inputs
+        if name in constants and name not in static
+    ]
+    constant_nodes = [
+        helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(constants[name], name))
+        for name in static
     ]
     graph = helper.make_graph(
-        [node],
+        [*constant_nodes, node],
         "one_node",
         [_value_info(name, tensors[name]) for name in inputs if name not in constants],
         [_value_info(name, tensors[name]) for name in node.output],
