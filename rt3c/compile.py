@@ -185,6 +185,7 @@ def _check_plan_matches(plan: Plan, plan_path: Path, encoded: EncodedModel) -> N
     the same layers, levels (all of them, or the one `encode --level` kept), tiles, kept tiles and pattern
     ids. The first difference is named."""
     encoded_path, layers = encoded.path, encoded.layers
+    plan = plan.with_shared_uses(layers)
     plan.check_shapes({name: layer.shape for name, layer in layers.items()}, str(encoded_path))
     unplanned = sorted(set(layers) - set(plan.layers))
     if unplanned:

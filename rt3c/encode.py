@@ -81,12 +81,14 @@ def encode_model(
 def encode(exported: ir.Model, plan: Plan, source: str, level: int | None = None) -> EncodeResult:
     """Encode every planned layer of `exported` (left as it is); with `level`, keep only that level.
     Verified level by level against the masked dense model; `source` names the model in errors. Every
-    input must have a fixed shape (`bind_input_shapes`)."""
+    input must have a fixed shape (`bind_input_shapes`). The plan's entry for a shared weight also covers
+    the weight's further uses it does not list (`Plan.with_shared_uses`)."""
     bind_input_shapes(exported, {}, source)
     with step(f"encode {len(plan.layers)} layers x {len(plan.levels)} levels"):
         model = _copy(exported)
         untie_weights(model, source)
         found = find_linear_layers(model, source)
+        plan = plan.with_shared_uses(found)
         dense_layers = sorted(set(found) - set(plan.layers))
         planned_weights({name: layer for name, layer in found.items() if name in plan.layers}, source)
         with warnings.catch_warnings(record=True) as caught:

@@ -125,3 +125,22 @@ def test_unsupported_architectures_are_refused(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and str(tmp_path / "model") in err[0], err
     assert not out.exists()
+
+
+def test_prune_covers_the_families_blocks(tmp_path: Path) -> None:
+    """prune's default layers are the linear layers inside each family's blocks (DistilBERT's
+    transformer.layer.N, ALBERT's albert_layers.N too)."""
+    from rt3c.models import load_model
+    from rt3c.prune.pipeline import DEFAULT_LAYERS, select_layers
+
+    for family in ("distilbert", "albert", "roberta"):
+        chosen = select_layers(load_model(str(_save(family, tmp_path / family))), DEFAULT_LAYERS, (4, 4))
+        assert len(chosen) == 6 and not any("classifier" in name for name in chosen), family
+
+
+def test_prune_refuses_gpt2_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, out = _save("gpt2", tmp_path / "gpt2"), tmp_path / "pruned"
+    assert run_cli("prune", "--model", str(model), "--data", "synthetic", "--out", str(out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Conv1D modules (GPT-2), which prune does not train" in err[0], err
+    assert not out.exists()

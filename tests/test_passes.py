@@ -3,6 +3,7 @@ onnxruntime, and `read_encoded_layers` reading back exactly what `encode_layer` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from rt3c.passes.encode import (
     RemoveUnusedPass,
     SelectLevelPass,
 )
-from rt3c.passes.linear_layers import find_linear_layers
+from rt3c.passes.linear_layers import find_linear_layers, untie_weights
 
 FORMS = ("matmul+add", "matmul", "gemm transB=1", "gemm transB=0", "gemm no bias")
 
@@ -213,3 +214,48 @@ def test_a_failed_precondition_leaves_the_model_alone() -> None:
     assert ir.serde.serialize_model(model) == ir.serde.serialize_model(ir.serde.deserialize_model(proto))
     with pytest.raises(UserError, match="has no levels to select"):
         SelectLevelPass(0)(model)
+
+
+def _shared_weight_model() -> ir.Model:
+    """y = relu(x @ w) @ w: one initializer (no rt3c metadata) used by two linear layers, as ALBERT's."""
+    weight = numpy_helper.from_array(np.random.default_rng(2).standard_normal((8, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w"], ["y"]),
+        ],
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 8])],
+        [weight],
+    )
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+def test_a_shared_weight_is_one_layer_per_use() -> None:
+    """Uses are named NAME, NAME#1 in graph order, before and after encode unties them into initializers
+    of their own; a plan that lists only NAME (as prune's, by torch parameter) covers NAME#1 too, and a
+    plan of one use masks only that use (the other's reference weight stays whole)."""
+    from rt3c.core.sparsify import one_shot_plan
+    from rt3c.encode import encode
+
+    model = _shared_weight_model()
+    first, second = (node for node in model.graph if node.op_type == "MatMul")
+    layers = find_linear_layers(model, "m")
+    assert list(layers) == ["w", "w#1"] and layers["w#1"].node is second
+    untie_weights(model, "m")
+    assert first.inputs[1].name == "w" and second.inputs[1].name == "w#1"
+    assert {name: layer.node for name, layer in find_linear_layers(model, "m").items()} == {
+        "w": first,
+        "w#1": second,
+    }
+    weight = layers["w"].weight()
+    plan = one_shot_plan({"w": weight}, [Level("L0"), Level("L1")], [0.5, 0.75], (4, 4), 4)
+    covered = plan.with_shared_uses(["w", "w#1", "v#1"])
+    assert list(covered.layers) == ["w", "w#1"] and covered.layers["w#1"].name == "w#1"
+    assert np.array_equal(covered.layers["w#1"].mask(1), plan.layers["w"].mask(1))
+    result = encode(_shared_weight_model(), plan, "m")
+    assert result.dense_layers == [] and len(result.max_abs_diff) == 2
+    only_second = Plan(plan.levels, {"w#1": dataclasses.replace(plan.layers["w"], name="w#1")})
+    assert encode(_shared_weight_model(), only_second, "m").dense_layers == ["w"]

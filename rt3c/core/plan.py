@@ -26,9 +26,11 @@ nested (each tile's mask at a sparser level is a subset of its mask at the dense
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,8 @@ MAX_LEVELS = 16
 """DVFS levels of a plan or board: each is a kernel table in flash, and boards have a handful."""
 MAX_TILE_ELEMENTS = 2**15
 """The encoded format stores in-tile positions as int16 (docs/FORMAT.md)."""
+SHARED_USE = "#"
+"""Joins a shared weight's layer name and the number of its further use: `NAME#1` (docs/PLAN.md)."""
 MAX_LAYER_ELEMENTS = 2**28
 """Weights of one layer after padding to whole tiles (1 GiB of float32): checked before any mask over the
 layer is allocated, so a plan cannot claim a size that exhausts memory."""
@@ -185,6 +189,16 @@ class Plan:
 
     def is_nested(self) -> bool:
         return all(layer.is_nested() for layer in self.layers.values())
+
+    def with_shared_uses(self, names: Iterable[str]) -> Plan:
+        """This plan with each further use of a shared weight among `names` (`NAME#N`) that it does not list
+        given the entry of `NAME`: a plan from `rt3c prune` names each torch parameter once."""
+        shared = {}
+        for name in names:
+            base, mark, _ = name.rpartition(SHARED_USE)
+            if mark and name not in self.layers and base in self.layers:
+                shared[name] = dataclasses.replace(self.layers[base], name=name)
+        return dataclasses.replace(self, layers={**self.layers, **shared}) if shared else self
 
     def sparsity(self, level: int) -> float:
         """Fraction of all planned layers' weights removed at `level`."""

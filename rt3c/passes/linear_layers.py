@@ -20,6 +20,7 @@ import onnx_ir as ir
 from rt3c.core.checks import UNREADABLE_JSON
 from rt3c.core.errors import UserError
 from rt3c.core.onnx_io import WEIGHTS_METADATA_KEY
+from rt3c.core.plan import SHARED_USE
 
 
 @dataclass
@@ -47,10 +48,6 @@ class LinearLayer:
 
     def bias(self) -> np.ndarray | None:
         return None if self.bias_value is None else self.bias_value.const_value.numpy().astype(np.float32)
-
-
-SHARED_USE = "#"
-"""Joins a shared weight's name and the number of its further use (`NAME#1`)."""
 
 
 def weight_names(model: ir.Model, source: str) -> dict[str, str]:

@@ -47,7 +47,9 @@ from rt3c.prune.stages import (
 from rt3c.prune.training import TrainSettings, evaluate
 
 # The encoder's linear layers: HF BERT-style `...encoder.layer.N...` and rt3-lm's `layers.N...`.
-DEFAULT_LAYERS = r"(^|\.)(encoder\.layer|layers)\.\d+\..*\.weight$"
+DEFAULT_LAYERS = r"(^|\.)(encoder\.layer|layers|transformer\.layer|albert_layers)\.\d+\..*\.weight$"
+"""The linear layers inside the Transformer blocks: BERT, RoBERTa, ELECTRA (`encoder.layer.N`), rt3-lm
+(`layers.N`), DistilBERT (`transformer.layer.N`) and ALBERT (`albert_layers.N`, shared by its layers)."""
 STAGES = ("dense", "lasso", "block", "patterns", "joint")
 
 
@@ -112,6 +114,12 @@ def select_layers(model: LoadedModel, pattern: str, tile: tuple[int, int]) -> di
         if isinstance(module, torch.nn.Linear)
     }
     chosen = {name: weight for name, weight in linear_weights.items() if regex.search(name)}
+    if not chosen and any(type(module).__name__ == "Conv1D" for module in model.module.modules()):
+        # GPT-2's projections keep their weight as [in, out]; training masks them is not written yet.
+        raise UserError(
+            f"{model.name}: its projections are Conv1D modules (GPT-2), which prune does not train; plan "
+            "the exported model one-shot with `rt3c plan`"
+        )
     if not chosen:
         raise SettingError("layers", f"matches no linear layer weight of {model.name}", repr(pattern))
     for name, weight in chosen.items():
