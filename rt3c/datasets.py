@@ -113,11 +113,24 @@ def _lm_split(ids: torch.Tensor, window: int) -> Split:
     return Split((inputs,), targets)
 
 
+def _check_two_class_labels(model: LoadedModel, data: str) -> None:
+    """The classification data sets label every example 0 or 1, and training takes the cross entropy of
+    the logits: a regression or multi-label head, or one logit, cannot learn them."""
+    if model.problem_type not in (None, "single_label_classification") or (
+        model.labels is not None and len(model.labels) < 2
+    ):
+        raise UserError(
+            f"--data {data}: labels examples 0 or 1 for a single-label classifier; {model.name} has "
+            f"{len(model.labels or [])} labels and problem type {model.problem_type}"
+        )
+
+
 def _rotten_tomatoes(model: LoadedModel, max_len: int) -> Dataset:
     if model.kind != "sequence-classification":
         raise SettingError(
             "data", f"needs a sequence classifier, {model.name} is a {model.kind}", "rotten-tomatoes"
         )
+    _check_two_class_labels(model, "rotten-tomatoes")
     rows = rotten_tomatoes_rows()
     parts = [_classification_split(model, rows[part], max_len) for part in _three_way(len(rows))]
     return Dataset("rotten-tomatoes", *parts)
@@ -141,6 +154,7 @@ def _synthetic(model: LoadedModel, max_len: int, count: int = 1200) -> Dataset:
     seq = min(max_len, 16)
     span = min(model.vocab_size, 64)
     if model.kind == "sequence-classification":
+        _check_two_class_labels(model, "synthetic")
         labels = torch.randint(0, 2, (count,), generator=generator)
         ids = torch.randint(0, span // 2, (count, seq), generator=generator) + labels[:, None] * (span // 2)
         noise = torch.rand(count, seq, generator=generator) < 0.2

@@ -144,3 +144,24 @@ def test_prune_refuses_gpt2_by_name(tmp_path: Path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Conv1D modules (GPT-2), which prune does not train" in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "found"),
+    [
+        ({"num_labels": 1}, "has 1 labels and problem type None"),
+        ({"num_labels": 3, "problem_type": "multi_label_classification"}, "problem type multi_label"),
+    ],
+)
+def test_two_class_data_needs_a_single_label_classifier(settings: dict, found: str, tmp_path: Path) -> None:
+    """The classification data sets label examples 0 or 1: a regression or multi-label head from the
+    config is refused by name instead of trained with the wrong loss."""
+    from rt3c.core.errors import UserError
+    from rt3c.datasets import load_dataset
+    from rt3c.models import load_model
+
+    config = transformers.BertConfig(**SMALL, num_hidden_layers=1, max_position_embeddings=32, **settings)
+    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "bert")
+    with pytest.raises(UserError, match="--data synthetic: labels examples 0 or 1") as error:
+        load_dataset("synthetic", load_model(str(tmp_path / "bert")))
+    assert found in str(error.value)
