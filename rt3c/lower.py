@@ -86,12 +86,13 @@ def _split_to_slices(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> N
             continue
         axis = next((attribute.i for attribute in node.attribute if attribute.name == "axis"), 0)
         rank = values[node.input[0]].ndim
+        base = node.name or node.input[0]
         start = 0
         for number, output in enumerate(node.output):
             size = values[output].shape[axis] if output else 0
             bounds = []
             for role, bound in (("starts", start), ("ends", start + size), ("axes", axis % rank)):
-                name = f"{node.name or node.output[0]}.slice{number}.{role}"
+                name = f"{base}.slice{number}.{role}"
                 array = np.array([bound], dtype=np.int64)
                 model.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
                 values[name] = array
@@ -99,7 +100,7 @@ def _split_to_slices(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> N
             if output:
                 nodes.append(
                     onnx.helper.make_node(
-                        "Slice", [node.input[0], *bounds], [output], name=f"{node.name}.slice{number}"
+                        "Slice", [node.input[0], *bounds], [output], name=f"{base}.slice{number}"
                     )
                 )
             start += size
@@ -168,9 +169,10 @@ def _clamp_indices(
     constants: set[str],
     infos: dict[str, TensorInfo],
 ) -> None:
-    """Each node of `computed` (its position, its table's rows) reads its indices through Max(Min(indices, rows - 1), -rows): inside its
-    table whatever the inputs (ONNX's negative indices count from the end). On indices in range, as every
-    valid input of the exported models gives, nothing changes."""
+    """Each node of `computed` (its position, its table's rows) reads its indices through
+    Max(Min(indices, rows - 1), -rows): inside its table whatever the inputs (ONNX's negative indices count
+    from the end). On indices in range, as every valid input of the exported models gives, nothing
+    changes."""
     guards: dict[int, list[onnx.NodeProto]] = {}
     for position, rows in computed:
         node = model.graph.node[position]

@@ -207,3 +207,14 @@ def test_prune_says_it_needs_a_torch_module(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "an ONNX file, not a torch model" in err[0] and "`rt3c plan`" in err[0]
     assert not out.exists()
+
+
+def test_api_binds_shapes(foreign_models: dict[str, Path], tmp_path: Path) -> None:
+    """`rt3c.api.encode(..., shapes=)` as `rt3c encode --shape`: the encoded model keeps the shape."""
+    from rt3c import api
+
+    plan = api.plan(foreign_models["onnx.helper"], tmp_path / "plan.json", sparsities=[0.5, 0.8])
+    out = tmp_path / "model.rt3.onnx"
+    result = api.encode(foreign_models["onnx.helper"], tmp_path / "plan.json", out, shapes={"x": (3, 8, 16)})
+    assert len(result.max_abs_diff) == len(plan.levels) == 2
+    assert [dim.dim_value for dim in onnx.load(out).graph.input[0].type.tensor_type.shape.dim] == [3, 8, 16]
