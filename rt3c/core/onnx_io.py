@@ -66,7 +66,11 @@ def bind_input_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]], sour
     is a UserError naming the input and the dimension. Exporters with dynamic axes (batch, sequence)
     leave them symbolic; the compiled runtime holds every tensor at a fixed size."""
     graph = model.graph
-    inputs = {value.name: value for value in graph.inputs if value.name not in graph.initializers}
+    inputs = {
+        value.name: value
+        for value in graph.inputs
+        if value.name is not None and value.name not in graph.initializers
+    }
     for name, dims in shapes.items():
         value = inputs.get(name)
         if value is None:
