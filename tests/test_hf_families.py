@@ -74,6 +74,10 @@ def test_family_exports_plans_and_compiles(family: str, tmp_path: Path) -> None:
     assert run_cli(*argv, "--out", str(project)) == 0
     build = json.loads((project / "rt3c-build.json").read_text())
     assert len(build["max_abs_diff"]) == 3 and max(build["max_abs_diff"]) <= 1e-4
+    levels = json.loads((project / "report.json").read_text())["levels"]
+    sparsity = [level["sparsity"] for level in levels]
+    assert 0.4 < sparsity[0] < sparsity[1] < sparsity[2]  # every level runs its own sparse kernels
+    assert all(level["instructions"] for level in levels)  # and was counted under qemu-aarch64
     sidecar = json.loads(exported.with_suffix(".json").read_text())
     if family == "gpt2":  # logits for every position over the vocabulary, no cache
         assert build["outputs"][0]["shape"] == [1, 8, 128] and [i["name"] for i in build["inputs"]] == [
