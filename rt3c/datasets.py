@@ -119,9 +119,11 @@ def _check_two_class_labels(model: LoadedModel, data: str) -> None:
     if model.problem_type not in (None, "single_label_classification") or (
         model.labels is not None and len(model.labels) < 2
     ):
-        raise UserError(
-            f"--data {data}: labels examples 0 or 1 for a single-label classifier; {model.name} has "
-            f"{len(model.labels or [])} labels and problem type {model.problem_type}"
+        raise SettingError(
+            "data",
+            f"labels examples 0 or 1 for a single-label classifier; {model.name} has "
+            f"{len(model.labels or [])} labels and problem type {model.problem_type}",
+            data,
         )
 
 

@@ -176,7 +176,7 @@ def _check_levels(project: Path, encoded: Path) -> None:
         (["--shape", "ids=2x8x16"], "has no input 'ids' to give a shape (inputs: x)"),
         (["--shape", "x=2x8x16", "--shape", "x=1x8x16"], "--shape 'x=1x8x16': input x is given twice"),
         (["--shape", "x=2,8,16"], "--shape 'x=2,8,16': expected NAME=DIMS with DIMS such as 1x16"),
-        (["--shape", "x=0x8x16"], "input x: shape [0, 8, 16]: each size must be in [1, 1048576]"),
+        (["--shape", "x=0x8x16"], "--shape [0, 8, 16]: input x: each size must be in [1, 1048576]"),
     ],
 )
 def test_dynamic_dimensions_bad_input(

@@ -166,6 +166,6 @@ def test_two_class_data_needs_a_single_label_classifier(settings: dict, found: s
 
     config = transformers.BertConfig(**SMALL, num_hidden_layers=1, max_position_embeddings=32, **settings)
     transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "bert")
-    with pytest.raises(UserError, match="--data synthetic: labels examples 0 or 1") as error:
+    with pytest.raises(UserError, match="data synthetic: labels examples 0 or 1") as error:
         load_dataset("synthetic", load_model(str(tmp_path / "bert")))
     assert found in str(error.value)

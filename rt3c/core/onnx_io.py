@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError, UserError
 from rt3c.core.files import atomic_output
 
 WEIGHTS_METADATA_KEY = "rt3c.weights"
@@ -76,7 +76,9 @@ def bind_input_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]], sour
         if value is None:
             raise UserError(f"{source}: has no input {name!r} to give a shape (inputs: {', '.join(inputs)})")
         if not all(type(dim) is int and 1 <= dim <= MAX_DIMENSION for dim in dims):
-            raise UserError(f"input {name}: shape {list(dims)}: each size must be in [1, {MAX_DIMENSION}]")
+            raise SettingError(
+                "shapes", f"input {name}: each size must be in [1, {MAX_DIMENSION}]", list(dims)
+            )
         declared = value.shape
         if declared is not None and (
             len(declared) != len(dims)
