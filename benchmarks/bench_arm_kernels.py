@@ -38,7 +38,7 @@ SPARSITIES = (0.5, 0.75, 0.9)
 TOLERANCE = 1e-3  # float32 sums over up to 3072 products in another order than numpy's
 
 
-def _measure(
+def measure_steps(
     steps: list[LinearStep], references: dict[str, tuple[np.ndarray, np.ndarray]], x: np.ndarray,
     target: Target, directory: Path,
 ) -> dict[str, tuple[int, int]]:  # fmt: skip
@@ -102,7 +102,7 @@ def main() -> None:
                 measured = {}
                 for group in groups:
                     with tempfile.TemporaryDirectory(prefix="bench-arm-") as tmp:
-                        measured.update(_measure(group, references, x, target, Path(tmp)))
+                        measured.update(measure_steps(group, references, x, target, Path(tmp)))
                 dense_count, dense_bytes = measured["dense"]
                 for step, sparsity in sparse:
                     count, code_bytes = measured[step.output]
