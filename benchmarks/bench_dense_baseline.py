@@ -5,7 +5,7 @@
 Every sparse speedup and battery ratio rt3c reports on ARM is relative to its own dense kernel (TVM's
 legalized MatMul with rt3c's register-blocked schedule), so that kernel is checked here against libraries
 built from registry packages, on minilm-l6's three linear-layer shapes (out x in: 384x384, 1536x384,
-384x1536) at 16 tokens (the exported sequence length):
+384x1536) at 16 tokens (the exported sequence length) and at 1 token (a GEMV: decoding, streaming):
 
 - aarch64 (qemu-aarch64): Eigen 3 (Debian `libeigen3-dev`, header only, its packed GEBP kernel with NEON
   packets; compiled by `aarch64-linux-gnu-g++` from `g++-aarch64-linux-gnu`) and CMSIS-DSP's
@@ -45,7 +45,7 @@ from rt3c.runtime_c.project import TEMPLATES, environment
 
 SHAPES = ((384, 384), (1536, 384), (384, 1536))
 """minilm-l6's linear layers, out x in: attention projections, FFN up, FFN down."""
-TOKENS = 16
+TOKENS = (1, 16)
 SOURCES = Path(__file__).resolve().parent / "dense_baseline"
 EIGEN_INCLUDE = Path("/usr/include/eigen3")
 CMSIS_DSP_VERSION = "1.10.3"
@@ -164,20 +164,21 @@ def main() -> None:
             )  # fmt: skip
             for n, k in SHAPES:
                 weight = rng.standard_normal((n, k)).astype(np.float32)
-                x = rng.standard_normal((TOKENS, k)).astype(np.float32)
-                step = dense_linear_step("dense", weight, TOKENS)
-                with tempfile.TemporaryDirectory(dir=work) as project:
-                    references = {"dense": (weight, np.zeros(n))}
-                    tvm_count, _ = measure_steps([step], references, x, target, Path(project))["dense"]
                 weight_in_out = np.ascontiguousarray(weight.T)
-                counts = [
-                    library_instructions(target, binary, x, weight_in_out, build_dir)
-                    for binary in libraries.values()
-                ]
-                table.add_row(
-                    f"{n}x{k}", str(TOKENS), f"{tvm_count:,}", *(f"{count:,}" for count in counts),
-                    *(f"{tvm_count / count:.3f}" for count in counts),
-                )  # fmt: skip
+                for tokens in TOKENS:
+                    x = rng.standard_normal((tokens, k)).astype(np.float32)
+                    step = dense_linear_step("dense", weight, tokens)
+                    with tempfile.TemporaryDirectory(dir=work) as project:
+                        references = {"dense": (weight, np.zeros(n))}
+                        tvm_count, _ = measure_steps([step], references, x, target, Path(project))["dense"]
+                    counts = [
+                        library_instructions(target, binary, x, weight_in_out, build_dir)
+                        for binary in libraries.values()
+                    ]
+                    table.add_row(
+                        f"{n}x{k}", str(tokens), f"{tvm_count:,}", *(f"{count:,}" for count in counts),
+                        *(f"{tvm_count / count:.3f}" for count in counts),
+                    )  # fmt: skip
             Console(width=160).print(table)
 
 
