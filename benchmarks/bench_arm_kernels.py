@@ -1,6 +1,6 @@
 """Executed instructions of one linear layer on ARM under qemu: rt3c's SparseLinear kernel vs the dense TVM kernel.
 
-    .venv/bin/python benchmarks/bench_arm_kernels.py [--quick] [--target aarch64|cortex-m4]
+    .venv/bin/python benchmarks/bench_arm_kernels.py [--quick] [--target aarch64|cortex-m4] [--tile 4x4 --tile 1x8]
 
 For each shape (out x in), token count and sparsity s, a random weight is planned one-shot (4x4 tiles, 8
 patterns, one level, as bench_kernels.py does) and each kernel computes Y = X W^T (+ b for the sparse
@@ -8,7 +8,8 @@ kernel) in the generated C project, built for the target and run under qemu (qem
 qemu-system-arm -M mps2-an386 for the Cortex-M4) with rt3c's instruction-counting plugin. The count covers
 the kernel's own functions (`rt3c.instruction_count.kernel_functions`); every output is checked against
 numpy first. "sparse/dense" is the ratio of executed instructions (goal on aarch64: <= 0.30 at s = 0.75);
-"ideal" is 1 - s. Code bytes are the kernel functions' sizes (`nm -S`). The dense kernel is the one rt3c
+"ideal" is 1 - s; "per kept MAC" is the sparse count over nonzeros x tokens, which compares tile shapes
+(`--tile`, repeatable; default 4x4) at the same sparsity. Code bytes are the kernel functions' sizes (`nm -S`). The dense kernel is the one rt3c
 uses for layers left dense: TVM's legalized MatMul with rt3c's register-blocked schedule.
 
 On the Cortex-M4 each kernel is its own firmware (the board's memory would not hold a dense 3072x768
@@ -26,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rt3c.build import build_project
+from rt3c.cli.options import parse_tile
 from rt3c.codegen.targets import Target, get_target
 from rt3c.core.plan import Level
 from rt3c.core.sparse_format import encode_layer
@@ -72,15 +74,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="768x768 only, 16 tokens")
     parser.add_argument("--target", choices=["aarch64", "cortex-m4"], action="append", help="default: both")
+    parser.add_argument("--tile", type=parse_tile, action="append", help="ROWSxCOLS (default: 4x4)")
     args = parser.parse_args()
+    tiles = args.tile or [(4, 4)]
     shapes = [(768, 768)] if args.quick else [(768, 768), (3072, 768), (768, 3072), (1536, 384)]
     tokens_list = [16] if args.quick else [1, 16]
     rng = np.random.default_rng(0)
     for target_name in args.target or ["aarch64", "cortex-m4"]:
         target = get_target(target_name)
         table = Table(
-            "out x in", "tokens", "s", "sparse insns", "dense insns", "sparse/dense", "ideal",
-            "sparse code B", "dense code B", title=f"{target_name} (qemu instruction counts)",
+            "out x in", "tokens", "tile", "s", "sparse insns", "dense insns", "sparse/dense", "ideal",
+            "per kept MAC", "sparse code B", "dense code B", title=f"{target_name} (qemu instruction counts)",
         )  # fmt: skip
         for n, k in shapes:
             w = rng.standard_normal((n, k)).astype(np.float32)
@@ -90,13 +94,16 @@ def main() -> None:
                 dense = dense_linear_step("dense", w, tokens)
                 references = {"dense": (w, np.zeros(n))}
                 sparse = []
-                for s in SPARSITIES:
-                    plan = one_shot_plan({"w": w}, [Level("L0")], [s], (4, 4), 8)
-                    layer = encode_layer(w, plan.layers["w"])
-                    step = sparse_linear_step(f"sparse{round(s * 100)}", layer, b, tokens, target)
-                    references[step.output] = (layer.dense_weight(0), b)
-                    sparse.append((step, plan.sparsity(0)))
-                steps = [dense, *(step for step, _ in sparse)]
+                for tile in tiles:
+                    for s in SPARSITIES:
+                        plan = one_shot_plan({"w": w}, [Level("L0")], [s], tile, 8)
+                        layer = encode_layer(w, plan.layers["w"])
+                        label = f"sparse{round(s * 100)}_{tile[0]}x{tile[1]}"
+                        step = sparse_linear_step(label, layer, b, tokens, target)
+                        references[step.output] = (layer.dense_weight(0), b)
+                        nonzeros = int(np.count_nonzero(references[step.output][0]))
+                        sparse.append((step, tile, plan.sparsity(0), nonzeros))
+                steps = [dense, *(step for step, *_ in sparse)]
                 # One program on Linux; one firmware per kernel on the board (memory).
                 groups = [steps] if target.board is None else [[step] for step in steps]
                 measured = {}
@@ -104,11 +111,12 @@ def main() -> None:
                     with tempfile.TemporaryDirectory(prefix="bench-arm-") as tmp:
                         measured.update(measure_steps(group, references, x, target, Path(tmp)))
                 dense_count, dense_bytes = measured["dense"]
-                for step, sparsity in sparse:
+                for step, tile, sparsity, nonzeros in sparse:
                     count, code_bytes = measured[step.output]
                     table.add_row(
-                        f"{n}x{k}", str(tokens), f"{sparsity:.2f}", f"{count:,}", f"{dense_count:,}",
-                        f"{count / dense_count:.3f}", f"{1 - sparsity:.2f}", f"{code_bytes:,}", f"{dense_bytes:,}",
+                        f"{n}x{k}", str(tokens), f"{tile[0]}x{tile[1]}", f"{sparsity:.2f}", f"{count:,}",
+                        f"{dense_count:,}", f"{count / dense_count:.3f}", f"{1 - sparsity:.2f}",
+                        f"{count / (nonzeros * tokens):.3f}", f"{code_bytes:,}", f"{dense_bytes:,}",
                     )  # fmt: skip
         Console(width=150).print(table)
 
