@@ -1,9 +1,10 @@
 """Where a whole inference's executed instructions go on aarch64: per op class, dense and per sparse level.
 
-    .venv/bin/python benchmarks/profile_inference.py [--model minilm-l6] [--tokens 16] [--work DIR]
+    .venv/bin/python benchmarks/profile_inference.py [--model minilm-l6] [--tokens 16] [--layers REGEX] [--work DIR]
 
 The model is exported at `--tokens`, compiled dense (no plan: one level) and with a one-shot plan of
-sparsity 0.6 / 0.7 / 0.8 (4x4 tiles, 8 patterns, every linear layer but the output layer), each with
+sparsity 0.6 / 0.7 / 0.8 (4x4 tiles, 8 patterns, every linear layer but the output layer, or those
+`--layers` matches), each with
 `rt3c compile --target aarch64` (every level verified against onnxruntime). Each build's `rt3_main` runs
 under qemu-aarch64 with rt3c's counting plugin, one region per kernel (`kernel_functions`), once with one
 inference and once with 1 + REPEATS; the difference over REPEATS is one inference, so startup and file
@@ -122,7 +123,7 @@ def profile(project: Path, encoded: Path, level: int) -> dict[str, int]:
     return dict(per_class)
 
 
-def build(model: str, tokens: int, work: Path) -> list[tuple[str, Path, Path, int]]:
+def build(model: str, tokens: int, layers: str | None, work: Path) -> list[tuple[str, Path, Path, int]]:
     """Dense and sparse aarch64 projects of `model` under `work` (made once): (label, project, encoded
     model, level) per column of the table."""
     exported = work / "model.onnx"
@@ -134,7 +135,7 @@ def build(model: str, tokens: int, work: Path) -> list[tuple[str, Path, Path, in
     plan, encoded = work / "plan.json", work / "model.rt3.onnx"
     if not encoded.is_file():
         plan_model(
-            exported, plan, sparsities=list(SPARSITIES), tile=(4, 4), patterns=8, layers=None,
+            exported, plan, sparsities=list(SPARSITIES), tile=(4, 4), patterns=8, layers=layers,
             frequencies_khz=[1_400_000, 1_000_000, 800_000],
         )  # fmt: skip
         encode_model(exported, plan, encoded)
@@ -150,6 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--layers", help="regex of the layers to plan (default: all but the output layer)")
     parser.add_argument(
         "--work", type=Path, help="keep exports and projects here (default: a temporary folder)"
     )
@@ -157,7 +159,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="profile-inference-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        columns = build(args.model, args.tokens, work)
+        columns = build(args.model, args.tokens, args.layers, work)
         profiles = [profile(project, encoded, level) for _, project, encoded, level in columns]
     labels = [label for label, *_ in columns]
     table = Table(
