@@ -68,7 +68,7 @@ def schedule_matmul(func: tvm.tirx.PrimFunc, vector_floats: int) -> tvm.tirx.Pri
     block, epilogue = blocks
     *batch, i, j, k = schedule.get_loops(block)
     i_extent, j_extent = (int(schedule.get(loop).extent) for loop in (i, j))
-    # Scalar FPUs (Cortex-M: 32 single registers) hold at most 4 rows x 4 columns of accumulators.
+    # Scalar FPUs (Cortex-M: 32 single registers) hold at most 16 accumulators, e.g. 4 rows x 4 columns.
     i_block = _largest_divisor(i_extent, (8, 6, 4, 3, 2) if vector_floats else (4, 3, 2))
     if vector_floats:
         # Up to 16 accumulator vectors: few activation rows (GEMV) get a wider j tile, so enough independent
@@ -83,7 +83,9 @@ def schedule_matmul(func: tvm.tirx.PrimFunc, vector_floats: int) -> tvm.tirx.Pri
         widths = (*(count * vector_floats for count in vectors), vector_floats, 8, 4, 2)
         j_block = _largest_divisor(j_extent, widths)
     else:
-        j_block = _largest_divisor(j_extent, (4, 2))
+        # As many columns as 16 accumulators allow: 4 with 4 rows, 16 for one row (a GEMV then loads each
+        # activation once per 16 multiply-adds, not 4).
+        j_block = _largest_divisor(j_extent, tuple(w for w in (16, 8, 4, 2) if w * i_block <= 16))
     i_outer, i_inner = schedule.split(i, [None, i_block])
     j_outer, j_inner = schedule.split(j, [None, j_block])
     schedule.reorder(*batch, j_outer, i_outer, k, i_inner, j_inner)
