@@ -55,7 +55,8 @@ CLASSES = (
 _COPY_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Slice", "Split", "Expand",
              "Identity", "Cast", "Shape"}  # fmt: skip
 _ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div", "Where", "Sqrt", "Pow", "Neg"}
-_KERNEL = re.compile(r"^(?:sparse_(\d+)_L\d+|op(\d+)_\w+)$")
+_KERNEL = re.compile(r"(?:sparse_(\d+)_L\d+$|op(\d+)_)")
+"""The names `lower` gives kernels: sparse_<node>_L<level>, or op<node>_<op type> and TVM's function name."""
 
 
 def node_class(node: onnx.NodeProto, initializers: set[str]) -> str:
@@ -89,8 +90,7 @@ def kernel_classes(encoded: Path, binary: Path) -> dict[str, tuple[str, list[str
         if not function.startswith("__tvm_ffi_") or function == "__tvm_ffi__library_ctx":
             continue
         symbol = function.removeprefix("__tvm_ffi_")
-        # A kernel's symbol starts with the name lower gave it: sparse_<node>_L<level> or op<node>_<op>.
-        match = _KERNEL.match(symbol) or re.match(r"^op(\d+)_", symbol)
+        match = _KERNEL.match(symbol)
         if match is None:
             raise SystemExit(f"{binary}: kernel {symbol} is named after no node")
         index = int(next(group for group in match.groups() if group is not None))
