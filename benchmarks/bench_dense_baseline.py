@@ -27,6 +27,7 @@ target names (cortex-a72) on aarch64; the target's own C flags on the Cortex-M4.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,21 @@ EIGEN_INCLUDE = Path("/usr/include/eigen3")
 CMSIS_DSP_VERSION = "1.10.3"
 TOLERANCE = 1e-3  # float32 sums over up to 1536 products in another order than numpy's
 REPS = (1, 3)
+
+
+LIBRARY_PACKAGES = {"aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu", "eigen3": "libeigen3-dev"}
+"""What the aarch64 libraries need beyond rt3c's own tools -> the Debian package that provides it."""
+
+
+def check_library_tools() -> None:
+    """Exit naming the Debian packages to install when Eigen or the aarch64 C++ compiler is missing."""
+    missing = [
+        package
+        for tool, package in LIBRARY_PACKAGES.items()
+        if not (EIGEN_INCLUDE.is_dir() if tool == "eigen3" else shutil.which(tool))
+    ]
+    if missing:
+        raise SystemExit(f"the aarch64 libraries need `apt-get install {' '.join(missing)}`")
 
 
 def cmsis_dsp_sources(directory: Path) -> Path:
@@ -152,9 +168,11 @@ def main() -> None:
         cmsis = args.cmsis_dsp or cmsis_dsp_sources(work)
         for target_name in args.target or ["aarch64", "cortex-m4"]:
             target = get_target(target_name)
+            target.check_tools()
             build_dir = work / target_name
             build_dir.mkdir()
             if target.board is None:
+                check_library_tools()
                 libraries = build_aarch64_libraries(cmsis, build_dir)
             else:
                 libraries = build_cortex_m_library(cmsis, target, build_dir)
