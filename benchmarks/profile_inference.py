@@ -1,10 +1,11 @@
 """Where a whole inference's executed instructions go on aarch64: per op class, dense and per sparse level.
 
-    .venv/bin/python benchmarks/profile_inference.py [--model minilm-l6] [--tokens 16] [--layers REGEX] [--work DIR]
+    .venv/bin/python benchmarks/profile_inference.py [--model minilm-l6] [--tokens 16] [--layers REGEX] [--plan PLAN]
+                                                       [--work DIR]
 
 The model is exported at `--tokens`, compiled dense (no plan: one level) and with a one-shot plan of
 sparsity 0.6 / 0.7 / 0.8 (4x4 tiles, 8 patterns, every linear layer but the output layer, or those
-`--layers` matches), each with
+`--layers` matches) or with the levels of `--plan` (a search's plan.json, say), each with
 `rt3c compile --target aarch64` (every level verified against onnxruntime). Each build's `rt3_main` runs
 under qemu-aarch64 with rt3c's counting plugin, one region per kernel (`kernel_functions`), once with one
 inference and once with 1 + REPEATS; the difference over REPEATS is one inference, so startup and file
@@ -36,6 +37,7 @@ from rich.table import Table
 from rt3c.codegen.targets import get_target
 from rt3c.compile import compile_model
 from rt3c.core.onnx_io import deterministic_feeds, load_onnx
+from rt3c.core.plan import Plan
 from rt3c.encode import encode_model, plan_model
 from rt3c.export import export_model
 from rt3c.instruction_count import count_instructions, function_ranges, nm_tool
@@ -123,9 +125,12 @@ def profile(project: Path, encoded: Path, level: int) -> dict[str, int]:
     return dict(per_class)
 
 
-def build(model: str, tokens: int, layers: str | None, work: Path) -> list[tuple[str, Path, Path, int]]:
+def build(
+    model: str, tokens: int, layers: str | None, work: Path, given_plan: Path | None = None
+) -> list[tuple[str, Path, Path, int]]:
     """Dense and sparse aarch64 projects of `model` under `work` (made once): (label, project, encoded
-    model, level) per column of the table."""
+    model, level) per column of the table. `given_plan` (a plan of `model`, e.g. a search's) replaces the
+    one-shot plan."""
     exported = work / "model.onnx"
     if not exported.is_file():
         export_model(load_model(model), exported, seq_len=tokens)
@@ -133,17 +138,21 @@ def build(model: str, tokens: int, layers: str | None, work: Path) -> list[tuple
     if not (dense / "rt3c-build.json").is_file():
         compile_model(exported, dense, target_name=TARGET, prefix=PREFIX)
     plan, encoded = work / "plan.json", work / "model.rt3.onnx"
-    if not encoded.is_file():
+    if given_plan is not None and not encoded.is_file():
+        Plan.load(given_plan).save(plan)
+    elif not encoded.is_file():
         plan_model(
             exported, plan, sparsities=list(SPARSITIES), tile=(4, 4), patterns=8, layers=layers,
             frequencies_khz=[1_400_000, 1_000_000, 800_000],
         )  # fmt: skip
+    if not encoded.is_file():
         encode_model(exported, plan, encoded)
     sparse = work / "sparse"
     if not (sparse / "rt3c-build.json").is_file():
         compile_model(encoded, sparse, target_name=TARGET, plan_path=plan, prefix=PREFIX)
     columns = [("dense", dense, exported, 0)]
-    columns += [(f"s={s:g}", sparse, encoded, level) for level, s in enumerate(SPARSITIES)]
+    sparsities = [Plan.load(plan).sparsity(level) for level in range(len(Plan.load(plan).levels))]
+    columns += [(f"s={s:.3g}", sparse, encoded, level) for level, s in enumerate(sparsities)]
     return columns
 
 
@@ -155,11 +164,12 @@ def main() -> None:
     parser.add_argument(
         "--work", type=Path, help="keep exports and projects here (default: a temporary folder)"
     )
+    parser.add_argument("--plan", type=Path, help="profile this plan's levels instead of a one-shot plan")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="profile-inference-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        columns = build(args.model, args.tokens, args.layers, work)
+        columns = build(args.model, args.tokens, args.layers, work, args.plan)
         profiles = [profile(project, encoded, level) for _, project, encoded, level in columns]
     labels = [label for label, *_ in columns]
     table = Table(

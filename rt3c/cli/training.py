@@ -127,7 +127,7 @@ def search_command(
             "--steps",
             help=f"Training steps per stage: {','.join(SEARCH_STAGES)} (recovery: per candidate).",
         ),
-    ] = "300,150,100,300,16,600",
+    ] = "300,150,100,300,16,1200",
     episodes: Annotated[int, typer.Option("--episodes", help="Per method (controller, random).")] = 24,
     controller_batch: Annotated[
         int, typer.Option("--controller-batch", help="Candidates per controller update.")
