@@ -23,7 +23,7 @@ from rt3c.build import build_project, verify_project
 from rt3c.codegen.targets import Target, cortex_m_part, get_target
 from rt3c.compile_report import dense_reference, measure_levels, project_report, time_dense, timing_feeds
 from rt3c.core.boards import Board, load_board
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError, UserError
 from rt3c.core.files import exclusive_lock
 from rt3c.core.onnx_io import bind_input_shapes
 from rt3c.core.plan import MAX_FREQUENCY_KHZ, Plan
@@ -75,8 +75,8 @@ def compile_model(
     if prefix is not None:
         check_prefix(prefix)
     if weights_format not in WEIGHTS_FORMATS:
-        raise UserError(
-            f"--weights-format {weights_format!r:.40}: choose one of {', '.join(WEIGHTS_FORMATS)}"
+        raise SettingError(
+            "weights_format", f"choose one of {', '.join(WEIGHTS_FORMATS)}", f"{weights_format!r:.40}"
         )
     target = get_target(target_name)
     if mcpu is not None:
@@ -94,7 +94,7 @@ def compile_model(
     # is refused, not mixed in.
     with exclusive_lock(out_dir):
         if out_dir.exists() and any(out_dir.iterdir()):
-            raise UserError(f"--out {out_dir}: exists and is not empty")
+            raise SettingError("out_dir", "exists and is not empty", out_dir)
         # Loaded and checked once; lowering, verification, measurement and the report share it.
         source = load_encoded(encoded_path)
         bind_input_shapes(source.model, shapes or {}, str(encoded_path))

@@ -22,7 +22,7 @@ import onnx
 import onnx_ir as ir
 
 from rt3c.core.checks import finite_array
-from rt3c.core.errors import UserError, VerificationError
+from rt3c.core.errors import SettingError, UserError, VerificationError
 from rt3c.core.onnx_io import (
     SOURCE_METADATA_KEY,
     bind_input_shapes,
@@ -184,10 +184,10 @@ def one_shot(
         try:
             pattern = re.compile(layers)
         except re.error as exc:
-            raise UserError(f"--layers {layers!r}: not a regular expression ({exc})") from None
+            raise SettingError("layers", f"not a regular expression ({exc})", f"{layers!r}") from None
         chosen = {name: layer for name, layer in found.items() if pattern.search(name)}
     if not chosen:
-        raise UserError(f"--layers {layers!r}: matches none of {source}'s linear layers")
+        raise SettingError("layers", f"matches none of {source}'s linear layers", f"{layers!r}")
     if frequencies_khz is not None and len(frequencies_khz) != len(sparsities):
         raise UserError(f"--frequencies: {len(frequencies_khz)} values for {len(sparsities)} levels")
     if not 1 <= len(sparsities) <= MAX_LEVELS:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import rt3c
-from rt3c.core.errors import UserError, VerificationError
+from rt3c.core.errors import SettingError, UserError, VerificationError
 from rt3c.core.onnx_io import SOURCE_METADATA_KEY, WEIGHTS_METADATA_KEY
 from rt3c.core.progress import quiet, step
 from rt3c.models.base import LoadedModel
@@ -64,16 +64,16 @@ def sidecar_path_for(onnx_path: Path) -> Path:
 
 def _check_output_path(out: Path) -> None:
     if out.suffix != ".onnx":
-        raise UserError(
-            f"--out {out}: expected a path ending in .onnx (the sidecar goes next to it as .json)"
+        raise SettingError(
+            "out", "expected a path ending in .onnx (the sidecar goes next to it as .json)", out
         )
     if out.is_dir():
-        raise UserError(f"--out {out}: is a directory, expected a file path such as {out / 'model.onnx'}")
+        raise SettingError("out", f"is a directory, expected a file path such as {out / 'model.onnx'}", out)
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise UserError(f"--out {out}: directory {parent} does not exist")
+        raise SettingError("out", f"directory {parent} does not exist", out)
     if not os.access(parent, os.W_OK):
-        raise UserError(f"--out {out}: directory {parent} is not writable")
+        raise SettingError("out", f"directory {parent} is not writable", out)
 
 
 def _value_key(array: np.ndarray) -> tuple[tuple[int, ...], str, str]:
@@ -117,8 +117,10 @@ def _export_failure(model_name: str, exc: Exception) -> UserError:
     cause = _SUMMARY_CAUSE.search(text)
     first_line = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
     where = f" at op {node.group(1)}" if node else ""
-    return UserError(
-        f"--model {model_name}: torch.onnx.export failed{where}: {(cause.group(1) if cause else first_line).strip()}"
+    return SettingError(
+        "model",
+        f"torch.onnx.export failed{where}: {(cause.group(1) if cause else first_line).strip()}",
+        model_name,
     )
 
 
@@ -168,9 +170,9 @@ def export_model(
     """Export `model` to `out` (ONNX) and `out.with_suffix('.json')` (sidecar); nothing is left on failure."""
     _check_output_path(out)
     if not 1 <= seq_len <= model.max_seq_len:
-        raise UserError(f"--seq-len {seq_len}: must be between 1 and {model.max_seq_len} for {model.name}")
+        raise SettingError("seq_len", f"must be between 1 and {model.max_seq_len} for {model.name}", seq_len)
     if not 1 <= batch <= MAX_BATCH:
-        raise UserError(f"--batch {batch}: must be between 1 and {MAX_BATCH}")
+        raise SettingError("batch", f"must be between 1 and {MAX_BATCH}", batch)
 
     inputs = model.example_inputs(batch, seq_len)
     with step(f"export {model.name} to ONNX (batch {batch}, seq {seq_len})"):

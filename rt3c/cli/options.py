@@ -17,6 +17,7 @@ OPTION_NAMES = {
     "layer_ratios": "--layer-ratio",
     "pattern_counts": "--pattern-choices",
     "inputs": "--input",
+    "out_dir": "--out",
     "shapes": "--shape",
     "frequencies_khz": "--board",
     "dense_steps": "--steps",

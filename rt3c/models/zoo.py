@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError, UserError
 from rt3c.models.base import LoadedModel
 from rt3c.models.checkpoint import is_checkpoint, read_checkpoint
 from rt3c.models.rt3_lm import build_rt3_lm
@@ -191,22 +191,22 @@ def _from_factory(ref: str) -> LoadedModel:
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except ImportError as exc:
-        raise UserError(f"--model {ref}: cannot import {module_name!r}: {exc}") from None
+        raise SettingError("model", f"cannot import {module_name!r}: {exc}", ref) from None
     except AttributeError:
-        raise UserError(f"--model {ref}: module {module_name!r} has no attribute {attr!r}") from None
+        raise SettingError("model", f"module {module_name!r} has no attribute {attr!r}", ref) from None
     try:
         built = factory()
     except Exception as exc:  # the user's own code: report it as bad input, naming the factory
-        raise UserError(f"--model {ref}: the factory raised {type(exc).__name__}: {exc}") from None
+        raise SettingError("model", f"the factory raised {type(exc).__name__}: {exc}", ref) from None
     if isinstance(built, LoadedModel):
         return built
     if not isinstance(built, nn.Module):
-        raise UserError(
-            f"--model {ref}: factory returned {type(built).__name__}, not an nn.Module or LoadedModel"
+        raise SettingError(
+            "model", f"factory returned {type(built).__name__}, not an nn.Module or LoadedModel", ref
         )
     vocab = getattr(built, "vocab_size", None) or getattr(getattr(built, "config", None), "vocab_size", None)
     if not isinstance(vocab, int):
-        raise UserError(f"--model {ref}: the module has no integer `vocab_size` or `config.vocab_size`")
+        raise SettingError("model", "the module has no integer `vocab_size` or `config.vocab_size`", ref)
     return LoadedModel(
         name=ref, module=built.eval(), kind="language-model", vocab_size=vocab, max_seq_len=512
     )
@@ -223,18 +223,20 @@ def load_model(ref: str) -> LoadedModel:
             return checkpoint.load_into(load_model(checkpoint.base_model))
         if path.is_file() and path.suffix == ".onnx":
             # Training needs the torch module; an ONNX model's weights can only be planned one-shot.
-            raise UserError(
-                f"--model {ref}: an ONNX file, not a torch model; export, prune and search train or trace "
+            raise SettingError(
+                "model",
+                "an ONNX file, not a torch model; export, prune and search train or trace "
                 "the torch module (a zoo name, a Hugging Face directory or module:factory). An ONNX model is "
-                "planned one-shot from its weights by `rt3c plan`, then encoded and compiled"
+                "planned one-shot from its weights by `rt3c plan`, then encoded and compiled",
+                ref,
             )
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise UserError(f"--model {ref}: not a model directory (no config.json)")
+            raise SettingError("model", "not a model directory (no config.json)", ref)
         return _load_hf_model(str(path), path)
     if _FACTORY.match(ref):
         return _from_factory(ref)
     if "/" in ref or ref.startswith("."):
-        raise UserError(f"--model {ref}: no such file or directory")
-    raise UserError(
-        f"--model {ref}: unknown model; choose one of {', '.join(ZOO)}, a directory or module:factory"
+        raise SettingError("model", "no such file or directory", ref)
+    raise SettingError(
+        "model", f"unknown model; choose one of {', '.join(ZOO)}, a directory or module:factory", ref
     )
