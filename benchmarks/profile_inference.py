@@ -151,7 +151,8 @@ def build(
     if not (sparse / "rt3c-build.json").is_file():
         compile_model(encoded, sparse, target_name=TARGET, plan_path=plan, prefix=PREFIX)
     columns = [("dense", dense, exported, 0)]
-    sparsities = [Plan.load(plan).sparsity(level) for level in range(len(Plan.load(plan).levels))]
+    loaded = Plan.load(plan)
+    sparsities = [loaded.sparsity(level) for level in range(len(loaded.levels))]
     columns += [(f"s={s:.3g}", sparse, encoded, level) for level, s in enumerate(sparsities)]
     return columns
 
