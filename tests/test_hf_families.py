@@ -135,7 +135,7 @@ def test_prune_covers_the_families_blocks(tmp_path: Path) -> None:
     """prune's default layers are the linear layers inside each family's blocks (DistilBERT's
     transformer.layer.N, ALBERT's albert_layers.N too)."""
     from rt3c.models import load_model
-    from rt3c.prune.pipeline import DEFAULT_LAYERS, select_layers
+    from rt3c.prune.layers import DEFAULT_LAYERS, select_layers
 
     for family in ("distilbert", "albert", "roberta"):
         chosen = select_layers(load_model(str(_save(family, tmp_path / family))), DEFAULT_LAYERS, (4, 4))

@@ -18,7 +18,8 @@ from rt3c.core.plan import Plan
 from rt3c.datasets import load_dataset
 from rt3c.models import load_model
 from rt3c.prune.lasso import ReweightedGroupLasso, tile_norms
-from rt3c.prune.pipeline import PruneConfig, PruneResult, prune_model, select_layers
+from rt3c.prune.layers import select_layers
+from rt3c.prune.pipeline import PruneConfig, PruneResult, prune_model
 from rt3c.prune.stages import layer_masks
 from rt3c.prune.training import TrainSettings, distillation_loss, evaluate, learning_rate_factor, run, train
 

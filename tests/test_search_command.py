@@ -24,7 +24,7 @@ from rt3c.core.plan import LayerPlan, Plan
 from rt3c.core.sparsify import block_prune
 from rt3c.datasets import load_dataset
 from rt3c.models import load_model
-from rt3c.prune.pipeline import DEFAULT_LAYERS, select_layers
+from rt3c.prune.layers import DEFAULT_LAYERS, select_layers
 from rt3c.prune.stages import DenseRecipe, dense_baseline
 from rt3c.prune.training import TrainSettings
 from rt3c.search.evaluate import CandidateEvaluator, EvaluatorSpec, evaluation_pool

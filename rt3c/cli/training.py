@@ -61,7 +61,8 @@ def prune_command(
 ) -> None:
     """Prune with training: group lasso BP, PP per level, joint fine-tuning; resumable."""
     from rt3c.core.checks import real_number
-    from rt3c.prune.pipeline import DEFAULT_LAYERS, PruneConfig, prune_model
+    from rt3c.prune.layers import DEFAULT_LAYERS
+    from rt3c.prune.pipeline import PruneConfig, prune_model
     from rt3c.prune.report import print_evaluation
 
     sparsities, frequencies = levels_and_frequencies(sparsity, levels, board)

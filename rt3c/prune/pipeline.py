@@ -33,6 +33,7 @@ from rt3c.datasets import Dataset, load_dataset
 from rt3c.models import load_model
 from rt3c.models.base import LoadedModel
 from rt3c.models.checkpoint import save_checkpoint
+from rt3c.prune.layers import DEFAULT_LAYERS, select_layers
 from rt3c.prune.stages import (
     DenseRecipe,
     StageFiles,
@@ -46,10 +47,6 @@ from rt3c.prune.stages import (
 )
 from rt3c.prune.training import TrainSettings, evaluate
 
-# The encoder's linear layers: HF BERT-style `...encoder.layer.N...` and rt3-lm's `layers.N...`.
-DEFAULT_LAYERS = r"(^|\.)(encoder\.layer|layers|transformer\.layer|albert_layers)\.\d+\..*\.weight$"
-"""The linear layers inside the Transformer blocks: BERT, RoBERTa, ELECTRA (`encoder.layer.N`), rt3-lm
-(`layers.N`), DistilBERT (`transformer.layer.N`) and ALBERT (`albert_layers.N`, shared by its layers)."""
 STAGES = ("dense", "lasso", "block", "patterns", "joint")
 
 
@@ -101,35 +98,6 @@ class PruneResult:
     eval_path: Path
     plan: Plan
     evaluation: dict
-
-
-def select_layers(model: LoadedModel, pattern: str, tile: tuple[int, int]) -> dict[str, torch.nn.Parameter]:
-    try:
-        regex = re.compile(pattern)
-    except re.error as exc:
-        raise SettingError("layers", f"not a regular expression ({exc})", repr(pattern)) from None
-    linear_weights = {
-        f"{name}.weight" if name else "weight": module.weight
-        for name, module in model.module.named_modules()
-        if isinstance(module, torch.nn.Linear)
-    }
-    chosen = {name: weight for name, weight in linear_weights.items() if regex.search(name)}
-    if not chosen and any(type(module).__name__ == "Conv1D" for module in model.module.modules()):
-        # GPT-2's projections keep their weight as [in, out]; training masks them is not written yet.
-        raise UserError(
-            f"{model.name}: its projections are Conv1D modules (GPT-2), which prune does not train; plan "
-            "the exported model one-shot with `rt3c plan`"
-        )
-    if not chosen:
-        raise SettingError("layers", f"matches no linear layer weight of {model.name}", repr(pattern))
-    for name, weight in chosen.items():
-        if tile[0] > weight.shape[0] or tile[1] > weight.shape[1]:
-            raise SettingError(
-                "tile",
-                f"larger than layer {name} {list(weight.shape)}; a tile may be padded but not exceed the weight",
-                f"{tile[0]}x{tile[1]}",
-            )
-    return chosen
 
 
 def _block_ratios(config: PruneConfig, names: list[str]) -> dict[str, float]:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rt3c.core.errors import SettingError
-from rt3c.prune.pipeline import DEFAULT_LAYERS
+from rt3c.prune.layers import DEFAULT_LAYERS
 from rt3c.prune.training import TrainSettings
 from rt3c.search.evaluate import BACKENDS
 from rt3c.search.objective import OBJECTIVES

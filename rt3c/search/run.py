@@ -40,7 +40,7 @@ from rt3c.core.progress import console, step
 from rt3c.datasets import Split, load_dataset
 from rt3c.models import load_model
 from rt3c.models.base import LoadedModel
-from rt3c.prune.pipeline import select_layers
+from rt3c.prune.layers import select_layers
 from rt3c.prune.stages import (
     DenseRecipe,
     StageFiles,
