@@ -72,7 +72,13 @@ def main() -> None:
     dense_baseline(
         model,
         data,
-        DenseRecipe(settings["model"], settings["data"], settings["max_len"], settings["dense_steps"]),
+        DenseRecipe(
+            settings["model"],
+            settings["data"],
+            settings["max_len"],
+            settings["dense_steps"],
+            seed=settings["seed"],
+        ),
     )
     teacher = copy.deepcopy(model.module).requires_grad_(False)
     stages = args.directory / "stages"
@@ -102,7 +108,7 @@ def main() -> None:
     joint = TrainSettings(
         args.full_steps,
         settings["learning_rate"],
-        settings["batch"],
+        settings["batch_size"],
         settings["seed"],
         warmup=0.1,
         length_buckets=True,
