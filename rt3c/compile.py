@@ -28,6 +28,7 @@ from rt3c.core.files import exclusive_lock
 from rt3c.core.onnx_io import bind_input_shapes
 from rt3c.core.plan import MAX_FREQUENCY_KHZ, Plan
 from rt3c.core.progress import step
+from rt3c.core.quantize import WeightType
 from rt3c.core.sparse_format import encode_layer
 from rt3c.encode import encode
 from rt3c.encoded_model import EncodedModel, encoded_layers, load_encoded
@@ -60,6 +61,7 @@ def compile_model(
     mcpu: str | None = None,
     weights_format: str = "incbin",
     shapes: Mapping[str, Sequence[int]] | None = None,
+    weights: WeightType | None = None,
 ) -> CompileResult:
     """Lower, generate C, build for `target_name` (and the host), and verify every level of both builds.
 
@@ -70,7 +72,9 @@ def compile_model(
     `verify`, the project is generated and its library built for the target only: no emulator is needed,
     and the qemu board's memory does not bound the weights. `mcpu` builds a Cortex-M target for another
     Cortex-M part (`cortex_m_part`). `weights_format` is one of `WEIGHTS_FORMATS`. `shapes` fixes the
-    model's dynamic input dimensions, by input name (`bind_input_shapes`).
+    model's dynamic input dimensions, by input name (`bind_input_shapes`). `weights` is the type of the
+    weights an exported model is encoded with (default float32); an encoded model has its own, which
+    `weights`, when given, must be.
     """
     if prefix is not None:
         check_prefix(prefix)
@@ -109,9 +113,16 @@ def compile_model(
             level_names, plan, plan_path, board, frequencies_khz, source=str(encoded_path)
         )
         encoded = source
+        if source.layers and weights not in (None, source.weights):
+            raise UserError(
+                f"{encoded_path}: its weights are {source.weights}, not {weights} (the weights' type is "
+                "chosen when a model is encoded)"
+            )
+        if not source.layers and plan is None and weights == "int8":
+            raise UserError(f"{encoded_path}: int8 weights need the model's plan (rt3c plan) to encode it")
         if exported_with_plan and plan is not None:
             # An exported model and its plan: run the encoding passes first (they verify every level).
-            model = encode(source.model, plan, str(encoded_path)).model
+            model = encode(source.model, plan, str(encoded_path), weights=weights or "float32").model
             encoded = EncodedModel(encoded_path, model, encoded_layers(model, str(encoded_path)))
         with step("lower the model to TVM kernels"):
             compiled = lower(encoded, target, frequencies)

@@ -33,6 +33,7 @@ from rt3c.core.onnx_io import (
 )
 from rt3c.core.plan import MAX_LEVELS, Level, Plan
 from rt3c.core.progress import step
+from rt3c.core.quantize import WeightType
 from rt3c.core.sparsify import one_shot_plan
 from rt3c.passes.encode import (
     LEVEL_INPUT,
@@ -43,6 +44,7 @@ from rt3c.passes.encode import (
     sparse_linear_nodes,
 )
 from rt3c.passes.linear_layers import LinearLayer, find_linear_layers, untie_weights
+from rt3c.passes.quantize_weights import QuantizeWeightsPass
 from rt3c.reference import run_onnx
 
 TOLERANCE = 1e-5
@@ -66,6 +68,7 @@ def encode_model(
     out: Path,
     level: int | None = None,
     shapes: Mapping[str, Sequence[int]] | None = None,
+    weights: WeightType = "float32",
 ) -> EncodeResult:
     """`encode` on files: the exported model at `onnx_path` with the plan at `plan_path`, written to `out`
     only once checked and verified. `shapes` fixes the model's dynamic input dimensions (by input name;
@@ -73,27 +76,36 @@ def encode_model(
     plan = Plan.load(plan_path)  # first: given a bad plan and a bad model, the plan's error is shown
     model = load_onnx(onnx_path)
     bind_input_shapes(model, shapes or {}, str(onnx_path))
-    result = encode(model, plan, str(onnx_path), level)
+    result = encode(model, plan, str(onnx_path), level, weights)
     save_onnx_atomically(checked_proto(result.model), out)
     return dataclasses.replace(result, path=out)
 
 
-def encode(exported: ir.Model, plan: Plan, source: str, level: int | None = None) -> EncodeResult:
-    """Encode every planned layer of `exported` (left as it is); with `level`, keep only that level.
-    Verified level by level against the masked dense model; `source` names the model in errors. Every
-    input must have a fixed shape (`bind_input_shapes`). The plan's entry for a shared weight also covers
-    the weight's further uses it does not list (`Plan.with_shared_uses`)."""
+def encode(
+    exported: ir.Model,
+    plan: Plan,
+    source: str,
+    level: int | None = None,
+    weights: WeightType = "float32",
+) -> EncodeResult:
+    """Encode every planned layer of `exported` (left as it is) with `weights` (int8: also the dense linear
+    layers and the embedding tables); with `level`, keep only that level. Verified level by level against
+    the masked dense model (with int8, its weights quantized alike); `source` names the model in errors.
+    Every input must have a fixed shape (`bind_input_shapes`). The plan's entry for a shared weight also
+    covers the weight's further uses it does not list (`Plan.with_shared_uses`)."""
     bind_input_shapes(exported, {}, source)
-    with step(f"encode {len(plan.layers)} layers x {len(plan.levels)} levels"):
+    with step(f"encode {len(plan.layers)} layers x {len(plan.levels)} levels, {weights} weights"):
         model = _copy(exported)
         untie_weights(model, source)
         found = find_linear_layers(model, source)
         plan = plan.with_shared_uses(found)
         dense_layers = sorted(set(found) - set(plan.layers))
         planned_weights({name: layer for name, layer in found.items() if name in plan.layers}, source)
+        if weights == "int8":
+            QuantizeWeightsPass([found[name] for name in dense_layers], source)(model)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            EncodeSparseLinearPass(plan, source)(model)
+            EncodeSparseLinearPass(plan, source, weights)(model)
         for warning in caught:  # on stderr: stdout carries the result line
             print(f"rt3c: warning: {warning.message}", file=sys.stderr)
         if level is not None:
@@ -104,7 +116,12 @@ def encode(exported: ir.Model, plan: Plan, source: str, level: int | None = None
         encoded = checked_proto(model)
     with step("verify every level against the masked dense model with onnxruntime"):
         diffs = verify_encoding(
-            exported, plan, source, encoded, [level] if level is not None else range(len(plan.levels))
+            exported,
+            plan,
+            source,
+            encoded,
+            [level] if level is not None else range(len(plan.levels)),
+            weights,
         )
     return EncodeResult(model, diffs, dense_layers)
 
@@ -127,8 +144,16 @@ def _keep_read_values(model: ir.Model) -> None:
 
 
 def verify_encoding(
-    exported: ir.Model, plan: Plan, source: str, encoded: onnx.ModelProto, levels: Iterable[int]
+    exported: ir.Model,
+    plan: Plan,
+    source: str,
+    encoded: onnx.ModelProto,
+    levels: Iterable[int],
+    weights: WeightType = "float32",
 ) -> list[float]:
+    """Per level, max |ORT(encoded) - ORT(reference)|, refused above TOLERANCE. The reference is the
+    exported model with the level's masks applied, and with int8 its weights quantized and dequantized as
+    the encoding does (independently of the tile format), so this checks the encoding, not int8's error."""
     feeds = deterministic_feeds(ir.serde.serialize_model(exported))
     all_levels = any(i.name == LEVEL_INPUT for i in encoded.graph.input)
     diffs = []
@@ -138,7 +163,12 @@ def verify_encoding(
         for level in levels:
             reference = _copy(exported)
             untie_weights(reference, source)
-            MaskWeightsPass(plan, level, source)(reference)
+            if weights == "int8":
+                found = find_linear_layers(reference, source)
+                QuantizeWeightsPass(
+                    [layer for name, layer in found.items() if name not in plan.layers], source
+                )(reference)
+            MaskWeightsPass(plan, level, source, weights)(reference)
             reference_path = Path(tmp) / f"masked-{level}.onnx"
             onnx.save(ir.serde.serialize_model(reference), reference_path)
             level_feeds = {**feeds, LEVEL_INPUT: np.array(level, dtype=np.int64)} if all_levels else feeds

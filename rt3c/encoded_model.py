@@ -13,6 +13,7 @@ from rt3c.core.checks import integer
 from rt3c.core.errors import UserError
 from rt3c.core.onnx_io import LEVELS_METADATA_KEY, load_onnx
 from rt3c.core.plan import MAX_LAYER_ELEMENTS, MAX_LEVELS, MAX_TILE_ELEMENTS
+from rt3c.core.quantize import WeightType
 from rt3c.core.sparse_format import MAX_CHAINS, EncodedLayer, LevelEncoding, section_widths
 from rt3c.passes.encode import sparse_linear_nodes
 from rt3c.passes.sparse_linear_op import node_attributes
@@ -32,6 +33,11 @@ class EncodedModel:
     path: Path
     model: ir.Model
     layers: dict[str, EncodedLayer]
+
+    @property
+    def weights(self) -> WeightType:
+        """int8 when the encoded layers hold int8 values (encode quantizes all or none)."""
+        return "int8" if any(layer.scale is not None for layer in self.layers.values()) else "float32"
 
     @property
     def level_names(self) -> list[str]:
@@ -80,12 +86,13 @@ def _encoded_layer(name: str, nodes: list[ir.Node], n_levels: int) -> EncodedLay
         missing = [key for key in ENCODED_ATTRIBUTES if key not in attrs]
         if (
             missing
-            or len(node.inputs) != 5
+            or len(node.inputs) not in (5, 6)
+            or len(node.inputs) != len(nodes[0].inputs)
             or any(v is None or v.const_value is None for v in node.inputs[1:])
         ):
             raise UserError(
                 f"node {node.name}: expected the attributes {', '.join(ENCODED_ATTRIBUTES)} and four constant "
-                "inputs after X (tile_run_ptr, tile_col, values, bias)"
+                "inputs after X (tile_run_ptr, tile_col, values, bias), and a fifth (scale) with int8 values"
                 + (f"; missing {', '.join(missing)}" if missing else "")
             )
         attributes.append(attrs)
@@ -131,6 +138,7 @@ def _encoded_layer(name: str, nodes: list[ir.Node], n_levels: int) -> EncodedLay
         values=[buffer.const_value.numpy() for buffer in buffers],
         levels=levels,
         kept_level_cuts=_kept_level_cuts(first) if len(nodes) == 1 else None,
+        scale=nodes[0].inputs[5].const_value.numpy() if len(nodes[0].inputs) == 6 else None,
     )
     layer.validate()
     bias = nodes[0].inputs[4].const_value
@@ -154,8 +162,8 @@ def _encoded_layer(name: str, nodes: list[ir.Node], n_levels: int) -> EncodedLay
                 raise UserError(
                     f"level {level}: attribute {key} is {attrs.get(key)!r:.60}, its arrays give {value!r:.60}"
                 )
-        if any(node.inputs[i] is not nodes[0].inputs[i] for i in (1, 2, 4)):
-            raise UserError(f"level {level}: reads other index or bias arrays than level 0")
+        if any(node.inputs[i] is not nodes[0].inputs[i] for i in (1, 2, 4, 5)[: len(node.inputs) - 1]):
+            raise UserError(f"level {level}: reads other index, bias or scale arrays than level 0")
     return layer
 
 

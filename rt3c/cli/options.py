@@ -10,6 +10,7 @@ PATTERNS_HELP = "k, the number of patterns per pattern set."
 SHAPE_HELP = (
     "NAME=DIMS, e.g. input_ids=1x16: the fixed shape of a model input with dynamic dimensions (repeatable)."
 )
+WEIGHTS_HELP = "Type of the stored weights: float32 (default) or int8 (a float scale per channel)."
 BATCH_SIZE_HELP = "Examples per training step (export's --batch is the graph's batch dimension)."
 
 OPTION_NAMES = {

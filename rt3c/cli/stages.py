@@ -15,6 +15,7 @@ from rt3c.cli.options import (
     PATTERNS_HELP,
     SHAPE_HELP,
     SPARSITY_HELP,
+    WEIGHTS_HELP,
     integers,
     levels_and_frequencies,
     parse_shapes,
@@ -130,11 +131,13 @@ def encode_command(
         int | None, typer.Option("--level", "-l", help="Keep only this level (default: all levels).")
     ] = None,
     shape: Annotated[list[str], typer.Option("--shape", help=SHAPE_HELP)] = [],  # noqa: B006
+    weights: Annotated[str, typer.Option("--weights", help=WEIGHTS_HELP)] = "float32",
 ) -> None:
     """Encode planned layers as rt3c.SparseLinear (block index + pattern ids), verified with onnxruntime."""
+    from rt3c.core.quantize import weight_type
     from rt3c.encode import encode_model
 
-    result = encode_model(model, plan, out, level, parse_shapes(shape))
+    result = encode_model(model, plan, out, level, parse_shapes(shape), weight_type(weights, "--weights"))
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
     dense = f"; left dense (not in the plan): {', '.join(result.dense_layers)}" if result.dense_layers else ""
     typer.echo(f"{result.path}  (max |encoded - masked dense| per level: {diffs}{dense})")
@@ -205,6 +208,10 @@ def compile_command(
         ),
     ] = "incbin",
     shape: Annotated[list[str], typer.Option("--shape", help=SHAPE_HELP)] = [],  # noqa: B006
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", help=WEIGHTS_HELP[:-1] + "; an encoded model has its own."),
+    ] = None,
 ) -> None:
     """Generate TVM kernels and the C runtime, build, and verify every level against onnxruntime.
 
@@ -212,6 +219,7 @@ def compile_command(
     --frequencies. The project holds REPORT.md: flash, RAM and, when verified, the cost of each level (with
     --board, counted under qemu for the board's target: its latency on the board and deadline)."""
     from rt3c.compile import compile_model
+    from rt3c.core.quantize import weight_type
     from rt3c.runtime_c.report import summary
 
     result = compile_model(
@@ -226,6 +234,7 @@ def compile_command(
         mcpu=mcpu,
         weights_format=weights_format,
         shapes=parse_shapes(shape),
+        weights=None if weights is None else weight_type(weights, "--weights"),
     )
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
     checked = f"max |C - onnxruntime| per level: {diffs}" if verify else "not verified (--no-verify)"

@@ -4,7 +4,8 @@ Each tile row's tiles come in runs, one per chain of patterns (docs/FORMAT.md); 
 per chain with that chain's pattern at this level unrolled inside, so a tile costs its multiply-adds and
 the loop step, with no pattern decode or dispatch. It reads `tile_run_ptr`, `tile_col` and the level's
 sections of the section-major `values` (a prefix of the buffer: a sparse level streams only its own
-bytes), so the kernels of all levels of a layer read the same arrays.
+bytes), so the kernels of all levels of a layer read the same arrays. int8 values are converted to float
+as they are loaded, and each output channel's scale is applied once to its accumulated sum.
 
 The loop order is what makes it fast. Tokens are processed in blocks: a block of activations is first
 transposed (`x_t[column, token]`, a scratch buffer of k x block floats), so each weight of a pattern
@@ -75,6 +76,7 @@ def render_sparse_linear(name: str, layer: EncodedLayer, level: int, rows_of_x: 
             pad_cols=bool(layer.shape[1] % cols),
             pad_rows=bool(layer.shape[0] % rows),
             lanes="T.vectorized" if target.vector_floats else "T.unroll",
+            int8=layer.scale is not None,
         )
     )
 
@@ -87,11 +89,13 @@ def sparse_linear_kernel(
 
 
 def kernel_arguments(layer: EncodedLayer, level: int, bias: np.ndarray | None) -> list[np.ndarray]:
-    """The constant arguments in kernel order: run pointer, columns, values, bias."""
+    """The constant arguments in kernel order: run pointer, columns, values, bias, and the scale of int8
+    values."""
     encoding = layer.levels[level]
     columns = layer.tile_col if layer.tile_col.size else np.zeros(1, layer.tile_col.dtype)
     values = layer.values[encoding.buffer]
     if not values.size:
-        values = np.zeros(1, np.float32)
+        values = np.zeros(1, layer.value_dtype)
     bias = bias if bias is not None else np.zeros(layer.shape[0], np.float32)
-    return [layer.tile_run_ptr, columns, values, bias.astype(np.float32)]
+    scale = [] if layer.scale is None else [layer.scale]
+    return [layer.tile_run_ptr, columns, values, bias.astype(np.float32), *scale]

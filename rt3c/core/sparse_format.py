@@ -13,7 +13,7 @@ torch orientation `[out, in]`, cut into `rows x cols` tiles over a grid padded u
 - Patterns: per level, `pattern_table` [P, nnz] lists each pattern's in-tile positions (`r * cols + c`)
   in the order the tile's values are stored, and `chain_pattern` [C] maps each chain to its row of the
   table. Both are baked into the level's kernel; they are not weight data.
-- Values: flat float32 buffers. A nested plan has one buffer shared by every level: each tile's values
+- Values: flat float32 buffers, or int8 with a float32 scale per output channel (`scale`, rt3c.core.quantize). A nested plan has one buffer shared by every level: each tile's values
   are ordered sparsest level first, and the buffer is stored *section-major*: first the sparsest level's
   `nnz_S` values of every tile (`[T, nnz_S]`), then the values the next denser level adds to every tile
   (`[T, nnz_{S-1} - nnz_S]`), and so on. Level l reads the sections up to its own, a contiguous prefix of
@@ -35,6 +35,7 @@ import numpy as np
 from rt3c.core.checks import finite_array
 from rt3c.core.errors import UserError
 from rt3c.core.plan import LayerPlan, check_layer_size
+from rt3c.core.quantize import Quantized, WeightType, quantize_channels
 
 MAX_CHAINS = 256
 """Chains per layer: each is one unrolled loop in every level's kernel, so this bounds kernel size."""
@@ -60,11 +61,12 @@ def section_widths(cuts: list[int]) -> list[int]:
 
 
 def to_sections(tile_major: np.ndarray, cuts: list[int]) -> np.ndarray:
-    """[T, cuts[-1]] values, tile by tile -> the flat section-major buffer (module docstring)."""
+    """[T, cuts[-1]] values, tile by tile -> the flat section-major buffer (module docstring), same dtype."""
     starts = [0, *cuts[:-1]]
     return np.concatenate(
-        [tile_major[:, a:b].reshape(-1) for a, b in zip(starts, cuts, strict=True)] or [np.zeros(0)]
-    ).astype(np.float32)
+        [tile_major[:, a:b].reshape(-1) for a, b in zip(starts, cuts, strict=True)]
+        or [np.zeros(0, tile_major.dtype)]
+    ).astype(tile_major.dtype)
 
 
 @dataclass
@@ -76,8 +78,10 @@ class EncodedLayer:
     """[R * C + 1]: run (r, c) holds tiles `tile_run_ptr[r*C+c] .. tile_run_ptr[r*C+c+1]-1`."""
     tile_col: np.ndarray
     values: list[np.ndarray]
-    """float32 [T * width] each, section-major (module docstring)."""
+    """float32 (or int8 with `scale`) [T * width] each, section-major (module docstring)."""
     levels: list[LevelEncoding]
+    scale: np.ndarray | None = None
+    """float32 [out]: the scale of each output channel's int8 values; None for float32 values."""
     kept_level_cuts: list[int] | None = None
     """Of a model that `encode --level L` made: the value cuts of the one level it keeps. Its buffer is
     still section-major over the sparser levels, which are gone from the file (their nodes carried the
@@ -136,12 +140,16 @@ class EncodedLayer:
             slots += [(self.n_tiles * start, width, offset) for offset in range(width)]
         return slots
 
+    @property
+    def value_dtype(self) -> np.dtype:
+        return np.dtype(np.float32 if self.scale is None else np.int8)
+
     def level_values(self, level: int) -> np.ndarray:
-        """float32 [T, nnz]: the level's values of each tile, in value order."""
+        """[T, nnz] (the buffer's dtype): the level's values of each tile, in value order."""
         buffer = self.values[self.levels[level].buffer]
         slots = self.value_slots(level)
         if not slots:
-            return np.zeros((self.n_tiles, 0), np.float32)
+            return np.zeros((self.n_tiles, 0), self.value_dtype)
         base, stride, offset = (np.array(column)[None, :] for column in zip(*slots, strict=True))
         return buffer[base + np.arange(self.n_tiles)[:, None] * stride + offset]
 
@@ -205,15 +213,26 @@ class EncodedLayer:
             )
         for index, buffer in enumerate(self.values):
             widest = max((lv.nnz for lv in self.levels if lv.buffer == index), default=0)
-            if buffer.ndim != 1 or buffer.dtype != np.float32 or len(buffer) != self.n_tiles * widest:
+            if buffer.ndim != 1 or buffer.dtype != self.value_dtype or len(buffer) != self.n_tiles * widest:
                 raise UserError(
-                    f"value buffer {index}: is {buffer.dtype}{list(buffer.shape)}, expected float32"
+                    f"value buffer {index}: is {buffer.dtype}{list(buffer.shape)}, expected {self.value_dtype}"
                     f"[{self.n_tiles * widest}] ({self.n_tiles} tiles x {widest} values)"
                 )
             finite_array(buffer, f"value buffer {index}")
+        if self.scale is not None:
+            scale = self.scale
+            if scale.shape != (self.shape[0],) or scale.dtype != np.float32:
+                raise UserError(
+                    f"scale: is {scale.dtype}{list(scale.shape)}, expected float32[{self.shape[0]}] (one per "
+                    "output channel)"
+                )
+            finite_array(scale, "scale")
+            if np.any(scale <= 0):
+                raise UserError(f"scale: channel {int(np.argmax(scale <= 0))} has a scale <= 0")
 
     def dense_weight(self, level: int) -> np.ndarray:
-        """float32 `shape`: the weight this level computes with (zeros where pruned)."""
+        """float32 `shape`: the weight this level computes with (zeros where pruned; int8 values times
+        their channel's scale)."""
         rows, cols = self.tile
         grid_rows, grid_cols = self.grid
         encoding = self.levels[level]
@@ -222,7 +241,8 @@ class EncodedLayer:
         positions = encoding.pattern_table[self.tile_pattern(level)]  # [T, nnz]
         tiles[self.tile_rows()[:, None], self.tile_col.astype(np.int64)[:, None], positions] = values
         dense = tiles.reshape(grid_rows, grid_cols, rows, cols).transpose(0, 2, 1, 3)
-        return dense.reshape(grid_rows * rows, grid_cols * cols)[: self.shape[0], : self.shape[1]]
+        weight = dense.reshape(grid_rows * rows, grid_cols * cols)[: self.shape[0], : self.shape[1]]
+        return weight if self.scale is None else weight * self.scale[:, None]
 
 
 def _index_dtype(max_value: int) -> type[np.unsignedinteger]:
@@ -240,16 +260,25 @@ def _chain_order(chain_masks: list[np.ndarray]) -> np.ndarray:
     return np.array(order, dtype=np.int16)
 
 
-def encode_layer(weight: np.ndarray, plan: LayerPlan) -> EncodedLayer:
-    """Encode `weight` (float, torch `[out, in]`) under `plan`. Masked-out weights are dropped."""
+def quantize_layer(weight: np.ndarray, plan: LayerPlan) -> Quantized:
+    """`weight` (torch `[out, in]`) as int8 per output channel, scaled by the weights that some level keeps."""
+    kept = np.logical_or.reduce([plan.mask(level) for level in range(len(plan.levels))])
+    return quantize_channels(weight, f"layer {plan.name}", kept=kept)
+
+
+def encode_layer(weight: np.ndarray, plan: LayerPlan, weights: WeightType = "float32") -> EncodedLayer:
+    """Encode `weight` (float, torch `[out, in]`) under `plan`, its values as `weights`. Masked-out weights
+    are dropped."""
     if tuple(weight.shape) != tuple(plan.shape):
         raise UserError(
             f"plan layer {plan.name}: shape {list(plan.shape)} but the weight is {list(weight.shape)}"
         )
+    quantized = quantize_layer(weight, plan) if weights == "int8" else None
+    stored = np.asarray(weight, np.float32) if quantized is None else quantized.values
     rows, cols = plan.tile
     grid_rows, grid_cols = plan.grid
-    padded = np.zeros((grid_rows * rows, grid_cols * cols), dtype=np.float32)
-    padded[: plan.shape[0], : plan.shape[1]] = weight
+    padded = np.zeros((grid_rows * rows, grid_cols * cols), dtype=stored.dtype)
+    padded[: plan.shape[0], : plan.shape[1]] = stored
     tiles = (
         padded.reshape(grid_rows, rows, grid_cols, cols)
         .transpose(0, 2, 1, 3)
@@ -279,7 +308,7 @@ def encode_layer(weight: np.ndarray, plan: LayerPlan) -> EncodedLayer:
         orders = [_chain_order([flat_sets[lv][chain[lv]] for lv in range(n_levels)]) for chain in chains]
     if plan.is_nested():
         chain_orders = np.array(orders, dtype=np.int64).reshape(len(chains), plan.levels[0].nonzeros_per_tile)
-        values = [np.take_along_axis(tile_values, chain_orders[chain_of_tile], axis=1).astype(np.float32)]
+        values = [np.take_along_axis(tile_values, chain_orders[chain_of_tile], axis=1)]
         levels = []
         for level in range(n_levels):
             # Level l's table has one row per distinct chain suffix (level l down to the sparsest).
@@ -294,7 +323,7 @@ def encode_layer(weight: np.ndarray, plan: LayerPlan) -> EncodedLayer:
         for level in range(n_levels):
             table = np.stack([np.flatnonzero(mask).astype(np.int16) for mask in flat_sets[level]])
             order = table[ids[:, level]].astype(np.int64)
-            values.append(np.take_along_axis(tile_values, order, axis=1).astype(np.float32))
+            values.append(np.take_along_axis(tile_values, order, axis=1))
             levels.append(LevelEncoding(level, table, chains[:, level].copy()))
 
     # Group each tile row's tiles by chain; the stable sort keeps columns ascending within a run.
@@ -313,4 +342,5 @@ def encode_layer(weight: np.ndarray, plan: LayerPlan) -> EncodedLayer:
             for index, buffer in enumerate(values)
         ],
         levels=levels,
+        scale=None if quantized is None else quantized.scale,
     )

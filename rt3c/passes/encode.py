@@ -1,11 +1,13 @@
 """Passes that turn planned linear layers into `rt3c.SparseLinear` nodes, pick one level, or mask weights.
 
-- `EncodeSparseLinearPass(plan)`: every planned layer becomes one SparseLinear node per level over shared
+- `EncodeSparseLinearPass(plan, source, weights)`: every planned layer becomes one SparseLinear node per level over shared
   initializers (block index with its pattern runs, value buffer(s)), and the levels' outputs are joined
   by `Gather(stack, rt3c_level)`, where `rt3c_level` is a graph input whose initializer makes level 0 the
-  default: onnxruntime runs any level by feeding it.
+  default: onnxruntime runs any level by feeding it. With int8 weights the value buffers are int8 and each
+  node takes a sixth input, the layer's scale per output channel.
 - `SelectLevelPass(level)`: keep only `level`'s SparseLinear nodes (a single-level model).
-- `MaskWeightsPass(plan, level)`: the masked dense reference: each planned weight times its mask.
+- `MaskWeightsPass(plan, level, source, weights)`: the masked dense reference: each planned weight times
+  its mask (with int8 weights, the weight quantized as the encoding does it, then dequantized).
 - `RemoveUnusedPass`: drop nodes, initializers and functions that nothing uses any more.
 """
 
@@ -21,7 +23,8 @@ from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPa
 from rt3c.core.errors import UserError
 from rt3c.core.onnx_io import LEVELS_METADATA_KEY
 from rt3c.core.plan import Plan
-from rt3c.core.sparse_format import EncodedLayer, encode_layer, section_widths
+from rt3c.core.quantize import WeightType
+from rt3c.core.sparse_format import EncodedLayer, encode_layer, quantize_layer, section_widths
 from rt3c.passes.linear_layers import LinearLayer, find_linear_layers
 from rt3c.passes.sparse_linear_op import DOMAIN, OP_TYPE, OPSET, function_proto, node_attributes
 
@@ -33,7 +36,7 @@ class ModelPreconditionError(UserError, PreconditionError):
     passes on as it is) and a UserError, so the CLI names the model's fault in one line and exits 2."""
 
 
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     value = ir.Value(
         name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype))
     )
@@ -51,10 +54,11 @@ def _check_layers(model: ir.Model, plan: Plan, source: str) -> dict[str, LinearL
 
 
 class EncodeSparseLinearPass(InPlacePass):
-    def __init__(self, plan: Plan, source: str) -> None:
+    def __init__(self, plan: Plan, source: str, weights: WeightType = "float32") -> None:
         super().__init__()
         self.plan = plan
         self.source = source
+        self.weights = weights
 
     def requires(self, model: ir.Model) -> None:
         opset = model.opset_imports.get("", 18)
@@ -67,12 +71,15 @@ class EncodeSparseLinearPass(InPlacePass):
         graph = model.graph
         layers = _check_layers(model, self.plan, self.source)
         opset = model.opset_imports.get("", 18)
-        level_value = _initializer(graph, LEVEL_INPUT, np.array(0, dtype=np.int64))
+        level_value = add_initializer(graph, LEVEL_INPUT, np.array(0, dtype=np.int64))
         graph.inputs.append(level_value)
-        zero_axis = _initializer(graph, "rt3c_axis0", np.array([0], dtype=np.int64))
+        zero_axis = add_initializer(graph, "rt3c_axis0", np.array([0], dtype=np.int64))
         for name, layer_plan in self.plan.layers.items():
             layer = layers[name]
-            encoded = encode_layer(layer.weight(), layer_plan)
+            try:
+                encoded = encode_layer(layer.weight(), layer_plan, self.weights)
+            except UserError as exc:
+                raise UserError(f"{self.source}: {exc}") from None
             if not encoded.nested:
                 warnings.warn(
                     f"plan layer {name}: masks are not nested across levels, so each level stores its own "
@@ -81,7 +88,7 @@ class EncodeSparseLinearPass(InPlacePass):
                 )
             self._replace(graph, layer, encoded, level_value, zero_axis)
         model.opset_imports[DOMAIN] = OPSET
-        function = ir.serde.deserialize_function(function_proto(opset))
+        function = ir.serde.deserialize_function(function_proto(opset, self.weights))
         model.functions[function.identifier()] = function
         model.metadata_props[LEVELS_METADATA_KEY] = ",".join(level.name for level in self.plan.levels)
         return PassResult(model, modified=True)
@@ -95,18 +102,19 @@ class EncodeSparseLinearPass(InPlacePass):
         zero_axis: ir.Value,
     ) -> None:
         prefix = f"rt3c.{layer.name}"
-        run_ptr = _initializer(graph, f"{prefix}.tile_run_ptr", encoded.tile_run_ptr)
-        col = _initializer(graph, f"{prefix}.tile_col", encoded.tile_col)
+        run_ptr = add_initializer(graph, f"{prefix}.tile_run_ptr", encoded.tile_run_ptr)
+        col = add_initializer(graph, f"{prefix}.tile_col", encoded.tile_col)
         buffers = [
-            _initializer(graph, f"{prefix}.values" + (f".{i}" if not encoded.nested else ""), values)
+            add_initializer(graph, f"{prefix}.values" + (f".{i}" if not encoded.nested else ""), values)
             for i, values in enumerate(encoded.values)
         ]
         bias = layer.bias()
-        bias_value = _initializer(
+        bias_value = add_initializer(
             graph,
             f"{prefix}.bias",
             bias if bias is not None else np.zeros(encoded.shape[0], dtype=np.float32),
         )
+        scale = [] if encoded.scale is None else [add_initializer(graph, f"{prefix}.scale", encoded.scale)]
         outputs = []
         for level, encoding in enumerate(encoded.levels):
             attributes = node_attributes(
@@ -125,7 +133,7 @@ class EncodeSparseLinearPass(InPlacePass):
             node = ir.Node(
                 DOMAIN,
                 OP_TYPE,
-                [layer.node.inputs[0], run_ptr, col, buffers[encoding.buffer], bias_value],
+                [layer.node.inputs[0], run_ptr, col, buffers[encoding.buffer], bias_value, *scale],
                 ir.convenience.convert_attributes(attributes),
                 name=f"{prefix}.L{level}",
             )
@@ -209,11 +217,12 @@ class SelectLevelPass(InPlacePass):
 class MaskWeightsPass(InPlacePass):
     """The reference an encoding must equal: every planned weight multiplied by its mask at `level`."""
 
-    def __init__(self, plan: Plan, level: int, source: str) -> None:
+    def __init__(self, plan: Plan, level: int, source: str, weights: WeightType = "float32") -> None:
         super().__init__()
         self.plan = plan
         self.level = level
         self.source = source
+        self.weights = weights
 
     def call(self, model: ir.Model) -> PassResult:
         layers = _check_layers(model, self.plan, self.source)
@@ -221,9 +230,14 @@ class MaskWeightsPass(InPlacePass):
         for name, layer_plan in self.plan.layers.items():
             layer = layers[name]
             mask = layer_plan.mask(self.level)
-            if mask.all():  # a layer the plan keeps whole at this level is its own reference
+            if (
+                mask.all() and self.weights == "float32"
+            ):  # a layer kept whole at this level is its own reference
                 continue
             stored = layer.weight_value.const_value.numpy()
+            if self.weights == "int8":
+                weight = quantize_layer(layer.weight(), layer_plan).dequantized()
+                stored = weight if layer.weight_is_out_in else weight.T
             masked = stored * (mask if layer.weight_is_out_in else mask.T)
             layer.weight_value.const_value = ir.tensor(
                 masked.astype(stored.dtype), name=layer.weight_value.name

@@ -3,7 +3,9 @@
     Y = X @ W^T + bias,  W [out, in] rebuilt from the encoded arrays of docs/FORMAT.md
 
 Inputs: X (float32 [..., in]), tile_run_ptr ([R*C+1]), tile_col ([T]), values (float32, the flat
-section-major buffer), bias (float32 [out]). The function body is the reference implementation, in
+section-major buffer), bias (float32 [out]); with int8 weights, values is int8 and a sixth input `scale`
+(float32 [out]) holds each output channel's scale, which the body applies with DequantizeLinear. A model's
+weights are all float32 or all int8, so its one local function has the body of its weight type. The function body is the reference implementation, in
 standard ops only, so onnxruntime runs an encoded model as it is; the kernels of `rt3c.codegen` replace it
 with code that never materialises W. Every layer-specific number is a node attribute; the body reads them
 through attribute references, so one function serves every layer and level.
@@ -16,10 +18,13 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper
 
+from rt3c.core.quantize import WeightType
+
 DOMAIN = "rt3c"
 OP_TYPE = "SparseLinear"
 OPSET = 1
 INPUTS = ("X", "tile_run_ptr", "tile_col", "values", "bias")
+INT8_INPUTS = (*INPUTS, "scale")
 
 INT_ATTRIBUTES = (
     "level",
@@ -85,9 +90,12 @@ def _const(output: str, values: list[int]) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [output], value_ints=values)
 
 
-def function_proto(opset: int) -> onnx.FunctionProto:
-    """The reference body of SparseLinear, in standard ops of the model's `opset` (13 or later)."""
+def function_proto(opset: int, weights: WeightType = "float32") -> onnx.FunctionProto:
+    """The reference body of SparseLinear for `weights`, in standard ops of the model's `opset` (13 or later)."""
     n = helper.make_node
+    int8 = weights == "int8"
+    inputs = INT8_INPUTS if int8 else INPUTS
+    stored_type = TensorProto.INT8 if int8 else TensorProto.FLOAT
     nodes = [
         # Each integer attribute as a scalar (name_s) and as a 1-D tensor of one element (name).
         *(_ref_constant(f"{name}_s", name, "value_int") for name in INT_ATTRIBUTES if name != "level"),
@@ -171,14 +179,15 @@ def function_proto(opset: int) -> onnx.FunctionProto:
             "ConstantOfShape",
             ["padded_size"],
             ["zeros"],
-            value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]),
+            value=helper.make_tensor("v", stored_type, [1], [0]),
         ),
         n("ScatterND", ["zeros", "scatter_index", "updates"], ["dense_flat"]),
         n("Concat", ["padded_out", "padded_in"], ["padded_shape"], axis=0),
         n("Reshape", ["dense_flat", "padded_shape"], ["padded_weight"]),
         n("Concat", ["out_features", "in_features"], ["weight_end"], axis=0),
         _const("zero_pair", [0, 0]),
-        n("Slice", ["padded_weight", "zero_pair", "weight_end"], ["weight"]),
+        n("Slice", ["padded_weight", "zero_pair", "weight_end"], ["weight_q" if int8 else "weight"]),
+        *([n("DequantizeLinear", ["weight_q", "scale"], ["weight"], axis=0)] if int8 else []),
         n("Transpose", ["weight"], ["weight_t"], perm=[1, 0]),
         n("MatMul", ["X", "weight_t"], ["product"]),
         n("Add", ["product", "bias"], ["Y"]),
@@ -186,9 +195,9 @@ def function_proto(opset: int) -> onnx.FunctionProto:
     return helper.make_function(
         DOMAIN,
         OP_TYPE,
-        list(INPUTS),
+        list(inputs),
         ["Y"],
-        _topological(nodes, set(INPUTS)),
+        _topological(nodes, set(inputs)),
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=[*INT_ATTRIBUTES, "pattern_table", "chain_pattern", "value_sections", "layer"],
     )
