@@ -162,7 +162,7 @@ def _encoded_layer(name: str, nodes: list[ir.Node], n_levels: int) -> EncodedLay
                 raise UserError(
                     f"level {level}: attribute {key} is {attrs.get(key)!r:.60}, its arrays give {value!r:.60}"
                 )
-        if any(node.inputs[i] is not nodes[0].inputs[i] for i in (1, 2, 4, 5)[: len(node.inputs) - 1]):
+        if any(node.inputs[i] is not nodes[0].inputs[i] for i in (1, 2, 4, 5)[: len(node.inputs) - 2]):
             raise UserError(f"level {level}: reads other index, bias or scale arrays than level 0")
     return layer
 

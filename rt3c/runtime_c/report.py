@@ -2,8 +2,8 @@
 
 Flash and RAM come from the section sizes of the prelinked library object (`NAME.o`, whose sections are
 the library's whole footprint before the final link drops unused ones), split with what the program knows:
-the weights section holds float weights and integer indices; the arena section holds activations and
-scratch; what else is writable is descriptors and level state. Speed is measured when the project was
+the weights section holds the weights (float32, or int8 with their float scales) and integer indices; the
+arena section holds activations and scratch; what else is writable is descriptors and level state. Speed is measured when the project was
 verified: processor time per inference of the host build, and executed instructions per inference of a
 qemu target's build (each level run with and without repeats; the difference excludes startup and I/O).
 With a board (`rt3c compile --board`) whose target the build is for, each level's instructions become its
@@ -37,7 +37,7 @@ class Flash:
     code: int
     """Text and read-only data of the runtime and kernels (descriptors, tables), without the weights."""
     weights: int
-    """Float constants: weights, biases, embeddings."""
+    """Float and int8 constants: weights (and their scales), biases, embeddings."""
     indices: int
     """Integer constants: block indices, shape constants."""
     padding: int
@@ -160,8 +160,10 @@ def memory(program: Program, sections: dict[str, int], activation_bytes: int) ->
     """Flash and RAM of the library from its sections (see the module docstring)."""
     weights_section, arena_section = f".rodata.{program.prefix}_weights", f".bss.{program.prefix}_arena"
     constants = [t for t in program.tensors.values() if t.storage == "constant"]
-    floats = sum(t.nbytes for t in constants if np.dtype(t.dtype).kind == "f")
-    integers = sum(t.nbytes for t in constants if np.dtype(t.dtype).kind != "f")
+    # Weights are float32 or int8 (int8 weights; no index or shape constant is a signed byte).
+    weight = [np.dtype(t.dtype).kind == "f" or np.dtype(t.dtype) == np.int8 for t in constants]
+    floats = sum(t.nbytes for t, is_weight in zip(constants, weight, strict=True) if is_weight)
+    integers = sum(t.nbytes for t, is_weight in zip(constants, weight, strict=True) if not is_weight)
     read_only = (".text", ".rodata", ".data.rel.ro", ".ARM.exidx", ".ARM.extab")
     code = sum(
         size for name, size in sections.items() if name.startswith(read_only) and name != weights_section
