@@ -101,6 +101,13 @@ def compile_model(
             raise SettingError("out_dir", "exists and is not empty", out_dir)
         # Loaded and checked once; lowering, verification, measurement and the report share it.
         source = load_encoded(encoded_path)
+        if source.layers and weights not in (None, source.weights):
+            raise UserError(
+                f"{encoded_path}: its weights are {source.weights}, not {weights} (the weights' type is "
+                "chosen when a model is encoded)"
+            )
+        if not source.layers and plan is None and weights == "int8":
+            raise UserError(f"{encoded_path}: int8 weights need the model's plan (rt3c plan) to encode it")
         bind_input_shapes(source.model, shapes or {}, str(encoded_path))
         exported_with_plan = plan is not None and not source.layers
         if plan is not None and plan_path is not None and source.layers:
@@ -113,13 +120,6 @@ def compile_model(
             level_names, plan, plan_path, board, frequencies_khz, source=str(encoded_path)
         )
         encoded = source
-        if source.layers and weights not in (None, source.weights):
-            raise UserError(
-                f"{encoded_path}: its weights are {source.weights}, not {weights} (the weights' type is "
-                "chosen when a model is encoded)"
-            )
-        if not source.layers and plan is None and weights == "int8":
-            raise UserError(f"{encoded_path}: int8 weights need the model's plan (rt3c plan) to encode it")
         if exported_with_plan and plan is not None:
             # An exported model and its plan: run the encoding passes first (they verify every level).
             model = encode(source.model, plan, str(encoded_path), weights=weights or "float32").model
