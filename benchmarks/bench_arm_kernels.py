@@ -1,6 +1,6 @@
 """Executed instructions of one linear layer on ARM under qemu: rt3c's SparseLinear kernel vs the dense TVM kernel.
 
-    .venv/bin/python benchmarks/bench_arm_kernels.py [--quick] [--target aarch64|cortex-m4] [--tile 4x4 --tile 1x8]
+    .venv/bin/python benchmarks/bench_arm_kernels.py [--quick] [--target aarch64|cortex-m4] [--tile 4x4 --tile 1x8] [--int8]
 
 For each shape (out x in), token count and sparsity s, a random weight is planned one-shot (4x4 tiles, 8
 patterns, one level, as bench_kernels.py does) and each kernel computes Y = X W^T (+ b for the sparse
@@ -14,6 +14,10 @@ uses for layers left dense: TVM's legalized MatMul with rt3c's register-blocked 
 
 On the Cortex-M4 each kernel is its own firmware (the board's memory would not hold a dense 3072x768
 weight next to three sparse copies).
+
+`--int8` compares instead the sparse kernel with int8 weights (`--weights int8`: int8 values, a float scale
+per output channel, converted in registers) with the float32 one on the same plan, at 16 tokens and
+s >= 0.75 (goal on aarch64: int8 <= float32), with their code bytes.
 """
 
 from __future__ import annotations
@@ -70,11 +74,51 @@ def measure_steps(
     return measured
 
 
+def _groups(steps: list[LinearStep], target: Target) -> list[list[LinearStep]]:
+    """One program on Linux; one firmware per kernel on the board (memory)."""
+    return [steps] if target.board is None else [[step] for step in steps]
+
+
+def compare_int8(shapes: list[tuple[int, int]], target: Target) -> None:
+    """Sparse kernel with int8 weights vs float32 on the same plan, 16 tokens, s >= 0.75."""
+    rng = np.random.default_rng(0)
+    table = Table(
+        "out x in", "tokens", "s", "int8 insns", "float32 insns", "int8/float32", "int8 code B",
+        "float32 code B", "int8 value B", "float32 value B", title=f"{target.name}: int8 vs float32 weights",
+    )  # fmt: skip
+    tokens = 16
+    for n, k in shapes:
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        b = rng.standard_normal(n).astype(np.float32)
+        x = rng.standard_normal((tokens, k)).astype(np.float32)
+        for s in (0.75, 0.9):
+            plan = one_shot_plan({"w": w}, [Level("L0")], [s], (4, 4), 8)
+            steps, references, layers = [], {}, {}
+            for weights in ("int8", "float32"):
+                layer = encode_layer(w, plan.layers["w"], weights)
+                step = sparse_linear_step(weights, layer, b, tokens, target)
+                references[step.output] = (layer.dense_weight(0), b)
+                steps.append(step)
+                layers[weights] = layer
+            measured = {}
+            for group in _groups(steps, target):
+                with tempfile.TemporaryDirectory(prefix="bench-arm-") as tmp:
+                    measured.update(measure_steps(group, references, x, target, Path(tmp)))
+            (int8, int8_bytes), (float32, float32_bytes) = measured["int8"], measured["float32"]
+            table.add_row(
+                f"{n}x{k}", str(tokens), f"{plan.sparsity(0):.2f}", f"{int8:,}", f"{float32:,}",
+                f"{int8 / float32:.3f}", f"{int8_bytes:,}", f"{float32_bytes:,}",
+                f"{layers['int8'].value_bytes():,}", f"{layers['float32'].value_bytes():,}",
+            )  # fmt: skip
+    Console(width=170).print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="768x768 only, 16 tokens")
     parser.add_argument("--target", choices=["aarch64", "cortex-m4"], action="append", help="default: both")
     parser.add_argument("--tile", type=parse_tile, action="append", help="ROWSxCOLS (default: 4x4)")
+    parser.add_argument("--int8", action="store_true", help="int8 vs float32 weights in the sparse kernel")
     args = parser.parse_args()
     tiles = args.tile or [(4, 4)]
     shapes = [(768, 768)] if args.quick else [(768, 768), (3072, 768), (768, 3072), (1536, 384)]
@@ -82,6 +126,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for target_name in args.target or ["aarch64", "cortex-m4"]:
         target = get_target(target_name)
+        if args.int8:
+            compare_int8(shapes, target)
+            continue
         table = Table(
             "out x in", "tokens", "tile", "s", "sparse insns", "dense insns", "sparse/dense", "ideal",
             "per kept MAC", "sparse code B", "dense code B", title=f"{target_name} (qemu instruction counts)",
@@ -104,10 +151,8 @@ def main() -> None:
                         nonzeros = int(np.count_nonzero(references[step.output][0]))
                         sparse.append((step, tile, plan.sparsity(0), nonzeros))
                 steps = [dense, *(step for step, *_ in sparse)]
-                # One program on Linux; one firmware per kernel on the board (memory).
-                groups = [steps] if target.board is None else [[step] for step in steps]
                 measured = {}
-                for group in groups:
+                for group in _groups(steps, target):
                     with tempfile.TemporaryDirectory(prefix="bench-arm-") as tmp:
                         measured.update(measure_steps(group, references, x, target, Path(tmp)))
                 dense_count, dense_bytes = measured["dense"]

@@ -129,7 +129,7 @@ def test_int8_every_target_every_level(
     assert len(result.max_abs_diff) == 3 and max(result.max_abs_diff) <= 1e-4
     program = json.loads((tmp_path / "project" / "rt3c-build.json").read_text())
     assert program["max_abs_diff"] == result.max_abs_diff
-    flash = result.report["memory"]["flash"]
+    flash = result.report["flash_bytes"]
     assert flash["weights"] < 160_000  # float32: 489,492 B
 
 
