@@ -4,6 +4,7 @@ target against onnxruntime on the quantized model, and bad input."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,39 @@ def test_bad_weights_are_refused_naming_the_layer(
     assert not out.exists() and not list(tmp_path.glob("out*"))
     assert run_cli("encode", str(model), "-p", str(plan), "-o", str(out), "--weights", "int4") == 2
     assert "--weights: unknown weight type 'int4'" in capsys.readouterr().err
+
+
+QUERY = "bert.encoder.layer.0.attention.self.query.weight"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("negative-scale", f"layer {QUERY}: scale: channel 3 has a scale <= 0"),
+        ("nan-scale", f"layer {QUERY}: scale: 1 NaN or infinite values"),
+        # The ONNX checker's type inference already refuses these: the function body's types disagree.
+        ("short-scale", "not a valid ONNX model"),
+        ("float-values", "not a valid ONNX model"),
+    ],
+)
+def test_tampered_int8_model_is_refused(
+    change: str, message: str, int8_encoded: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A reader of an int8 model checks its scales and value type as it checks the index arrays."""
+    model = onnx.load(str(int8_encoded[1]))
+    name = f"rt3c.{QUERY}.values" if change == "float-values" else f"rt3c.{QUERY}.scale"
+    initializer = next(i for i in model.graph.initializer if i.name == name)
+    array = onnx.numpy_helper.to_array(initializer).copy()
+    if change == "negative-scale":
+        array[3] = -array[3]
+    elif change == "nan-scale":
+        array[5] = np.nan
+    elif change == "short-scale":
+        array = array[:-1]
+    else:
+        array = array.astype(np.float32)
+    initializer.CopyFrom(onnx.numpy_helper.from_array(array, name))
+    path = tmp_path / "tampered.rt3.onnx"
+    onnx.save(model, path)
+    with pytest.raises(UserError, match=re.escape(message)):
+        read_encoded_layers(path)
