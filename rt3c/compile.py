@@ -107,7 +107,10 @@ def compile_model(
                 "chosen when a model is encoded)"
             )
         if not source.layers and plan is None and weights == "int8":
-            raise UserError(f"{encoded_path}: int8 weights need the model's plan (rt3c plan) to encode it")
+            raise UserError(
+                f"{encoded_path}: a model gets int8 weights when it is encoded with its plan, and this one "
+                "is neither encoded nor given a plan"
+            )
         bind_input_shapes(source.model, shapes or {}, str(encoded_path))
         exported_with_plan = plan is not None and not source.layers
         if plan is not None and plan_path is not None and source.layers:

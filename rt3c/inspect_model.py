@@ -22,7 +22,6 @@ from rt3c.core.sparse_format import EncodedLayer
 from rt3c.encoded_model import encoded_layers
 from rt3c.passes.encode import LEVEL_INPUT, sparse_linear_nodes
 
-FLOAT_BYTES = 4
 INT32_BYTES = 4
 
 
@@ -102,6 +101,8 @@ def _level_row(layer: EncodedLayer, level: int, level_name: str) -> LayerLevelRo
     encoding = layer.levels[level]
     kept = layer.n_tiles * encoding.nnz
     rows, cols = layer.shape
+    # Dense and CSR storage are counted in the values' own type (float32, or int8 with int8 weights).
+    value = layer.value_dtype.itemsize
     return LayerLevelRow(
         layer=layer.name,
         level=level,
@@ -109,10 +110,10 @@ def _level_row(layer: EncodedLayer, level: int, level_name: str) -> LayerLevelRo
         shape=layer.shape,
         tile=layer.tile,
         sparsity=1 - _kept_inside(layer, level) / (rows * cols),
-        value_bytes=kept * FLOAT_BYTES,
+        value_bytes=kept * value,
         index_bytes=layer.index_bytes(),
-        dense_bytes=rows * cols * FLOAT_BYTES,
-        csr_bytes=kept * (FLOAT_BYTES + INT32_BYTES) + (rows + 1) * INT32_BYTES,
+        dense_bytes=rows * cols * value,
+        csr_bytes=kept * (value + INT32_BYTES) + (rows + 1) * INT32_BYTES,
     )
 
 

@@ -11,6 +11,7 @@ import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -275,6 +276,7 @@ def lower(encoded: EncodedModel, target: Target, frequencies_khz: list[int] | No
         return by_hash[key]
 
     constant_by_digest: dict[str, str] = {}
+    producers = {output: node for node in skeleton.graph.node for output in node.output}
 
     def add_constant(name: str, array: np.ndarray) -> str:
         digest = hashlib.sha1(
@@ -313,17 +315,17 @@ def lower(encoded: EncodedModel, target: Target, frequencies_khz: list[int] | No
                 calls.append(Call(symbol, (x, *arguments, y)))
             program.add_step(calls, (y,))
             continue
-        dequantized = _dequantized_call(node, index, skeleton, constants, values, infos)
+        dequantized = _dequantized_call(node, index, producers, constants, values, infos)
         if dequantized is not None:
             symbol, kernel, arguments = dequantized
-            names = [
+            argument_names = [
                 use(argument)
                 if isinstance(argument, str)
                 else add_constant(f"op{index}.arg{number}", argument)
                 for number, argument in enumerate(arguments)
             ]
             program.add_step(
-                [Call(add_function(symbol, kernel), (*names, use(node.output[0])))] * n_levels,
+                [Call(add_function(symbol, kernel), (*argument_names, use(node.output[0])))] * n_levels,
                 (node.output[0],),
             )
             continue
@@ -348,14 +350,14 @@ def lower(encoded: EncodedModel, target: Target, frequencies_khz: list[int] | No
     return CompiledProgram(program, functions)
 
 
-def _attributes(node: onnx.NodeProto) -> dict[str, object]:
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
     return {attribute.name: onnx.helper.get_attribute_value(attribute) for attribute in node.attribute}
 
 
 def _dequantized_call(
     node: onnx.NodeProto,
     index: int,
-    model: onnx.ModelProto,
+    producers: dict[str, onnx.NodeProto],
     constants: set[str],
     values: dict[str, np.ndarray],
     infos: dict[str, TensorInfo],
@@ -367,7 +369,7 @@ def _dequantized_call(
     weight_input = {"MatMul": 1, "Gemm": 1, "Gather": 0}.get(node.op_type)
     if weight_input is None or node.domain not in ("", "ai.onnx") or len(node.input) <= weight_input:
         return None
-    producer = next((other for other in model.graph.node if node.input[weight_input] in other.output), None)
+    producer = producers.get(node.input[weight_input])
     if (
         producer is None
         or producer.op_type != "DequantizeLinear"
@@ -376,7 +378,7 @@ def _dequantized_call(
     ):
         return None
     weight, scale = values[producer.input[0]], values[producer.input[1]]
-    axis = int(_attributes(producer).get("axis", 1))  # type: ignore[call-overload]
+    axis = int(_attributes(producer).get("axis", 1))
     if weight.dtype != np.int8 or weight.ndim != 2 or scale.shape != (weight.shape[axis],):
         return None
     attributes = _attributes(node)
@@ -386,7 +388,8 @@ def _dequantized_call(
         if attributes.get("axis", 0) != 0 or axis != 0 or ids in constants:
             return None
         rows = int(np.prod(infos[ids].shape, dtype=np.int64))
-        kernel = dequantized_gather(symbol, rows, *weight.shape, infos[ids].dtype)
+        vocabulary, dim = weight.shape
+        kernel = dequantized_gather(symbol, rows, vocabulary, dim, infos[ids].dtype)
         return symbol, kernel, [ids, weight, scale]
     x = node.input[0]
     if x in constants:

@@ -12,7 +12,7 @@ from rt3c.core.errors import UserError
 
 
 def test_shipped_boards_load() -> None:
-    assert {"rt3-default", "cortex-a72", "cortex-m7"} <= set(shipped_boards())
+    assert {"rt3-default", "cortex-a72", "cortex-m4", "cortex-m7"} <= set(shipped_boards())
     for name in shipped_boards():
         board = load_board(name)
         assert board.target in TARGETS
