@@ -74,12 +74,17 @@ def encode(
     *,
     level: int | None = None,
     shapes: Mapping[str, Sequence[int]] | None = None,
+    weights: str = "float32",
 ) -> EncodeResult:
-    """The exported model with its planned layers encoded (every level, or only `level`), verified level
-    by level against the masked dense model. `shapes` fixes dynamic input dimensions, by input name."""
+    """The exported model with its planned layers encoded (every level, or only `level`), its weights
+    stored as `weights` (float32 or int8), verified level by level against the masked dense model.
+    `shapes` fixes dynamic input dimensions, by input name."""
+    from rt3c.core.quantize import weight_type
     from rt3c.encode import encode_model
 
-    return encode_model(Path(onnx_path), Path(plan_path), Path(out), level, shapes)
+    return encode_model(
+        Path(onnx_path), Path(plan_path), Path(out), level, shapes, weight_type(weights, "weights")
+    )
 
 
 @dataclass(frozen=True)
@@ -125,12 +130,15 @@ def compile(
     prefix: str | None = None,
     verify: bool = True,
     shapes: Mapping[str, Sequence[int]] | None = None,
+    weights: str | None = None,
 ) -> Project:
     """An exported model with its `plan`, an encoded model, or a dense model, compiled into a C project at
     `out_dir` for `target` (host, aarch64, cortex-m4, cortex-m7); built, and with `verify` run at every
     level against onnxruntime. Several levels need their frequencies: from the plan, `board` or
-    `frequencies_khz`. `shapes` fixes dynamic input dimensions, by input name."""
+    `frequencies_khz`. `shapes` fixes dynamic input dimensions, by input name. `weights` (float32 or
+    int8) is the type an exported model's weights are encoded with; an encoded model has its own."""
     from rt3c.compile import compile_model
+    from rt3c.core.quantize import weight_type
 
     result = compile_model(
         Path(model_path),
@@ -142,6 +150,7 @@ def compile(
         prefix=prefix,
         verify=verify,
         shapes=shapes,
+        weights=None if weights is None else weight_type(weights, "weights"),
     )
     return Project(result.out_dir, result.report, result.max_abs_diff)
 
