@@ -82,9 +82,7 @@ def encode(
     from rt3c.core.quantize import weight_type
     from rt3c.encode import encode_model
 
-    return encode_model(
-        Path(onnx_path), Path(plan_path), Path(out), level, shapes, weight_type(weights, "weights")
-    )
+    return encode_model(Path(onnx_path), Path(plan_path), Path(out), level, shapes, weight_type(weights))
 
 
 @dataclass(frozen=True)
@@ -150,7 +148,7 @@ def compile(
         prefix=prefix,
         verify=verify,
         shapes=shapes,
-        weights=None if weights is None else weight_type(weights, "weights"),
+        weights=None if weights is None else weight_type(weights),
     )
     return Project(result.out_dir, result.report, result.max_abs_diff)
 

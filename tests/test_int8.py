@@ -207,7 +207,7 @@ def test_bad_weights_are_refused_naming_the_layer(
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists() and not list(tmp_path.glob("out*"))
     assert run_cli("encode", str(model), "-p", str(plan), "-o", str(out), "--weights", "int4") == 2
-    assert "--weights: unknown weight type 'int4'" in capsys.readouterr().err
+    assert "--weights int4: unknown weight type; expected one of float32, int8" in capsys.readouterr().err
 
 
 QUERY = "bert.encoder.layer.0.attention.self.query.weight"

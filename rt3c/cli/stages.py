@@ -137,7 +137,7 @@ def encode_command(
     from rt3c.core.quantize import weight_type
     from rt3c.encode import encode_model
 
-    result = encode_model(model, plan, out, level, parse_shapes(shape), weight_type(weights, "--weights"))
+    result = encode_model(model, plan, out, level, parse_shapes(shape), weight_type(weights))
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
     dense = f"; left dense (not in the plan): {', '.join(result.dense_layers)}" if result.dense_layers else ""
     typer.echo(f"{result.path}  (max |encoded - masked dense| per level: {diffs}{dense})")
@@ -234,7 +234,7 @@ def compile_command(
         mcpu=mcpu,
         weights_format=weights_format,
         shapes=parse_shapes(shape),
-        weights=None if weights is None else weight_type(weights, "--weights"),
+        weights=None if weights is None else weight_type(weights),
     )
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
     checked = f"max |C - onnxruntime| per level: {diffs}" if verify else "not verified (--no-verify)"

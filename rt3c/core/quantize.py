@@ -14,7 +14,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from rt3c.core.checks import finite_array
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError, UserError
 
 WeightType = Literal["float32", "int8"]
 WEIGHT_TYPES: tuple[str, ...] = get_args(WeightType)
@@ -28,11 +28,11 @@ linear layers at most 0.021, its word embeddings 0.007, its worst tensor the 2-r
 Above 0.05, many channels hold one weight that dwarfs the rest, which then round to zero."""
 
 
-def weight_type(value: str, where: str) -> WeightType:
-    """`value` checked as one of WEIGHT_TYPES."""
+def weight_type(value: str) -> WeightType:
+    """`value` checked as one of WEIGHT_TYPES (the setting `weights`)."""
     if value not in WEIGHT_TYPES:
-        raise UserError(
-            f"{where}: unknown weight type {value!r:.40}; expected one of {', '.join(WEIGHT_TYPES)}"
+        raise SettingError(
+            "weights", f"unknown weight type; expected one of {', '.join(WEIGHT_TYPES)}", value
         )
     return value  # type: ignore[return-value]
 
