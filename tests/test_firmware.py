@@ -23,11 +23,11 @@ from rt3c.reference import run_onnx
 from rt3c.runtime_c.project import TEMPLATES, check_prefix, default_prefix
 
 # Two plans of one model: the same kernel names (`__tvm_ffi_op3_add`, `sparse_5_L0`, ...) with other
-# patterns baked in, the same TVM globals, and levels of their own; one with int8 weights as C arrays.
+# patterns baked in, the same TVM globals, and levels of their own; one with its weights as C arrays.
 MODELS = {
     "bert_tiny": {"sparsities": [0.5, 0.7, 0.8], "tile": (4, 4), "frequencies": [1_400_000, 1_000_000, 800_000]},
     "sparse_bert": {"sparsities": [0.6, 0.9], "tile": (8, 8), "frequencies": [1_000_000, 500_000],
-                    "weights_format": "c", "weights": "int8"},
+                    "weights_format": "c"},
 }  # fmt: skip
 SEED = 3
 
@@ -49,10 +49,7 @@ def encoded_models(
             frequencies_khz=settings["frequencies"],
         )
         encoded[prefix] = encode_model(
-            bert_tiny_export.onnx_path,
-            plan,
-            directory / f"{prefix}.rt3.onnx",
-            weights=settings.get("weights", "float32"),
+            bert_tiny_export.onnx_path, plan, directory / f"{prefix}.rt3.onnx"
         ).path
     return encoded
 
