@@ -116,6 +116,12 @@ def test_encoded_int8_model(int8_encoded: tuple[Path, Path, Path], bert_tiny_exp
     assert any("classifier" in name for name in dequantized)  # the dense linear layer
     # onnxruntime runs it as it is; int8 moves the outputs by a little, differently at each level.
     feeds = deterministic_feeds(model, seed=3)
+    # The ids span the vocabulary as for the float32 model (the int8 table is DequantizeLinear's output,
+    # not an initializer): the C build is verified on these feeds, not on ids that are all 1.
+    np.testing.assert_array_equal(
+        feeds["input_ids"], deterministic_feeds(onnx.load(str(float32)), seed=3)["input_ids"]
+    )
+    assert len(np.unique(feeds["input_ids"])) > 2
     for level in range(3):
         level_feeds = {**feeds, LEVEL_INPUT: np.array(level, dtype=np.int64)}
         (got,), (reference,) = run_onnx(int8, level_feeds), run_onnx(float32, level_feeds)

@@ -101,12 +101,19 @@ def bind_input_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]], sour
 
 
 def deterministic_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs for every graph input: token ids below the size of the table they index, masks of ones."""
+    """Seeded inputs for every graph input: token ids below the size of the table they index (a float or a
+    dequantized int8 table), masks of ones."""
     initializers = {init.name: init for init in model.graph.initializer}
+    # A table is an initializer, or an int8 one dequantized in front of its Gather (an int8 model's
+    # embeddings, rt3c.passes.quantize_weights): either way its first dimension bounds the ids.
+    rows = {name: init.dims[0] for name, init in initializers.items() if init.dims}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input and node.input[0] in rows:
+            rows[node.output[0]] = rows[node.input[0]]
     vocab: dict[str, int] = {}
     for node in model.graph.node:
-        if node.op_type == "Gather" and node.input[0] in initializers:
-            vocab[node.input[1]] = initializers[node.input[0]].dims[0]
+        if node.op_type == "Gather" and node.input[0] in rows:
+            vocab[node.input[1]] = rows[node.input[0]]
     rng = np.random.default_rng(seed)
     feeds = {}
     for value in model.graph.input:
