@@ -11,7 +11,6 @@ import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -19,7 +18,7 @@ import onnx_ir as ir
 import tvm
 import tvm_ffi
 
-from rt3c.codegen.dequantized_ops import dequantized_gather, dequantized_linear
+from rt3c.codegen.dequantized_ops import dequantized_call
 from rt3c.codegen.onnx_ops import LoweredNode, TensorInfo, lower_node
 from rt3c.codegen.sparse_kernel import kernel_arguments, sparse_linear_kernel
 from rt3c.codegen.targets import Target, get_target
@@ -315,7 +314,7 @@ def lower(encoded: EncodedModel, target: Target, frequencies_khz: list[int] | No
                 calls.append(Call(symbol, (x, *arguments, y)))
             program.add_step(calls, (y,))
             continue
-        dequantized = _dequantized_call(node, index, producers, constants, values, infos)
+        dequantized = dequantized_call(node, index, producers, constants, values, infos)
         if dequantized is not None:
             symbol, kernel, arguments = dequantized
             argument_names = [
@@ -348,68 +347,6 @@ def lower(encoded: EncodedModel, target: Target, frequencies_khz: list[int] | No
         (workspace_bytes(func, build) for func in functions.values() for build in builds), default=0
     )
     return CompiledProgram(program, functions)
-
-
-def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
-    return {attribute.name: onnx.helper.get_attribute_value(attribute) for attribute in node.attribute}
-
-
-def _dequantized_call(
-    node: onnx.NodeProto,
-    index: int,
-    producers: dict[str, onnx.NodeProto],
-    constants: set[str],
-    values: dict[str, np.ndarray],
-    infos: dict[str, TensorInfo],
-) -> tuple[str, tvm.tirx.PrimFunc, list[str | np.ndarray]] | None:
-    """A kernel that reads an int8 weight as it is, for a MatMul, Gemm or Gather whose weight is
-    `DequantizeLinear(int8 constant, scale constant)` (rt3c.passes.quantize_weights): its symbol, its
-    PrimFunc and its arguments before the output (tensor names, or constant arrays). None for any other
-    node, which is lowered as usual (a dequantized weight it reads is then folded into a float constant)."""
-    weight_input = {"MatMul": 1, "Gemm": 1, "Gather": 0}.get(node.op_type)
-    if weight_input is None or node.domain not in ("", "ai.onnx") or len(node.input) <= weight_input:
-        return None
-    producer = producers.get(node.input[weight_input])
-    if (
-        producer is None
-        or producer.op_type != "DequantizeLinear"
-        or len(producer.input) != 2
-        or not all(name in constants for name in producer.input)
-    ):
-        return None
-    weight, scale = values[producer.input[0]], values[producer.input[1]]
-    axis = int(_attributes(producer).get("axis", 1))
-    if weight.dtype != np.int8 or weight.ndim != 2 or scale.shape != (weight.shape[axis],):
-        return None
-    attributes = _attributes(node)
-    symbol = f"op{index}_dequantized_{node.op_type.lower()}"
-    if node.op_type == "Gather":
-        ids = node.input[1]
-        if attributes.get("axis", 0) != 0 or axis != 0 or ids in constants:
-            return None
-        rows = int(np.prod(infos[ids].shape, dtype=np.int64))
-        vocabulary, dim = weight.shape
-        kernel = dequantized_gather(symbol, rows, vocabulary, dim, infos[ids].dtype)
-        return symbol, kernel, [ids, weight, scale]
-    x = node.input[0]
-    if x in constants:
-        return None
-    out_in = bool(attributes.get("transB", 0)) if node.op_type == "Gemm" else False
-    if node.op_type == "Gemm" and (
-        attributes.get("transA", 0)
-        or attributes.get("alpha", 1.0) != 1.0
-        or attributes.get("beta", 1.0) != 1.0
-    ):
-        return None
-    out_features, in_features = weight.shape if out_in else weight.shape[::-1]
-    if axis != (0 if out_in else 1) or infos[x].shape[-1:] != (in_features,):
-        return None
-    bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
-    if bias is not None and (bias not in constants or values[bias].shape != (out_features,)):
-        return None
-    rows = int(np.prod(infos[x].shape[:-1], dtype=np.int64))
-    kernel = dequantized_linear(symbol, rows, in_features, out_features, out_in, bias is not None)
-    return symbol, kernel, [x, weight, scale, *([values[bias].astype(np.float32)] if bias else [])]
 
 
 def _lower_with_plain_names(
