@@ -433,12 +433,28 @@ def test_out_of_range_ids_under_valgrind(bert_tiny_project: Callable[[str], Path
 # -- index inputs the runtime could not bound ------------------------------------------------------------
 
 
-def _gather_model(path: Path, index_ops: list[str]) -> Path:
-    """y = table[f(ids)] with a 10-row table and f the chain of `index_ops` applied to int64 ids [1, 4]."""
-    table = numpy_helper.from_array(np.arange(30, dtype=np.float32).reshape(10, 3), "table")
+GATHER_TABLE = np.arange(30, dtype=np.float32).reshape(10, 3)
+GATHER_SCALE = np.arange(1, 11, dtype=np.float32) / 4
+"""An int8 table's scale per row (exact in float32, as are the products)."""
+
+
+def _gather_model(path: Path, index_ops: list[str], int8: bool = False) -> Path:
+    """y = table[f(ids)] with a 10-row table and f the chain of `index_ops` applied to int64 ids [1, 4];
+    with `int8`, the table is DequantizeLinear(GATHER_TABLE as int8, GATHER_SCALE), as an int8 model's
+    embeddings are (rt3c.passes.quantize_weights)."""
     one = numpy_helper.from_array(np.array(1, np.int64), "one")
     shape = numpy_helper.from_array(np.array([4], np.int64), "shape")
     node_list, value = [], "ids"
+    if int8:
+        constants = [
+            numpy_helper.from_array(GATHER_TABLE.astype(np.int8), "table.int8"),
+            numpy_helper.from_array(GATHER_SCALE, "table.scale"),
+        ]
+        node_list.append(
+            helper.make_node("DequantizeLinear", ["table.int8", "table.scale"], ["table"], name="dq", axis=0)
+        )
+    else:
+        constants = [numpy_helper.from_array(GATHER_TABLE, "table")]
     for number, op in enumerate(index_ops):
         inputs = {"Add": [value, "one"], "Reshape": [value, "shape"]}.get(op, [value])
         attributes = {"to": onnx.TensorProto.INT32} if op == "Cast" else {}
@@ -454,7 +470,7 @@ def _gather_model(path: Path, index_ops: list[str]) -> Path:
                 "y", onnx.TensorProto.FLOAT, [4, 3] if "Reshape" in index_ops else [1, 4, 3]
             )
         ],
-        [table, one, shape],
+        [*constants, one, shape],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
     return path
@@ -472,16 +488,19 @@ def test_ids_through_cast_and_reshape_are_bounded(tmp_path: Path, capsys: pytest
     assert "ids takes values in [0, 10)" in capsys.readouterr().err
 
 
-def test_computed_indices_are_read_clamped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("int8", [False, True])
+def test_computed_indices_are_read_clamped(int8: bool, tmp_path: Path) -> None:
     """Indices computed from the inputs (here ids + 1) cannot be checked before the kernels run: the Gather
     reads them clamped to its table, so no input makes it read outside (ids 9 + 1 reads row 9, -20 + 1
-    row 0 counted from the end, -10), and indices in range give onnxruntime's rows."""
-    model = _gather_model(tmp_path / "gather.onnx", ["Add"])
+    row 0 counted from the end, -10), and indices in range give onnxruntime's rows. An int8 table is read
+    by its own kernel (int8 rows scaled in registers), which must count a negative index from the end too."""
+    model = _gather_model(tmp_path / "gather.onnx", ["Add"], int8)
     out = tmp_path / "project"
     assert run_cli("compile", str(model), "--out", str(out)) == 0
     assert "_LIMIT " not in (out / "gather_model.h").read_text()  # no input to check against a table
+    assert ("dequantized_gather" in (out / "gather_model.c").read_text()) == int8
     np.save(tmp_path / "ids.npy", np.array([[9, 0, -20, 3]], np.int64))
-    table = np.arange(30, dtype=np.float32).reshape(10, 3)
+    table = GATHER_TABLE * GATHER_SCALE[:, None] if int8 else GATHER_TABLE
     got = run_project(out, 0, [tmp_path / "ids.npy"])["y"]
     np.testing.assert_array_equal(got, table[[[9, 1, 0, 4]]])
 

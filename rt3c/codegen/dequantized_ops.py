@@ -8,7 +8,8 @@ weight and no float copy exists at run time.
 - `dequantized_linear`: `y[i, j] = sum_k x[i, k] * (w[k, j] * scale[j]) (+ bias[j])`, one reduction block
   marked as a matmul (`op_pattern` 4), so `rt3c.codegen.schedules.schedule_matmul` register-blocks it like
   any dense layer: each loaded weight vector is converted and scaled once and feeds a row block of FMAs.
-- `dequantized_gather`: `y[r, d] = table[ids[r], d] * scale[ids[r]]` (ids are bounded by the runtime).
+- `dequantized_gather`: `y[r, d] = table[ids[r], d] * scale[ids[r]]` (ids are bounded by the runtime, or
+  clamped where computed; a negative one counts from the end).
 - `dequantized_call`: which kernel, if any, a node of the model gets (`rt3c.lower` asks it for each node).
 """
 
@@ -58,11 +59,19 @@ def dequantized_linear(
 def dequantized_gather(
     name: str, rows: int, vocabulary: int, dim: int, index_dtype: str
 ) -> tvm.tirx.PrimFunc:
-    """ids [rows] (`index_dtype`), table int8 [vocabulary, dim], scale [vocabulary], y [rows, dim]."""
+    """ids [rows] (`index_dtype`), table int8 [vocabulary, dim], scale [vocabulary], y [rows, dim].
+
+    A negative id counts from the end, as ONNX's Gather says: ids from the model's inputs are checked by the
+    runtime (negatives refused), but ids computed from them are only clamped to [-vocabulary, vocabulary)
+    (`rt3c.lower`), so a negative one must not index in front of the table."""
     ids = te.placeholder((rows,), index_dtype, name="ids")
     table = te.placeholder((vocabulary, dim), "int8", name="table")
     scale = te.placeholder((vocabulary,), "float32", name="scale")
-    y = te.compute((rows, dim), lambda r, d: table[ids[r], d].astype("float32") * scale[ids[r]], name="rows")
+
+    def row(r: tvm.tirx.PrimExpr) -> tvm.tirx.PrimExpr:
+        return te.if_then_else(ids[r] < 0, ids[r] + vocabulary, ids[r])
+
+    y = te.compute((rows, dim), lambda r, d: table[row(r), d].astype("float32") * scale[row(r)], name="rows")
     return te.create_prim_func([ids, table, scale, y]).with_attr("global_symbol", name)
 
 
