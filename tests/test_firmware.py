@@ -23,11 +23,12 @@ from rt3c.reference import run_onnx
 from rt3c.runtime_c.project import TEMPLATES, check_prefix, default_prefix
 
 # Two plans of one model: the same kernel names (`__tvm_ffi_op3_add`, `sparse_5_L0`, ...) with other
-# patterns baked in, the same TVM globals, and levels of their own; one with its weights as C arrays.
+# patterns baked in, the same TVM globals, and levels of their own; one with int8 weights as C arrays, which
+# its compile also verifies against onnxruntime at every level (the other is checked by the firmware only).
 MODELS = {
     "bert_tiny": {"sparsities": [0.5, 0.7, 0.8], "tile": (4, 4), "frequencies": [1_400_000, 1_000_000, 800_000]},
     "sparse_bert": {"sparsities": [0.6, 0.9], "tile": (8, 8), "frequencies": [1_000_000, 500_000],
-                    "weights_format": "c"},
+                    "weights_format": "c", "weights": "int8", "verify": True},
 }  # fmt: skip
 SEED = 3
 
@@ -49,7 +50,10 @@ def encoded_models(
             frequencies_khz=settings["frequencies"],
         )
         encoded[prefix] = encode_model(
-            bert_tiny_export.onnx_path, plan, directory / f"{prefix}.rt3.onnx"
+            bert_tiny_export.onnx_path,
+            plan,
+            directory / f"{prefix}.rt3.onnx",
+            weights=settings.get("weights", "float32"),
         ).path
     return encoded
 
@@ -135,7 +139,7 @@ def test_two_models_in_one_program(target: str, encoded_models: dict[str, Path],
         projects[prefix] = tmp_path / prefix
         compile_model(
             encoded, projects[prefix], target_name=target, prefix=prefix,
-            frequencies_khz=MODELS[prefix]["frequencies"], verify=False,
+            frequencies_khz=MODELS[prefix]["frequencies"], verify=MODELS[prefix].get("verify", False),
             weights_format=MODELS[prefix].get("weights_format", "incbin"),
         )  # fmt: skip
         # Only the API is global: nothing else of one model can meet the other's.
