@@ -46,6 +46,7 @@ def render_build_files(
         "weights_source": project_files(program.prefix, program.weights_format).weights_source,
         "weights_binary": project_files(program.prefix, program.weights_format).weights_binary,
         "kernel_file": kernel_file,
+        "tokenizer": program.tokenizer is not None,
         "c_kernels": c_kernels,
         "tvm_headers_dir": TVM_HEADERS_DIR,
         "startup": None,

@@ -9,12 +9,15 @@ owns the memory and calls the active level's kernel table in order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from rt3c.core.errors import UserError
 from rt3c.runtime_c.arena import ArenaPlan, Lifetime, plan_arena
+
+if TYPE_CHECKING:
+    from rt3c.runtime_c.tokenizer import TokenizerTables
 
 Storage = Literal["input", "output", "activation", "constant"]
 
@@ -95,6 +98,8 @@ class Program:
     prefix: str = "rt3"
     """What every external name of the generated library starts with: `<prefix>_invoke`, the macros
     `<PREFIX>_...`, the files `<prefix>_model.h`, ... (a lower-case C identifier, see `check_prefix`)."""
+    tokenizer: TokenizerTables | None = None
+    """The vocabulary of the C tokenizer the project carries (`rt3c compile --tokenizer`), if any."""
 
     def add_step(self, per_level: list[Call], writes: tuple[str, ...]) -> None:
         assert len(per_level) == len(self.levels)

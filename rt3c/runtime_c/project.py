@@ -91,6 +91,8 @@ class ProjectFiles:
     exports: str
     """The API symbols, one a line: all that stays global in the prelinked library object."""
     library: str
+    tokenizer_header: str
+    tokenizer_source: str
 
 
 WEIGHTS_FORMATS = ("incbin", "c")
@@ -107,6 +109,8 @@ def project_files(prefix: str, weights_format: str = "incbin") -> ProjectFiles:
         weights_binary=f"{prefix}_weights.bin" if incbin else None,
         exports=f"{prefix}.exports",
         library=f"lib{prefix}.a",
+        tokenizer_header=f"{prefix}_tokenizer.h",
+        tokenizer_source=f"{prefix}_tokenizer.c",
     )
 
 
@@ -218,19 +222,22 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
         "arena_bytes": scratch_offset + program.workspace_bytes,
         "workspace_bytes": program.workspace_bytes,
         "exit_input_out_of_range": MAIN_EXIT_INPUT_OUT_OF_RANGE,
+        "tokenizer": program.tokenizer is not None,
     }
     files = project_files(program.prefix, program.weights_format)
     weights_template = "rt3_weights.S.j2" if files.weights_binary else "weights.c.j2"
-    texts = render_all(
-        environment(),
-        {
-            files.header: ("rt3_model.h.j2", context),
-            files.source: ("rt3_model.c.j2", context),
-            files.weights_source: (weights_template, context),
-            files.exports: ("exports.j2", context),
-            "main.c": ("main.c.j2", context),
-        },
-    )
+    outputs: dict[str, tuple[str, dict[str, object]]] = {
+        files.header: ("rt3_model.h.j2", context),
+        files.source: ("rt3_model.c.j2", context),
+        files.weights_source: (weights_template, context),
+        files.exports: ("exports.j2", context),
+        "main.c": ("main.c.j2", context),
+    }
+    if program.tokenizer is not None:
+        tokenizer = program.tokenizer.context(program.prefix)
+        outputs[files.tokenizer_header] = ("tokenizer.h.j2", tokenizer)
+        outputs[files.tokenizer_source] = ("tokenizer.c.j2", tokenizer)
+    texts = render_all(environment(), outputs)
     out_dir.mkdir(parents=True, exist_ok=True)
     for output, text in texts.items():
         (out_dir / output).write_text(text)
