@@ -129,12 +129,15 @@ def compile(
     verify: bool = True,
     shapes: Mapping[str, Sequence[int]] | None = None,
     weights: str | None = None,
+    tokenizer: str | Path | None = None,
 ) -> Project:
     """An exported model with its `plan`, an encoded model, or a dense model, compiled into a C project at
     `out_dir` for `target` (host, aarch64, cortex-m4, cortex-m7); built, and with `verify` run at every
     level against onnxruntime. Several levels need their frequencies: from the plan, `board` or
     `frequencies_khz`. `shapes` fixes dynamic input dimensions, by input name. `weights` (float32 or
-    int8) is the type an exported model's weights are encoded with; an encoded model has its own."""
+    int8) is the type an exported model's weights are encoded with; an encoded model has its own.
+    `tokenizer` (a vocab.txt, a tokenizer.json, a Hugging Face directory, or `minilm-l6`) adds the C
+    WordPiece tokenizer `NAME_tokenize` over that vocabulary (docs/RUNTIME.md)."""
     from rt3c.compile import compile_model
     from rt3c.core.quantize import weight_type
 
@@ -149,6 +152,7 @@ def compile(
         verify=verify,
         shapes=shapes,
         weights=None if weights is None else weight_type(weights),
+        tokenizer=tokenizer,
     )
     return Project(result.out_dir, result.report, result.max_abs_diff)
 

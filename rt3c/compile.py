@@ -33,8 +33,11 @@ from rt3c.core.sparse_format import encode_layer
 from rt3c.encode import encode
 from rt3c.encoded_model import EncodedModel, encoded_layers, load_encoded
 from rt3c.lower import CompiledProgram, lower
+from rt3c.packaged_data import tokenizer_path
 from rt3c.runtime_c.program import Tensor
 from rt3c.runtime_c.project import WEIGHTS_FORMATS, check_prefix, default_prefix, render_project
+from rt3c.runtime_c.tokenizer import bind_tokenizer
+from rt3c.runtime_c.vocab import read_vocab
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ def compile_model(
     weights_format: str = "incbin",
     shapes: Mapping[str, Sequence[int]] | None = None,
     weights: WeightType | None = None,
+    tokenizer: Path | str | None = None,
 ) -> CompileResult:
     """Lower, generate C, build for `target_name` (and the host), and verify every level of both builds.
 
@@ -74,7 +78,8 @@ def compile_model(
     Cortex-M part (`cortex_m_part`). `weights_format` is one of `WEIGHTS_FORMATS`. `shapes` fixes the
     model's dynamic input dimensions, by input name (`bind_input_shapes`). `weights` is the type of the
     weights an exported model is encoded with (default float32); an encoded model has its own, which
-    `weights`, when given, must be.
+    `weights`, when given, must be. `tokenizer` (a vocab.txt, a tokenizer.json or a directory of them)
+    adds a C WordPiece tokenizer over that vocabulary (`read_vocab`).
     """
     if prefix is not None:
         check_prefix(prefix)
@@ -94,6 +99,7 @@ def compile_model(
             f"`apt-get install {target.tools[target.cc]}`"
         )
     plan = Plan.load(plan_path) if plan_path else None
+    vocab = None if tokenizer is None else read_vocab(tokenizer_path(tokenizer))
     # Held until the project is in place or the compile failed: a second compile into the same --out
     # is refused, not mixed in.
     with exclusive_lock(out_dir):
@@ -131,6 +137,8 @@ def compile_model(
             compiled = lower(encoded, target, frequencies)
         compiled.program.prefix = prefix or default_prefix(compiled.program.name)
         compiled.program.weights_format = weights_format
+        if vocab is not None:
+            compiled.program.tokenizer = bind_tokenizer(vocab, compiled.program)
         board_profile = None if board is None else load_board(board)
         dense = dense_reference(source, exported_with_plan)
         return _generate_and_verify(compiled, encoded, out_dir, target, verify, board_profile, dense)
@@ -293,6 +301,7 @@ def _generate_and_verify(
                     "weight_bytes": info["weight_bytes"],
                     "workspace_bytes": program.workspace_bytes,
                     "memory_bytes": info["memory_bytes"],
+                    "tokenizer": None if program.tokenizer is None else program.tokenizer.manifest(),
                 },
                 indent=1,
             )

@@ -98,7 +98,13 @@ def project_report(
     host_us, dense_us = host_speed
     sections = section_sizes(project / f"{program.prefix}.o", target)
     memory_bytes = int(info["memory_bytes"])  # type: ignore[call-overload]
-    flash, ram = memory(program, sections, memory_bytes - program.workspace_bytes)
+    tokenizer_bytes = 0
+    if program.tokenizer is not None:  # its text and read-only data, inside the library's code sections
+        tokenizer_sections = section_sizes(project / f"{program.prefix}_tokenizer.o", target)
+        tokenizer_bytes = sum(
+            size for name, size in tokenizer_sections.items() if name.startswith((".text", ".rodata"))
+        )
+    flash, ram = memory(program, sections, memory_bytes - program.workspace_bytes, tokenizer_bytes)
     sparsity = None
     if encoded.layers:
         totals = inspect_encoded(encoded.model, encoded.layers).level_totals()

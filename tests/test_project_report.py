@@ -26,9 +26,9 @@ from rt3c.runtime_c.report import (
     Ram,
     board_latencies,
     onnxruntime_us,
-    summary,
     write_report,
 )
+from rt3c.runtime_c.report_text import summary
 from rt3c.runtime_c.stack import STACK_METHOD, Stack, measure_stack, stack_estimate, stack_frames
 
 INSTRUCTIONS = [3_000_000, 2_000_000, 1_500_000]

@@ -212,6 +212,14 @@ def compile_command(
         str | None,
         typer.Option("--weights", help=WEIGHTS_HELP[:-1] + "; an encoded model has its own."),
     ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer",
+            help="Add a C WordPiece tokenizer (NAME_tokenize) over this vocabulary: a vocab.txt, a "
+            "tokenizer.json, a Hugging Face model directory, or minilm-l6.",
+        ),
+    ] = None,
 ) -> None:
     """Generate TVM kernels and the C runtime, build, and verify every level against onnxruntime.
 
@@ -220,7 +228,7 @@ def compile_command(
     --board, counted under qemu for the board's target: its latency on the board and deadline)."""
     from rt3c.compile import compile_model
     from rt3c.core.quantize import weight_type
-    from rt3c.runtime_c.report import summary
+    from rt3c.runtime_c.report_text import summary
 
     result = compile_model(
         model,
@@ -235,6 +243,7 @@ def compile_command(
         weights_format=weights_format,
         shapes=parse_shapes(shape),
         weights=None if weights is None else weight_type(weights),
+        tokenizer=tokenizer,
     )
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
     checked = f"max |C - onnxruntime| per level: {diffs}" if verify else "not verified (--no-verify)"

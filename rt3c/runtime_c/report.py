@@ -9,7 +9,8 @@ qemu target's build (each level run with and without repeats; the difference exc
 With a board (`rt3c compile --board`) whose target the build is for, each level's instructions become its
 latency at its frequency on the board (x the board's cycles per instruction), next to its deadline.
 
-The stack comes from `rt3c.runtime_c.stack`.
+The stack comes from `rt3c.runtime_c.stack`; the text of REPORT.md and of the summary from
+`rt3c.runtime_c.report_text`.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from rt3c.codegen.targets import Target
 from rt3c.core.boards import Board
 from rt3c.core.errors import VerificationError
 from rt3c.runtime_c.build_files import binutil
-from rt3c.runtime_c.filters import comment
 from rt3c.runtime_c.program import Program
 from rt3c.runtime_c.project import weights_bytes
+from rt3c.runtime_c.report_text import DENSE_LABEL, markdown
 from rt3c.runtime_c.stack import STACK_METHOD, Stack
 
 
@@ -42,10 +43,12 @@ class Flash:
     """Integer constants: block indices, shape constants."""
     padding: int
     """Alignment between the constants (each array starts on 64 bytes)."""
+    tokenizer: int = 0
+    """The C tokenizer (`rt3c compile --tokenizer`): its code and vocabulary tables (0: none)."""
 
     @property
     def total(self) -> int:
-        return self.code + self.weights + self.indices + self.padding
+        return self.code + self.weights + self.indices + self.padding + self.tokenizer
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,6 @@ class LevelReport:
     speedup_vs_dense: float | None = None
     """onnxruntime's time on the dense model / the host build's time of this level (DENSE_LABEL); for a
     cross target, of the host build its verification makes."""
-
-
-DENSE_LABEL = "vs onnxruntime dense, host, 1 thread"
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,11 @@ def section_sizes(library_object: Path, target: Target) -> dict[str, int]:
     return sizes
 
 
-def memory(program: Program, sections: dict[str, int], activation_bytes: int) -> tuple[Flash, Ram]:
-    """Flash and RAM of the library from its sections (see the module docstring)."""
+def memory(
+    program: Program, sections: dict[str, int], activation_bytes: int, tokenizer_bytes: int = 0
+) -> tuple[Flash, Ram]:
+    """Flash and RAM of the library from its sections (see the module docstring); `tokenizer_bytes`: the
+    read-only sections of the tokenizer's object, which the library's code sections include."""
     weights_section, arena_section = f".rodata.{program.prefix}_weights", f".bss.{program.prefix}_arena"
     constants = [t for t in program.tensors.values() if t.storage == "constant"]
     # Weights are float32 or int8 (int8 weights; no index or shape constant is a signed byte).
@@ -175,7 +178,8 @@ def memory(program: Program, sections: dict[str, int], activation_bytes: int) ->
         and not name.startswith(".data.rel.ro")
         and name != arena_section
     )
-    flash = Flash(code, floats, integers, weights_bytes(program) - floats - integers)
+    padding = weights_bytes(program) - floats - integers
+    flash = Flash(code - tokenizer_bytes, floats, integers, padding, tokenizer_bytes)
     ram = Ram(activation_bytes, program.workspace_bytes, writable)
     return flash, ram
 
@@ -230,116 +234,5 @@ def write_report(
         "levels": [asdict(level) for level in levels],
     }
     (project / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    (project / "REPORT.md").write_text(_markdown(report, flash, ram, levels))
+    (project / "REPORT.md").write_text(markdown(report))
     return report
-
-
-def summary(report: dict[str, object]) -> list[str]:
-    """What `rt3c compile` prints of the report: memory, then a line per level."""
-    flash, ram = report["flash_bytes"], report["ram_bytes"]
-    lines = [
-        f"flash {flash['total']:,} B (code {flash['code']:,}, weights {flash['weights']:,}, indices "
-        f"{flash['indices']:,}); RAM {ram['total']:,} B (activations {ram['activations']:,}, scratch "
-        f"{ram['scratch']:,}, descriptors {ram['descriptors']:,})"
-    ]
-    for level in report["levels"]:
-        measured = (
-            f"{level['host_us']:,.1f} us" if level["host_us"] is not None
-            else f"{level['instructions']:,} instructions" if level["instructions"] is not None
-            else "not measured"
-        )  # fmt: skip
-        sparsity = "" if level["sparsity"] is None else f"sparsity {level['sparsity']:.3f}, "
-        on_board = (
-            f"; {level['latency_ms']:,.2f} ms at {level['frequency_khz'] / 1e3:g} MHz on "
-            f"{report['board']['name']} (deadline {level['deadline_ms']:g} ms)"
-            if level.get("latency_ms") is not None
-            else ""
-        )
-        dense = f"; {level['speedup_vs_dense']:.2f}x {DENSE_LABEL}" if level.get("speedup_vs_dense") else ""
-        lines.append(f"{level['name']}: {sparsity}{measured} per inference{on_board}{dense}")
-    return lines
-
-
-def _number(value: float | None, form: str = ",") -> str:
-    return "" if value is None else format(value, form)
-
-
-def _stack_line(ram: dict[str, object]) -> str:
-    if ram["stack_bytes_estimate"] is None:
-        return f"Stack: no estimate ({comment(ram['no_stack_estimate'])})."
-    return (
-        f"Stack of one inference, estimated: {ram['stack_bytes_estimate']:,} bytes ({ram['stack_method']})."
-    )
-
-
-def _markdown(report: dict[str, object], flash: Flash, ram: Ram, levels: list[LevelReport]) -> str:
-    measured = "measured" if report["verified"] else "not measured (compiled with --no-verify)"
-    lines = [
-        f"# {comment(report['model'])}: memory and speed ({report['target']}, prefix `{report['prefix']}`)",
-        "",
-        "Generated by `rt3c compile`; the same numbers are in `report.json`. Sizes are of the library "
-        "(runtime, kernels, weights) before the final link.",
-        "",
-        "| flash | bytes |",
-        "| --- | --- |",
-        f"| code (runtime and kernels, descriptors and tables) | {flash.code:,} |",
-        f"| weights (float constants) | {flash.weights:,} |",
-        f"| indices (integer constants) | {flash.indices:,} |",
-        f"| alignment between constants | {flash.padding:,} |",
-        f"| **total** | **{flash.total:,}** |",
-        "",
-        "| RAM | bytes |",
-        "| --- | --- |",
-        f"| arena: activations, inputs, outputs | {ram.activations:,} |",
-        f"| arena: kernel scratch | {ram.scratch:,} |",
-        f"| descriptors and level state | {ram.descriptors:,} |",
-        f"| **total** (plus the stack) | **{ram.total:,}** |",
-        "",
-        _stack_line(report["ram_bytes"]),
-        "",
-        f"Per level ({measured}):",
-        "",
-        "| level | kHz | sparsity | max abs diff vs onnxruntime | host µs / inference "
-        f"| instructions / inference | speed vs level 0 | speedup {DENSE_LABEL} | ms on the board "
-        "| deadline ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    first = levels[0].host_us or levels[0].instructions
-    for level in levels:
-        cost = level.host_us or level.instructions
-        ratio = f"{first / cost:.2f}x" if first and cost else ""
-        lines.append(
-            f"| {comment(level.name)} | {_number(level.frequency_khz)} | {_number(level.sparsity, '.3f')} "
-            f"| {_number(level.max_abs_diff, '.1e')} | {_number(level.host_us, ',.1f')} "
-            f"| {_number(level.instructions)} | {ratio} | {_number(level.speedup_vs_dense, '.2f')}"
-            f"{'x' if level.speedup_vs_dense else ''} | {_number(level.latency_ms, ',.2f')} "
-            f"| {_number(level.deadline_ms, 'g')} |"
-        )
-    dense = report["dense_reference"]
-    host = "" if report["target"] == "host" else " (the host build that verification makes)"
-    lines += [
-        "",
-        f"Speedup {DENSE_LABEL}: onnxruntime's processor time per inference on the dense (exported) model "
-        f"with one thread / the C host build's{host}, same input, best of a few runs each; "
-        + (
-            f"onnxruntime dense: {dense['onnxruntime_us']:,.1f} µs."
-            if dense["onnxruntime_us"] is not None
-            else f"not measured: {comment(dense['no_dense_reference'])}."
-        ),
-    ]
-    if report["target"] != "host":
-        lines.append(
-            f"On {report['target']} no dense build is made (too slow to compile and count): its speedup "
-            "against dense comes from `rt3c search`'s latency.json or benchmarks/bench_runtime.py."
-        )
-    board = report["board"]
-    if board is None:
-        lines += ["", "ms on the board and deadlines: compile with `--board` to get them."]
-    else:
-        lines += [
-            "",
-            f"ms on the board: each level at its frequency on board {comment(board['name'])} "
-            f"({board['cycles_per_instruction']:g} cycles per instruction)"
-            + (f"; not computed: {comment(board['no_latency'])}." if board["no_latency"] else "."),
-        ]
-    return "\n".join(lines) + "\n"
