@@ -205,6 +205,41 @@ def test_cased_vocabulary_keeps_case(tmp_path: Path) -> None:
     assert got == [_legacy(legacy, text, 12) for text in texts]
 
 
+def test_builds_for_cortex_m_without_warnings(minilm_tokenizer: Path, tmp_path: Path) -> None:
+    """The same C for bare metal (arm-none-eabi-gcc, the project's flags): tables in their own section."""
+    target = get_target("cortex-m4")
+    if shutil.which(target.cc) is None:
+        pytest.skip(f"{target.cc} is not installed")
+    flags = ["-pedantic", "-Wall", "-Wextra", "-Werror", f"-I{minilm_tokenizer}"]
+    source, obj = minilm_tokenizer / "tok_tokenizer.c", tmp_path / "tok_tokenizer.o"
+    subprocess.run([target.cc, *target.cflags, *flags, "-c", str(source), "-o", str(obj)], check=True)
+    sections = subprocess.run(
+        ["arm-none-eabi-size", "-A", str(obj)], capture_output=True, text=True, check=True
+    )
+    sizes = {
+        line.split()[0]: int(line.split()[1]) for line in sections.stdout.splitlines()[2:] if line.strip()
+    }
+    assert sizes[".rodata.tok_tokenizer"] == 384_122  # 200,986 B of text, uint32 offsets, uint16 ids
+    assert sum(size for name, size in sizes.items() if name.startswith(".text")) < 2048
+
+
+def test_vocabulary_text_never_becomes_code(tmp_path: Path) -> None:
+    """Tokens and a directory name that would end a comment or start a directive reach the C only as
+    numbers and escaped comment text; the tokenizer still finds its tokens."""
+    directory = tmp_path / '#include "x" ??= evil *'  # its vocab.txt: '... evil */vocab.txt'
+    directory.mkdir()
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "*/", '"', "\\", "??/", "#include", "ok", "##ay"]
+    (directory / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    project = _tokenizer_project(directory, len(tokens), tmp_path / "project", seq_len=8)
+    source = (project / "tok_tokenizer.c").read_text()
+    assert '\n#include "x"' not in source and "?<3f>= evil * /vocab.txt" in source  # comment text only
+    got = _run(_build_harness(project, "host", tmp_path / "t"), ["okay ok", 'x "'], tmp_path)
+    assert got == [
+        [5, 2, 9, 10, 9, 3, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0],  # ok ##ay ok
+        [4, 2, 1, 5, 3, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0],  # [UNK] "
+    ]
+
+
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A small random BERT classifier with minilm-l6's vocabulary (its tokenizer files copied in),
