@@ -300,6 +300,16 @@ def test_tokenizer_in_report_manifest_and_exports(text_model: tuple[Path, Path])
     assert "T tok_tokenize" in symbols
 
 
+def test_cmake_builds_the_tokenizer_into_the_library(text_model: tuple[Path, Path], tmp_path: Path) -> None:
+    _, project = text_model
+    for command in (["cmake", "-S", str(project), "-B", str(tmp_path)], ["cmake", "--build", str(tmp_path)]):
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    symbols = subprocess.run(["nm", "-g", "--defined-only", str(tmp_path / "libtok.a")], capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    assert "T tok_tokenize" in symbols
+
+
 def _bpe_directory(directory: Path) -> Path:
     directory.mkdir()
     (directory / "vocab.json").write_text(json.dumps({"a": 0, "b": 1, "ab": 2}))
