@@ -20,6 +20,7 @@ import transformers
 from test_cli import run_cli
 from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 
+from rt3c import api
 from rt3c.codegen.targets import get_target
 from rt3c.packaged_data import minilm_dir
 from rt3c.reference import run_onnx
@@ -80,15 +81,17 @@ def _random_texts(vocab_words: list[str], count: int, seed: int = 0) -> list[str
     return texts
 
 
-def _records(texts: list[str]) -> bytes:
+def _records(texts: list[str] | list[bytes]) -> bytes:
     data = b""
     for text in texts:
-        encoded = text.encode("utf-8")
+        encoded = text.encode("utf-8") if isinstance(text, str) else text
         data += struct.pack("<I", len(encoded)) + encoded
     return data
 
 
-def _build_harness(project: Path, target_name: str, out: Path, with_model: bool = False) -> list[str]:
+def _build_harness(
+    project: Path, target_name: str, out: Path, with_model: bool = False, sanitize: bool = False
+) -> list[str]:
     """The harness built for `target_name` against the project's tokenizer (and library); its command."""
     target = get_target(target_name)
     if shutil.which(target.cc) is None:
@@ -99,12 +102,15 @@ def _build_harness(project: Path, target_name: str, out: Path, with_model: bool 
     )
     flags = ["-pedantic", "-Wall", "-Wextra", "-Werror", *types, f"-I{project}"]
     flags += ["-DTOK_WITH_MODEL"] if with_model else []
+    flags += ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"] if sanitize else []
     command = [target.cc, *target.cflags, *flags, *sources, "-o", str(out), *target.ldflags]
     subprocess.run(command, check=True, capture_output=True, text=True)
     return target.command(str(out), [])
 
 
-def _run(command: list[str], texts: list[str], tmp_path: Path, with_model: bool = False) -> list[list[int]]:
+def _run(
+    command: list[str], texts: list[str] | list[bytes], tmp_path: Path, with_model: bool = False
+) -> list[list[int]]:
     records = tmp_path / "texts.bin"
     records.write_bytes(_records(texts))
     result = subprocess.run([*command, str(records), *(["model"] if with_model else [])], capture_output=True)
@@ -191,6 +197,21 @@ def test_minilm_vocabulary_matches_hugging_face(
     assert compared > 350 and 50 < truncated < len(got) - 50 and unknown > 50  # the corpus covers all
 
 
+def test_any_bytes_under_sanitizers(minilm_tokenizer: Path, tmp_path: Path) -> None:
+    """Random bytes (invalid UTF-8, NULs, 0x80-0xFF, words past the limit): valid ids, and nothing
+    AddressSanitizer or UndefinedBehaviorSanitizer objects to."""
+    rng = random.Random(1)
+    texts = [bytes(rng.randrange(256) for _ in range(rng.randrange(400))) for _ in range(300)]
+    texts += [b"\xc3\xa9t\xc3\xa9 caf\xc3\xa9 \xe7\x9f\xb3", b"\xff" * 300, b"x" * 5000]
+    binary = tmp_path / "tokenize_text"
+    command = _build_harness(minilm_tokenizer, "host", binary, sanitize=True)
+    for line in _run(command, texts, tmp_path):
+        ids, mask = line[1 : SEQ_LEN + 1], line[SEQ_LEN + 1 :]
+        real = sum(mask)
+        assert all(0 <= i < 30522 for i in ids) and ids[0] == 101 and ids[real - 1] == 102
+        assert mask == [1] * real + [0] * (SEQ_LEN - real) and real == min(line[0], SEQ_LEN)
+
+
 def test_cased_vocabulary_keeps_case(tmp_path: Path) -> None:
     """A vocabulary with upper-case tokens and no setting is cased: nothing is lower-cased."""
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "Hello", "hello", "H", "##ello", "world", "##s"]
@@ -254,12 +275,9 @@ def text_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     transformers.BertForSequenceClassification(config).save_pretrained(directory)
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copyfile(minilm_dir() / name, directory / name)
-    exported, project = root / "model.onnx", root / "project"
-    assert (
-        run_cli("export", "--model", str(directory), "--out", str(exported), "--seq-len", str(SEQ_LEN)) == 0
-    )
-    argv = ["compile", str(exported), "--tokenizer", str(directory), "--prefix", "tok", "--out", str(project)]
-    assert run_cli(*argv) == 0
+    # Through the Python API (the CLI's --tokenizer is the same parameter; the refusals below use the CLI).
+    exported = api.export(str(directory), root / "model.onnx", seq_len=SEQ_LEN).onnx_path
+    project = api.compile(exported, root / "project", tokenizer=directory, prefix="tok").directory
     return directory, project
 
 
