@@ -1,5 +1,5 @@
 """Fuzzing that stays: every reader of user files (boards, DVFS traces and latency files, plans, encoded
-models, .npy inputs), fed generated input, either accepts it (and then what it
+models, .npy inputs, tokenizer vocabularies), fed generated input, either accepts it (and then what it
 returns holds the reader's promises) or refuses it with UserError (the CLI's one line, exit 2). Any other
 exception fails the test.
 
@@ -32,6 +32,7 @@ from rt3c.core.errors import UserError
 from rt3c.core.plan import MAX_LEVELS, Plan
 from rt3c.encoded_model import read_encoded_layers
 from rt3c.run import read_input
+from rt3c.runtime_c.vocab import MAX_WORD_CHARS, read_vocab
 from rt3c.simulate import level_cycles
 
 EXAMPLES = int(os.environ.get("RT3C_FUZZ_EXAMPLES", "60"))
@@ -340,3 +341,51 @@ def test_npy_input_of_the_right_shape_is_read_or_refused_by_type(dtype: str, tmp
             read_input(path, SPEC)
     else:
         assert read_input(path, SPEC).tolist() == [[1, 1, 1, 1]]
+
+
+# -- tokenizer vocabularies (compile --tokenizer) ----------------------------------------------------
+
+TOKENIZER_JSON = {
+    "normalizer": {"type": "BertNormalizer", "lowercase": True},
+    "pre_tokenizer": {"type": "BertPreTokenizer"},
+    "model": {
+        "type": "WordPiece",
+        "unk_token": "[UNK]",
+        "continuing_subword_prefix": "##",
+        "max_input_chars_per_word": 100,
+        "vocab": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4, "##b": 5},
+    },
+}
+
+
+def _check_vocab(path: Path) -> None:
+    try:
+        vocab = read_vocab(path)
+    except UserError as refusal:
+        assert str(refusal).startswith(f"--tokenizer {path}") and "\n" not in str(refusal)
+        return
+    assert set(vocab.special_ids) == {"unk", "cls", "sep", "pad"}
+    assert all(0 <= index < len(vocab.tokens) and vocab.tokens[index] for index in vocab.special_ids.values())
+    assert 1 <= len(vocab.continuation) <= 8 and vocab.continuation.isascii()
+    assert 1 <= vocab.max_word_chars <= MAX_WORD_CHARS and isinstance(vocab.lowercase, bool)
+
+
+@FUZZ
+@given(mutated(TOKENIZER_JSON))
+def test_fuzz_tokenizer_json_values(data: dict) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "tokenizer.json"
+        path.write_text(json.dumps(data))
+        _check_vocab(path)
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+@example(b"[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n##s\n")
+@example(json.dumps(TOKENIZER_JSON).encode())
+def test_fuzz_vocab_bytes(raw: bytes) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        for name in ("vocab.txt", "tokenizer.json"):
+            path = Path(directory) / name
+            path.write_bytes(raw)
+            _check_vocab(path)

@@ -168,12 +168,12 @@ def _from_tokenizer_json(path: Path, config: dict[str, object]) -> WordPieceVoca
     if kind == "BPE":
         raise UserError(f"{where}: a BPE vocabulary (byte-level, GPT-2/RoBERTa style){REFUSAL}")
     if kind != "WordPiece" or not isinstance(model, dict):
-        raise UserError(f"{where}: a {kind!s:.40} vocabulary{REFUSAL}")
+        raise UserError(f"{where}: model type {kind!r:.40}, not WordPiece{REFUSAL}")
     for part, expected in (("normalizer", "BertNormalizer"), ("pre_tokenizer", "BertPreTokenizer")):
         given = spec.get(part)
-        given_type = given.get("type") if isinstance(given, dict) else given
+        given_type = given.get("type") if isinstance(given, dict) else None
         if given_type != expected:
-            raise UserError(f"{where}: {part} {given_type!s:.40} is not {expected}{REFUSAL}")
+            raise UserError(f"{where}: {part} type {given_type!r:.40}, not {expected}{REFUSAL}")
     vocab = model.get("vocab")
     if not isinstance(vocab, dict) or not all(
         isinstance(token, str) and type(index) is int and 0 <= index < MAX_TOKENS
