@@ -212,6 +212,15 @@ def test_any_bytes_under_sanitizers(minilm_tokenizer: Path, tmp_path: Path) -> N
         assert mask == [1] * real + [0] * (SEQ_LEN - real) and real == min(line[0], SEQ_LEN)
 
 
+def test_the_three_forms_of_a_vocabulary_agree() -> None:
+    """minilm-l6's vocab.txt alone (uncased: no upper-case token), its tokenizer.json and its directory."""
+    forms = [read_vocab(path) for path in (minilm_dir() / "vocab.txt", minilm_dir() / "tokenizer.json")]
+    forms.append(read_vocab(minilm_dir()))
+    assert all(form.lowercase and form.max_word_chars == 100 for form in forms)
+    assert forms[0].tokens == forms[1].tokens == forms[2].tokens and len(forms[0].tokens) == 30522
+    assert forms[0].special_ids == forms[1].special_ids == {"unk": 100, "cls": 101, "sep": 102, "pad": 0}
+
+
 def test_cased_vocabulary_keeps_case(tmp_path: Path) -> None:
     """A vocabulary with upper-case tokens and no setting is cased: nothing is lower-cased."""
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "Hello", "hello", "H", "##ello", "world", "##s"]
