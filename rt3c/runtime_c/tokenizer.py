@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError
 from rt3c.runtime_c.program import Program
 from rt3c.runtime_c.vocab import WordPieceVocab
 
@@ -51,7 +51,7 @@ class TokenizerTables:
     def manifest(self) -> dict[str, object]:
         """What `rt3c-build.json` records of the tokenizer."""
         return {
-            "source": self.vocab.source.removeprefix("--tokenizer "),
+            "source": self.vocab.source,
             "input": self.ids_input,
             "seq_len": self.seq_len,
             "vocab_size": self.vocab_size,
@@ -66,7 +66,7 @@ class TokenizerTables:
         return {
             "prefix": prefix,
             "macro": prefix.upper(),
-            "source": vocab.source.removeprefix("--tokenizer "),
+            "source": vocab.source,
             "seq_len": self.seq_len,
             "id_type": self.id_type,
             "mask_type": self.mask_type,
@@ -95,21 +95,27 @@ def bind_tokenizer(vocab: WordPieceVocab, program: Program) -> TokenizerTables:
     ids_input = IDS_INPUT if IDS_INPUT in candidates else candidates[0] if len(candidates) == 1 else None
     if ids_input is None:
         found = ", ".join(candidates) or "none"
-        raise UserError(
-            f"{vocab.source}: the model has no single token-id input for the tokenizer (an input named "
-            f"{IDS_INPUT}, or the only one that indexes an embedding table; found: {found})"
+        raise SettingError(
+            "tokenizer",
+            f"the model has no single token-id input for the tokenizer (an input named {IDS_INPUT}, or "
+            f"the only one that indexes an embedding table; found: {found})",
+            vocab.source,
         )
     tensor = program.tensors[ids_input]
     limit = program.index_limits[ids_input]
     if len(vocab.tokens) > limit:
-        raise UserError(
-            f"{vocab.source}: {len(vocab.tokens)} tokens, but the model's {ids_input} takes ids in "
-            f"[0, {limit}): the vocabulary is not this model's"
+        raise SettingError(
+            "tokenizer",
+            f"{len(vocab.tokens)} tokens, but the model's {ids_input} takes ids in [0, {limit}): the "
+            "vocabulary is not this model's",
+            vocab.source,
         )
     if tensor.dtype not in ("int64", "int32") or not tensor.shape or tensor.shape[-1] < 2:
-        raise UserError(
-            f"{vocab.source}: the model's {ids_input} is {tensor.dtype}{list(tensor.shape)}; the tokenizer "
-            "writes int64 or int32 ids, at least 2 a sequence ([CLS] and [SEP])"
+        raise SettingError(
+            "tokenizer",
+            f"the model's {ids_input} is {tensor.dtype}{list(tensor.shape)}; the tokenizer writes int64 "
+            "or int32 ids, at least 2 a sequence ([CLS] and [SEP])",
+            vocab.source,
         )
     mask = program.tensors.get(MASK_INPUT) if MASK_INPUT in program.inputs else None
     if mask is not None and (mask.shape != tensor.shape or mask.dtype not in ("int64", "int32")):
