@@ -116,6 +116,13 @@ class Project:
             inputs = [inputs[name] for name in self.input_names]
         return run_project(self.directory, level, list(inputs))
 
+    def run_text(self, level: int, text: str) -> dict[str, np.ndarray]:
+        """Outputs by name of one inference at `level` on `text`, tokenized by the project's own C
+        tokenizer (a project compiled with `tokenizer`)."""
+        from rt3c.run import run_text
+
+        return run_text(self.directory, level, text)
+
 
 def compile(
     model_path: str | Path,

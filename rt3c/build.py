@@ -29,7 +29,8 @@ class InputOutOfRange(VerificationError):
     """rt3_main's rt3_invoke refused an index input outside its table (RT3_ERROR_INPUT_OUT_OF_RANGE)."""
 
 
-def _run_binary(target: Target, binary: Path, args: list[str], cwd: Path) -> None:
+def run_example(target: Target, binary: Path, args: list[str], cwd: Path) -> str:
+    """Run a built example program of the project in `cwd` (natively or under qemu); its stdout."""
     command = target.command(str(binary) if target.board else str((cwd / binary).resolve()), args)
     try:
         result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
@@ -41,6 +42,7 @@ def _run_binary(target: Target, binary: Path, args: list[str], cwd: Path) -> Non
         raise VerificationError(
             f"{binary} {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()[:500]}"
         )
+    return result.stdout
 
 
 def run_level(
@@ -57,7 +59,7 @@ def run_level(
             args.append(str(path))
         out_paths = [tmp_path / f"out{i}.bin" for i in range(len(outputs))]
         args.extend(str(p) for p in out_paths)
-        _run_binary(target, Path("rt3_main"), args, project)
+        run_example(target, Path("rt3_main"), args, project)
         out_paths = [project / p for p in out_paths]
         return [
             np.frombuffer(p.read_bytes(), dtype=t.dtype).reshape(t.shape)
@@ -69,18 +71,20 @@ def build_project(
     compiled: CompiledProgram, target: Target, build_dir: Path, sources_dir: Path, example: bool = True
 ) -> None:
     """Compile the kernels for `target` into `build_dir` and make the rendered project's library there,
-    and with `example` its rt3_main (on a qemu board: for that board's memory)."""
+    and with `example` its rt3_main and, with a tokenizer, rt3_tokenize (on a qemu board: for that board's
+    memory)."""
     build_dir.mkdir(exist_ok=True)
     kernel_file = "kernels.o" if target.kernel_output == "object" else "kernels.c"
     write_kernels(compiled.functions, target, build_dir / kernel_file)
     render_build_files(
         compiled.program, build_dir, target, kernel_file, sources_dir=sources_dir, check_board_memory=example
     )
-    _make(build_dir, "rt3_main" if example else project_files(compiled.program.prefix).library)
+    examples = ["rt3_main"] + (["rt3_tokenize"] if compiled.program.tokenizer is not None else [])
+    _make(build_dir, *(examples if example else [project_files(compiled.program.prefix).library]))
 
 
-def _make(build_dir: Path, goal: str) -> None:
-    result = run_process_group(["make", "-s", goal], build_dir)
+def _make(build_dir: Path, *goals: str) -> None:
+    result = run_process_group(["make", "-s", *goals], build_dir)
     if result.returncode != 0:
         raise VerificationError(
             f"building {build_dir} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"

@@ -7,12 +7,13 @@ of it reaches a command line.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from rt3c.build import InputOutOfRange, run_level
+from rt3c.build import InputOutOfRange, run_example, run_level
 from rt3c.codegen.targets import TARGETS, get_target
 from rt3c.core.checks import UNREADABLE_JSON
 from rt3c.core.errors import SettingError, UserError
@@ -62,6 +63,43 @@ def run_project(project: Path, level: int, inputs: Sequence[Path | np.ndarray]) 
             f"({prefix.upper()}_ERROR_INPUT_OUT_OF_RANGE)"
         ) from None
     return {tensor.name: result for tensor, result in zip(outputs, results, strict=True)}
+
+
+def run_text(project: Path, level: int, text: str) -> dict[str, np.ndarray]:
+    """Run a compiled project on `text`: tokenized by the project's own C tokenizer (its example
+    `rt3_tokenize`, on the target like `rt3_main`), then the model at `level` on those ids and mask."""
+    manifest = _read_manifest(project)
+    tokenizer = manifest.get("tokenizer")
+    if not isinstance(tokenizer, dict) or not (project / "rt3_tokenize").is_file():
+        raise SettingError("text", f"project {project} has no tokenizer (compiled without a vocabulary)")
+    encoded = text.encode("utf-8")
+    if len(encoded) > MAX_TEXT_BYTES:
+        raise SettingError("text", f"{len(encoded)} bytes; rt3_tokenize takes at most {MAX_TEXT_BYTES}")
+    specs = {spec["name"]: spec for spec in manifest["inputs"]}
+    ids_spec, mask_spec = specs.get(tokenizer.get("input")), specs.get(tokenizer.get("mask_input"))
+    others = [name for name in specs if name not in (tokenizer.get("input"), tokenizer.get("mask_input"))]
+    if ids_spec is None or others:
+        raise SettingError("text", f"the model's inputs {', '.join(others)} are not the tokenizer's")
+    target = get_target(manifest["target"])
+    target.check_tools()
+    with tempfile.TemporaryDirectory(prefix="text-", dir=project) as tmp:
+        directory = Path(tmp).relative_to(project)
+        paths = [directory / name for name in ("text.txt", "ids.bin", "mask.bin")]
+        (project / paths[0]).write_bytes(encoded)
+        run_example(target, Path("rt3_tokenize"), [str(path) for path in paths], project)
+        arrays = {ids_spec["name"]: _raw(project / paths[1], ids_spec)}
+        if mask_spec is not None:
+            arrays[mask_spec["name"]] = _raw(project / paths[2], mask_spec)
+    return run_project(project, level, [arrays[name] for name in specs])
+
+
+MAX_TEXT_BYTES = 65536
+"""What rt3_tokenize reads of a text."""
+
+
+def _raw(path: Path, spec: dict) -> np.ndarray:
+    """One sequence of rt3_tokenize's output as the input `spec` (its last dimension; a batch repeats it)."""
+    return np.broadcast_to(np.frombuffer(path.read_bytes(), dtype=spec["dtype"]), spec["shape"]).copy()
 
 
 def read_input(path: Path, spec: dict) -> np.ndarray:

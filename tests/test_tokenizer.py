@@ -310,6 +310,31 @@ def test_text_in_logits_out(text_model: tuple[Path, Path], tmp_path: Path) -> No
         assert np.max(np.abs(logits - expected.reshape(-1))) <= 1e-4
 
 
+def test_run_text(text_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`rt3c run --text` (and Project.run_text): the project's own rt3_tokenize, then rt3_main."""
+    directory, project = text_model
+    text = "An overwrought, self-indulgent mess."
+    fast = transformers.BertTokenizer.from_pretrained(str(directory))
+    feeds = fast(text, max_length=SEQ_LEN, truncation=True, padding="max_length", return_tensors="np")
+    inputs = {name: feeds[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
+    expected = run_onnx(project.parent / "model.onnx", inputs)[0]
+    out = tmp_path / "logits.npy"
+    assert run_cli("run", str(project), "--text", text, "--output", str(out)) == 0
+    assert np.max(np.abs(np.load(out) - expected)) <= 1e-4
+    logits = api.Project(project, {}, []).run_text(0, text)["logits"]
+    assert np.max(np.abs(logits - expected)) <= 1e-4
+    capsys.readouterr()
+    assert run_cli("run", str(project), "--text", text, "--input", str(out)) == 2
+    assert "--text and --input" in capsys.readouterr().err
+    # A project without a tokenizer (its manifest says so) refuses text.
+    plain = tmp_path / "plain"
+    shutil.copytree(project, plain)
+    manifest = json.loads((plain / "rt3c-build.json").read_text())
+    (plain / "rt3c-build.json").write_text(json.dumps({**manifest, "tokenizer": None}))
+    assert run_cli("run", str(plain), "--text", text) == 2
+    assert f"--text: project {plain} has no tokenizer" in capsys.readouterr().err
+
+
 def test_tokenizer_in_report_manifest_and_exports(text_model: tuple[Path, Path]) -> None:
     _, project = text_model
     report = json.loads((project / "report.json").read_text())

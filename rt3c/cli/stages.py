@@ -262,13 +262,20 @@ def run_command(
         list[Path], typer.Option("--input", "-i", help="One .npy per model input, in order.")
     ] = [],  # noqa: B006
     output: Annotated[Path | None, typer.Option("--output", help="Save the first output as .npy.")] = None,
+    text: Annotated[
+        str | None,
+        typer.Option("--text", help="Text instead of --input: tokenized by the project's C tokenizer."),
+    ] = None,
 ) -> None:
     """Run a compiled model: natively (host), under qemu-aarch64, or on qemu-system-arm (Cortex-M)."""
     import numpy as np
 
-    from rt3c.run import run_project
+    from rt3c.core.errors import UserError
+    from rt3c.run import run_project, run_text
 
-    results = run_project(project, level, inputs)
+    if text is not None and inputs:
+        raise UserError("--text and --input: give the model's inputs one way")
+    results = run_project(project, level, inputs) if text is None else run_text(project, level, text)
     for name, array in results.items():
         typer.echo(f"{name} {list(array.shape)}: {np.array2string(array.reshape(-1)[:16], precision=6)}")
     if output is not None:

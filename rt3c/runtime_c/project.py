@@ -237,6 +237,7 @@ def render_project(program: Program, out_dir: Path) -> dict[str, object]:
         tokenizer = program.tokenizer.context(program.prefix)
         outputs[files.tokenizer_header] = ("tokenizer.h.j2", tokenizer)
         outputs[files.tokenizer_source] = ("tokenizer.c.j2", tokenizer)
+        outputs["rt3_tokenize.c"] = ("rt3_tokenize.c.j2", tokenizer)
     texts = render_all(environment(), outputs)
     out_dir.mkdir(parents=True, exist_ok=True)
     for output, text in texts.items():

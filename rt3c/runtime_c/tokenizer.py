@@ -28,6 +28,8 @@ class TokenizerTables:
     """The model input the ids are for."""
     seq_len: int
     """Ids per call: the last dimension of that input ([CLS], pieces, [SEP], then [PAD])."""
+    mask_input: str | None
+    """The model input the mask is for (`attention_mask`, when the model has one of the ids' shape)."""
     id_type: str
     mask_type: str
     """C types of the ids and the mask (the model's inputs' types)."""
@@ -53,6 +55,7 @@ class TokenizerTables:
         return {
             "source": self.vocab.source,
             "input": self.ids_input,
+            "mask_input": self.mask_input,
             "seq_len": self.seq_len,
             "vocab_size": self.vocab_size,
             "lowercase": self.vocab.lowercase,
@@ -128,6 +131,7 @@ def bind_tokenizer(vocab: WordPieceVocab, program: Program) -> TokenizerTables:
     return TokenizerTables(
         vocab=vocab,
         ids_input=ids_input,
+        mask_input=None if mask is None else MASK_INPUT,
         seq_len=int(tensor.shape[-1]),
         id_type=tensor.c_type,
         mask_type=(mask or tensor).c_type,
