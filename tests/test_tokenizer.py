@@ -335,6 +335,20 @@ def test_run_text(text_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.
     assert f"--text: project {plain} has no tokenizer" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_run_text_on_cortex_m4(text_model: tuple[Path, Path], tmp_path: Path) -> None:
+    """Bare metal: rt3_tokenize and rt3_main under qemu-system-arm (semihosting), from text to logits."""
+    directory, project = text_model
+    text = "An overwrought, self-indulgent mess."
+    m4 = api.compile(project.parent / "model.onnx", tmp_path / "m4", target="cortex-m4", tokenizer=directory)
+    fast = transformers.BertTokenizer.from_pretrained(str(directory))
+    feeds = fast(text, max_length=SEQ_LEN, truncation=True, padding="max_length", return_tensors="np")
+    inputs = {name: feeds[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
+    expected = run_onnx(project.parent / "model.onnx", inputs)[0]
+    assert np.max(np.abs(m4.run_text(0, text)["logits"] - expected)) <= 1e-4
+    assert m4.memory["flash_bytes"]["tokenizer"] > 384_122
+
+
 def test_tokenizer_in_report_manifest_and_exports(text_model: tuple[Path, Path]) -> None:
     _, project = text_model
     report = json.loads((project / "report.json").read_text())
