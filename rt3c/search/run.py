@@ -276,19 +276,22 @@ def search_model(config: SearchConfig) -> SearchResult:
             "steps": joint.steps,
             "weights": config.level_weights,
         }
-        stages.run(
-            "joint",
-            joint_tag,
-            model,
-            lambda: joint_finetune(
+        with step(
+            f"joint: {joint.steps} steps of the winner's {len(board.levels)} levels, distilled from dense"
+        ):
+            stages.run(
+                "joint",
+                joint_tag,
                 model,
-                data,
-                plan,
-                joint,
-                teacher,
-                list(config.level_weights) if config.level_weights else None,
-            ),
-        )
+                lambda: joint_finetune(
+                    model,
+                    data,
+                    plan,
+                    joint,
+                    teacher,
+                    list(config.level_weights) if config.level_weights else None,
+                ),
+            )
         with step(f"test accuracy of {len(board.levels)} levels"):
             test_accuracy = [
                 evaluate(model, test, layer_masks(layers, level))["accuracy"]
