@@ -29,6 +29,15 @@ from rt3c.codegen.targets import Target, token_block
 from rt3c.core.sparse_format import EncodedLayer
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "sparse_linear.py.j2"
+GEMV_TEMPLATE = TEMPLATE.with_name("sparse_gemv.py.j2")
+GEMV_MIN_VALUES = 4
+"""The GEMV template needs a whole vector of values per tile: with 3 or fewer, its per-tile loads cost more
+than the token-block template's scalar multiply-adds (aarch64, 768x768, 1 token: 4x4 tiles at 3 values per
+tile 244,681 -> 269,941 instructions, 1x8 at 3 values 588,857 -> 624,478)."""
+GEMV_MAX_GATHERED = 32
+"""Its workspace x_p (the token gathered once per chain, chains x tile columns x values rounded up to 4)
+may hold at most this many floats per input feature (128 bytes: 393 KB for 3072 inputs); beyond that (many
+chains), the token-block template."""
 
 
 def _environment() -> jinja2.Environment:
@@ -54,10 +63,25 @@ def render_sparse_linear(name: str, layer: EncodedLayer, level: int, rows_of_x: 
         ]
         for table_row in encoding.pattern_table[encoding.chain_pattern]
     ]
+    template = TEMPLATE
+    extra: dict[str, object] = {}
+    gathered = len(chains) * layer.grid[1] * -(-len(slots) // 4) * 4  # x_p's floats
+    if (
+        rows_of_x == 1
+        and layer.scale is None
+        and target.vector_floats
+        and len(slots) >= GEMV_MIN_VALUES
+        and gathered <= GEMV_MAX_GATHERED * layer.shape[1]
+    ):
+        # One token on a SIMD target: vectorise over each tile's values instead (sparse_gemv.py.j2).
+        template = GEMV_TEMPLATE
+        extra = _gemv_variables(slots, chains, target.vector_floats)
+        extra["grid_cols"] = layer.grid[1]
     return (
         _environment()
-        .get_template(TEMPLATE.name)
+        .get_template(template.name)
         .render(
+            **extra,
             name=name,
             m=rows_of_x,
             n=layer.shape[0],
@@ -119,6 +143,43 @@ def _conversions(
             conversions.append((first, lanes, base, stride, offset))
             position.extend(range(first, first + count))
     return conversions, position
+
+
+def _slot_groups(slots: list[tuple[int, int, int]], lanes: int) -> list[tuple[int, int, int, int, int]]:
+    """Runs of at most `lanes` value slots that are contiguous in the value buffer (within a section):
+    (first slot, base, stride, first offset, length)."""
+    groups: list[tuple[int, int, int, int, int]] = []
+    for slot, (base, stride, offset) in enumerate(slots):
+        if groups:
+            first, g_base, g_stride, g_offset, length = groups[-1]
+            if (g_base, g_stride, g_offset + length) == (base, stride, offset) and length < lanes:
+                groups[-1] = (first, g_base, g_stride, g_offset, length + 1)
+                continue
+        groups.append((slot, base, stride, offset, 1))
+    return groups
+
+
+def _gemv_variables(
+    slots: list[tuple[int, int, int]], chains: list[list[tuple[int, int, int, int, int]]], lanes: int
+) -> dict[str, object]:
+    """The GEMV template's slot groups (vectors of values contiguous in the buffer) and accumulators: a
+    chain's group adds into the accumulator of its rows (per lane, the tile row it belongs to), shared by
+    every chain whose group has the same rows, and reduced into the outputs once per tile row."""
+    groups = _slot_groups(slots, lanes)
+    accumulators: dict[tuple[int, tuple[int, ...]], int] = {}
+    chain_accumulators = []
+    for pattern in chains:
+        keys = [
+            (g, tuple(p[0] for p in pattern[first : first + length]))
+            for g, (first, *_, length) in enumerate(groups)
+        ]
+        chain_accumulators.append([accumulators.setdefault(key, len(accumulators)) for key in keys])
+    return {
+        "width": -(-len(slots) // 4) * 4,
+        "groups": groups,
+        "accumulators": [rows for _, rows in accumulators],
+        "chain_accumulators": chain_accumulators,
+    }
 
 
 def sparse_linear_kernel(
