@@ -64,7 +64,7 @@ def render_sparse_linear(name: str, layer: EncodedLayer, level: int, rows_of_x: 
         for table_row in encoding.pattern_table[encoding.chain_pattern]
     ]
     template = TEMPLATE
-    extra: dict[str, object] = {}
+    extra: dict[str, object] = {"loads": []}
     gathered = len(chains) * layer.grid[1] * -(-len(slots) // 4) * 4  # x_p's floats
     if (
         rows_of_x == 1
@@ -77,6 +77,14 @@ def render_sparse_linear(name: str, layer: EncodedLayer, level: int, rows_of_x: 
         template = GEMV_TEMPLATE
         extra = _gemv_variables(slots, chains, target.vector_floats)
         extra["grid_cols"] = layer.grid[1]
+    if template is TEMPLATE and layer.scale is None and target.vector_floats and block > 1:
+        # A tile's values as vector loads (w), one per run of adjacent slots, when each feeds vector FMAs
+        # (aarch64, 768x768, 16 tokens, s = 0.77: 1,036,391 -> 920,999 instructions; with a block of one
+        # token they cost more: 1x8 at s = 0.77 588,857 -> 635,625).
+        loads = _slot_groups(slots, target.vector_floats)
+        extra = {
+            "loads": [(first, count, base, stride, offset) for first, base, stride, offset, count in loads]
+        }
     return (
         _environment()
         .get_template(template.name)
