@@ -14,6 +14,10 @@ tile row accumulates into a `rows x block` block that stays in registers over al
 written to `y` once, with the bias. The block size is chosen from the target's vector width and register
 file (`rt3c.codegen.targets.token_block`). Edge tiles need no guard inside the hot loop: the padding columns of `x_t` are zero
 and padding rows are never written.
+
+One token on a SIMD target (a GEMV) has a block of one token, where each weight is a scalar multiply-add;
+there the kernel comes from `sparse_gemv.py.j2` instead, vectorised over each tile's values
+(`_gemv_variables`), when a tile keeps at least `GEMV_MIN_VALUES` of them.
 """
 
 from __future__ import annotations
