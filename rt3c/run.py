@@ -40,8 +40,7 @@ def run_project(project: Path, level: int, inputs: Sequence[Path | np.ndarray]) 
             "inputs", f"the model takes {len(manifest['inputs'])} inputs ({names}), got {len(inputs)}"
         )
     labels = [
-        f"--input {source}" if isinstance(source, Path) else f"input {index}"
-        for index, source in enumerate(inputs)
+        str(source) if isinstance(source, Path) else f"inputs[{index}]" for index, source in enumerate(inputs)
     ]
     arrays = [
         read_input(source, spec) if isinstance(source, Path) else input_array(np.asarray(source), spec, label)
@@ -109,8 +108,8 @@ def read_input(path: Path, spec: dict) -> np.ndarray:
         # Mapped, not read: a header may claim more elements than the file (or memory) holds.
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError, OverflowError) as exc:  # mmap: a length past the address space
-        raise UserError(f"--input {path}: cannot read a .npy array ({exc})") from None
-    return input_array(array, spec, f"--input {path}")
+        raise UserError(f"{path}: cannot read a .npy array ({exc})") from None
+    return input_array(array, spec, str(path))
 
 
 def input_array(array: np.ndarray, spec: dict, label: str) -> np.ndarray:

@@ -37,5 +37,5 @@ def test_export_plan_encode_compile_run(tmp_path: Path) -> None:
         (in_order,) = project.run(level, [feeds[name] for name in project.input_names]).values()
         assert np.max(np.abs(by_name - expected)) <= 1e-4
         assert np.array_equal(by_name, in_order)
-    with pytest.raises(UserError, match="input 0: shape"):
+    with pytest.raises(UserError, match=r"inputs\[0\]: shape"):
         project.run(0, [np.zeros((1, 3), np.int64) for _ in project.input_names])

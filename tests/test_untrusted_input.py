@@ -356,7 +356,7 @@ def test_out_of_range_token_ids_are_refused(
         assert run_cli("run", str(project), "-i", str(paths[0]), "-i", str(paths[1])) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err == (
-            f"rt3c: error: --input {paths[0]}: input_ids takes values in [0, 1024); "
+            f"rt3c: error: {paths[0]}: input_ids takes values in [0, 1024); "
             "bert_tiny_invoke refused it (BERT_TINY_ERROR_INPUT_OUT_OF_RANGE)"
         )
         ids[0, 3 + number] = number  # one bad id at a time
@@ -581,7 +581,7 @@ def test_a_second_compile_is_refused_and_sigterm_exits_143_leaving_out_as_it_was
         )
         assert capsys.readouterr().err.strip().splitlines() == [
             f"rt3c: error: --out {out}: another rt3c process is writing it (it holds {tmp_path / '.project.lock'}); "
-            "wait for it to end or choose another --out"
+            "wait for it to end or choose another output folder"
         ]
         assert first.poll() is None  # the first compile goes on
         first.send_signal(signal.SIGTERM)
@@ -630,10 +630,7 @@ def test_run_refuses_ids_it_would_truncate_or_wrap(
     paths = _save_inputs(tmp_path, ids)
     np.save(paths[1], np.ones((1, 16), np.int64))
     assert run_cli("run", str(bert_tiny_project("host")), "-i", str(paths[0]), "-i", str(paths[1])) == 2
-    assert (
-        capsys.readouterr().err.strip().splitlines()[-1]
-        == f"rt3c: error: --input {paths[0]}: input_ids {message}"
-    )
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"rt3c: error: {paths[0]}: input_ids {message}"
 
 
 @pytest.mark.parametrize(
@@ -685,4 +682,4 @@ def test_run_refuses_a_npy_header_larger_than_its_file(
     mask = tmp_path / "mask.npy"
     np.save(mask, np.ones((1, 16), np.int64))
     assert run_cli("run", str(bert_tiny_project("host")), "-i", str(lying), "-i", str(mask)) == 2
-    assert f"--input {lying}: cannot read a .npy array" in capsys.readouterr().err
+    assert f"{lying}: cannot read a .npy array" in capsys.readouterr().err
