@@ -219,17 +219,18 @@ def one_shot(
     if not chosen:
         raise SettingError("layers", f"matches none of {source}'s linear layers", f"{layers!r}")
     if frequencies_khz is not None and len(frequencies_khz) != len(sparsities):
-        raise UserError(f"--frequencies: {len(frequencies_khz)} values for {len(sparsities)} levels")
+        raise SettingError("frequencies_khz", f"{len(frequencies_khz)} values for {len(sparsities)} levels")
     if not 1 <= len(sparsities) <= MAX_LEVELS:
-        raise UserError(f"--sparsity: {len(sparsities)} levels, expected 1 to {MAX_LEVELS}")
+        raise SettingError("sparsities", f"{len(sparsities)} levels, expected 1 to {MAX_LEVELS}")
     weights = planned_weights(chosen, source)
     for name, weight in weights.items():
         # As `rt3c prune` does: a tile may be padded but not exceed the weight (tiles larger than every
         # layer only pad it with zeros, and cost time and memory in proportion).
         if tile[0] > weight.shape[0] or tile[1] > weight.shape[1]:
-            raise UserError(
-                f"--tile {tile[0]}x{tile[1]}: larger than layer {name} {list(weight.shape)}; "
-                "a tile may be padded but not exceed the weight"
+            raise SettingError(
+                "tile",
+                f"larger than layer {name} {list(weight.shape)}; a tile may be padded but not exceed the weight",
+                f"{tile[0]}x{tile[1]}",
             )
     levels = [Level(f"L{i}", frequencies_khz[i] if frequencies_khz else None) for i in range(len(sparsities))]
     return one_shot_plan(

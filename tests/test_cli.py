@@ -181,6 +181,7 @@ def test_settings_errors_name_the_option() -> None:
                 in (
                     "SettingError",
                     "_check_range",
+                    "LevelPreconditionError",
                 )
                 and isinstance(node.args[0], ast.Constant)
             ):

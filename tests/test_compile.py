@@ -113,7 +113,7 @@ def test_levels_without_frequencies_are_refused(
     out = tmp_path / "project"
     fix = "give the frequencies with --board BOARD or --frequencies KHZ,KHZ,..."
     err = _fails_cleanly([str(bert_tiny_export.onnx_path), "--plan", str(plan)], out, capsys)
-    assert f"--plan {plan}: levels L0,L1,L2 have no frequency" in err and fix in err
+    assert f"{plan}: levels L0,L1,L2 have no frequency" in err and fix in err
     err = _fails_cleanly([str(encoded)], out, capsys)  # an encoded model alone has no frequencies either
     assert f"{encoded}: levels L0,L1,L2 have no frequency" in err and fix in err
     bad = {
@@ -415,7 +415,7 @@ def test_encoded_model_and_plan_must_match(
             if kind == "tiles"
             else f"layer {layer}: level L0: other kept tiles or pattern ids than {encoded} encodes"
         )
-        assert f"--plan {other_plan}: " in err and expected in err, err
+        assert f"{other_plan}: " in err and expected in err, err
     # Level 1 keeps two sections of the shared buffer (level 2's values, then what level 1 adds).
     level_one = encode_model(bert_tiny_export.onnx_path, plan, tmp_path / "l1.rt3.onnx", level=1).path
     result = compile_model(level_one, out, plan_path=plan, verify=True)

@@ -21,7 +21,11 @@ from rt3c.cli.options import (
     parse_shapes,
     parse_tile,
 )
+from rt3c.core.errors import SettingError, UserError
 from rt3c.core.progress import stdout
+
+FREQUENCY_OPTIONS = "--board BOARD or --frequencies KHZ,KHZ,... (kHz, one per level, densest first)"
+"""How compile's levels get their frequencies, named in its error when a plan or model has none."""
 
 
 @app.command("models")
@@ -226,25 +230,35 @@ def compile_command(
     A model of several levels needs their frequencies (for NAME_on_frequency): from the plan, --board or
     --frequencies. The project holds REPORT.md: flash, RAM and, when verified, the cost of each level (with
     --board, counted under qemu for the board's target: its latency on the board and deadline)."""
-    from rt3c.compile import compile_model
+    from rt3c.compile import MissingFrequenciesError, compile_model
     from rt3c.core.quantize import weight_type
     from rt3c.runtime_c.report_text import summary
 
-    result = compile_model(
-        model,
-        out,
-        target_name=target,
-        plan_path=plan,
-        board=board,
-        frequencies_khz=None if frequencies is None else integers(frequencies, "--frequencies"),
-        prefix=prefix,
-        verify=verify,
-        mcpu=mcpu,
-        weights_format=weights_format,
-        shapes=parse_shapes(shape),
-        weights=None if weights is None else weight_type(weights),
-        tokenizer=tokenizer,
-    )
+    if board is not None and frequencies is not None:
+        raise UserError("--board and --frequencies: give the levels' frequencies with one of them")
+    try:
+        result = compile_model(
+            model,
+            out,
+            target_name=target,
+            plan_path=plan,
+            board=board,
+            frequencies_khz=None if frequencies is None else integers(frequencies, "--frequencies"),
+            prefix=prefix,
+            verify=verify,
+            mcpu=mcpu,
+            weights_format=weights_format,
+            shapes=parse_shapes(shape),
+            weights=None if weights is None else weight_type(weights),
+            tokenizer=tokenizer,
+        )
+    except MissingFrequenciesError as exc:
+        raise UserError(exc.render(FREQUENCY_OPTIONS)) from None
+    except SettingError as exc:
+        if exc.setting != "frequencies_khz":
+            raise
+        # compile takes them from --frequencies (prune and plan from --board, as OPTION_NAMES says)
+        raise UserError(exc.render("--frequencies")) from None
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
     checked = f"max |C - onnxruntime| per level: {diffs}" if verify else "not verified (--no-verify)"
     typer.echo(
@@ -270,7 +284,6 @@ def run_command(
     """Run a compiled model: natively (host), under qemu-aarch64, or on qemu-system-arm (Cortex-M)."""
     import numpy as np
 
-    from rt3c.core.errors import UserError
     from rt3c.run import run_project, run_text
 
     if text is not None and inputs:

@@ -20,7 +20,7 @@ import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult, PreconditionError, Sequential
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
 
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError, UserError
 from rt3c.core.onnx_io import LEVELS_METADATA_KEY
 from rt3c.core.plan import Plan
 from rt3c.core.quantize import WeightType
@@ -34,6 +34,11 @@ LEVEL_INPUT = "rt3c_level"
 class ModelPreconditionError(UserError, PreconditionError):
     """A model a pass cannot run on: onnx-ir's precondition failure (raised from `requires`, which onnx-ir
     passes on as it is) and a UserError, so the CLI names the model's fault in one line and exits 2."""
+
+
+class LevelPreconditionError(SettingError, ModelPreconditionError):
+    """A level the model does not have: a setting's fault (the CLI names the option that gave it) found as
+    a pass's precondition."""
 
 
 def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
@@ -192,8 +197,8 @@ class SelectLevelPass(InPlacePass):
                 f"model {model.graph.name}: has no levels to select (is it an all-levels rt3c model?)"
             )
         if not 0 <= self.level < len(levels):
-            raise ModelPreconditionError(
-                f"--level {self.level}: the model has levels 0..{len(levels) - 1} ({', '.join(levels)})"
+            raise LevelPreconditionError(
+                "level", f"the model has levels 0..{len(levels) - 1} ({', '.join(levels)})", self.level
             )
 
     def call(self, model: ir.Model) -> PassResult:
