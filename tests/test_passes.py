@@ -18,7 +18,13 @@ from onnx import TensorProto, helper, numpy_helper
 from test_sparse_format import layer_plans
 
 from rt3c.core.errors import UserError
-from rt3c.core.onnx_io import WEIGHTS_METADATA_KEY
+from rt3c.core.onnx_io import (
+    LEVEL_SELECT_METADATA_KEY,
+    WEIGHTS_METADATA_KEY,
+    checked_proto,
+    load_onnx,
+    save_onnx_atomically,
+)
 from rt3c.core.plan import LayerLevel, LayerPlan, Level, Plan
 from rt3c.core.sparse_format import encode_layer
 from rt3c.encoded_model import read_encoded_layers
@@ -198,6 +204,46 @@ def test_passes_say_whether_they_modified_the_model() -> None:
     assert RemoveUnusedPass()(encoded).modified  # the dense weight and Add are gone
     assert not RemoveUnusedPass()(encoded).modified
     assert SelectLevelPass(1)(encoded).modified
+
+
+def test_level_selects_are_marked_and_the_mark_survives_a_file(tmp_path: Path) -> None:
+    """Each encoded layer's level-select Gather carries `rt3c.level_select` = the layer's name: it is kept
+    through save and load (NodeProto.metadata_props), onnxruntime runs the marked model, SelectLevelPass
+    finds the Gathers by it, and refuses an all-levels model without it rather than guessing."""
+    tile_masks = np.ones((1, 2, 2), dtype=bool)
+    sparse = tile_masks.copy()
+    sparse[0, 0, 0] = False
+    levels = [
+        LayerLevel(tile_masks, np.zeros((2, 2), np.int16)),
+        LayerLevel(sparse, np.zeros((2, 2), np.int16)),
+    ]
+    plan = Plan([Level("L0"), Level("L1")], {"w": LayerPlan("w", (4, 4), (2, 2), levels)})
+    weight = np.arange(1, 17, dtype=np.float32).reshape(4, 4)
+    bias = np.ones(4, np.float32)
+    encoded = ir.serde.deserialize_model(_linear_model("matmul+add", weight, bias, (2,)))
+    EncodeSparseLinearPass(plan, "test")(encoded)
+    path = tmp_path / "marked.rt3.onnx"
+    save_onnx_atomically(checked_proto(encoded), path)
+    loaded = load_onnx(path)
+    marked = [node for node in loaded.graph if LEVEL_SELECT_METADATA_KEY in node.metadata_props]
+    assert [(node.op_type, node.metadata_props[LEVEL_SELECT_METADATA_KEY]) for node in marked] == [
+        ("Gather", "w")
+    ]
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for level in (0, 1):
+        dense = weight * plan.layers["w"].mask(level)
+        (y,) = session.run(None, {"x": x, LEVEL_INPUT: np.array(level, np.int64)})
+        np.testing.assert_allclose(y, x @ dense.T + bias, rtol=1e-5)
+    assert SelectLevelPass(1)(loaded).modified
+    RemoveUnusedPass()(loaded)
+    assert not any(LEVEL_SELECT_METADATA_KEY in node.metadata_props for node in loaded.graph)
+    assert [node.attributes["level"].value for node in loaded.graph if node.op_type == "SparseLinear"] == [1]
+    unmarked = load_onnx(path)
+    for node in unmarked.graph:
+        node.metadata_props.pop(LEVEL_SELECT_METADATA_KEY, None)
+    with pytest.raises(UserError, match=f"has no node marked {LEVEL_SELECT_METADATA_KEY}"):
+        SelectLevelPass(0)(unmarked)
 
 
 def test_a_failed_precondition_leaves_the_model_alone() -> None:

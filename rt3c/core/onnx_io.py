@@ -22,6 +22,9 @@ SOURCE_METADATA_KEY = "rt3c.source"
 """The model reference the file was exported from (a zoo name, a directory, module:factory)."""
 LEVELS_METADATA_KEY = "rt3c.levels"
 """Comma-separated level names of an encoded model, densest first."""
+LEVEL_SELECT_METADATA_KEY = "rt3c.level_select"
+"""On a node (NodeProto.metadata_props): marks the Gather that picks an encoded layer's output by
+`rt3c_level` from its levels' outputs; the value is the layer's name (the SparseLinear nodes' `layer`)."""
 
 
 def load_onnx(path: Path) -> ir.Model:

@@ -2,10 +2,11 @@
 
 - `EncodeSparseLinearPass(plan, source, weights)`: every planned layer becomes one SparseLinear node per level over shared
   initializers (block index with its pattern runs, value buffer(s)), and the levels' outputs are joined
-  by `Gather(stack, rt3c_level)`, where `rt3c_level` is a graph input whose initializer makes level 0 the
+  by `Gather(stack, rt3c_level)`, marked with LEVEL_SELECT_METADATA_KEY (its layer's name), where `rt3c_level` is a graph input whose initializer makes level 0 the
   default: onnxruntime runs any level by feeding it. With int8 weights the value buffers are int8 and each
   node takes a sixth input, the layer's scale per output channel.
-- `SelectLevelPass(level)`: keep only `level`'s SparseLinear nodes (a single-level model).
+- `SelectLevelPass(level)`: keep only `level`'s SparseLinear nodes (a single-level model): each marked
+  Gather is replaced by the output of its layer's node at that level.
 - `MaskWeightsPass(plan, level, source, weights)`: the masked dense reference: each planned weight times
   its mask (with int8 weights, the weight quantized as the encoding does it, then dequantized).
 - `RemoveUnusedPass`: drop nodes, initializers and functions that nothing uses any more.
@@ -21,7 +22,7 @@ from onnx_ir.passes import InPlacePass, PassResult, PreconditionError, Sequentia
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
 
 from rt3c.core.errors import SettingError, UserError
-from rt3c.core.onnx_io import LEVELS_METADATA_KEY
+from rt3c.core.onnx_io import LEVEL_SELECT_METADATA_KEY, LEVELS_METADATA_KEY
 from rt3c.core.plan import Plan
 from rt3c.core.quantize import WeightType
 from rt3c.core.sparse_format import EncodedLayer, encode_layer, quantize_layer, section_widths
@@ -159,6 +160,7 @@ class EncodeSparseLinearPass(InPlacePass):
             ir.convenience.convert_attributes({"axis": 0}),
             name=f"{prefix}.select",
         )
+        select.metadata_props[LEVEL_SELECT_METADATA_KEY] = layer.name
         graph.insert_before(layer.node, concat)
         graph.insert_before(layer.node, select)
         old_output, new_output = layer.output, select.outputs[0]
@@ -183,8 +185,24 @@ def sparse_linear_nodes(graph: ir.Graph) -> list[ir.Node]:
     return [node for node in graph if node.domain == DOMAIN and node.op_type == OP_TYPE]
 
 
+def level_selects(graph: ir.Graph, level: int) -> list[tuple[ir.Node, ir.Node | None]]:
+    """Per node marked as a layer's level select (LEVEL_SELECT_METADATA_KEY), that layer's SparseLinear node
+    at `level` (None if it has none)."""
+    at_level = {
+        node.attributes["layer"].value: node
+        for node in sparse_linear_nodes(graph)
+        if node.attributes["level"].value == level
+    }
+    return [
+        (node, at_level.get(node.metadata_props[LEVEL_SELECT_METADATA_KEY]))
+        for node in graph
+        if LEVEL_SELECT_METADATA_KEY in node.metadata_props
+    ]
+
+
 class SelectLevelPass(InPlacePass):
-    """Keep one level: each layer's `select` Gather is replaced by that level's SparseLinear output."""
+    """Keep one level: each marked level-select Gather is replaced by its layer's SparseLinear output at
+    that level."""
 
     def __init__(self, level: int) -> None:
         super().__init__()
@@ -200,16 +218,25 @@ class SelectLevelPass(InPlacePass):
             raise LevelPreconditionError(
                 "level", f"the model has levels 0..{len(levels) - 1} ({', '.join(levels)})", self.level
             )
+        selects = level_selects(model.graph, self.level)
+        if not selects:
+            raise ModelPreconditionError(
+                f"model {model.graph.name}: has no node marked {LEVEL_SELECT_METADATA_KEY} (encoded by an "
+                "older rt3c? encode it again)"
+            )
+        for select, chosen in selects:
+            if chosen is None:
+                raise ModelPreconditionError(
+                    f"model {model.graph.name}: node {select.name} selects the levels of layer "
+                    f"{select.metadata_props[LEVEL_SELECT_METADATA_KEY]}, which has no SparseLinear node "
+                    f"at level {self.level}"
+                )
 
     def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
         levels = model.metadata_props.get(LEVELS_METADATA_KEY, "").split(",")
-        for node in sparse_linear_nodes(graph):
-            if node.attributes["level"].value != self.level:
-                continue
-            stack = next(iter(node.outputs[0].uses())).node
-            concat = next(iter(stack.outputs[0].uses())).node
-            select = next(iter(concat.outputs[0].uses())).node
+        for select, node in level_selects(graph, self.level):
+            assert node is not None  # checked in requires
             chosen = node.outputs[0]
             chosen.shape, chosen.type = select.outputs[0].shape, select.outputs[0].type
             _take_over(graph, select.outputs[0], chosen)
