@@ -26,7 +26,8 @@ from rt3c.core.boards import Board, load_board
 from rt3c.core.errors import SettingError, UserError
 from rt3c.core.files import exclusive_lock
 from rt3c.core.onnx_io import bind_input_shapes
-from rt3c.core.plan import MAX_FREQUENCY_KHZ, Plan
+from rt3c.core.plan import Plan
+from rt3c.core.plan_limits import MAX_FREQUENCY_KHZ
 from rt3c.core.progress import step
 from rt3c.core.quantize import WeightType
 from rt3c.core.sparse_format import encode_layer

@@ -31,7 +31,8 @@ from rt3c.core.onnx_io import (
     load_onnx,
     save_onnx_atomically,
 )
-from rt3c.core.plan import MAX_LEVELS, Level, Plan
+from rt3c.core.plan import Level, Plan
+from rt3c.core.plan_limits import MAX_LEVELS
 from rt3c.core.progress import step
 from rt3c.core.quantize import WeightType
 from rt3c.core.sparsify import one_shot_plan

@@ -12,7 +12,7 @@ import onnx_ir as ir
 from rt3c.core.checks import integer
 from rt3c.core.errors import UserError
 from rt3c.core.onnx_io import LEVELS_METADATA_KEY, load_onnx
-from rt3c.core.plan import MAX_LAYER_ELEMENTS, MAX_LEVELS, MAX_TILE_ELEMENTS
+from rt3c.core.plan_limits import MAX_LAYER_ELEMENTS, MAX_LEVELS, MAX_TILE_ELEMENTS
 from rt3c.core.quantize import WeightType
 from rt3c.core.sparse_format import MAX_CHAINS, EncodedLayer, LevelEncoding, section_widths
 from rt3c.passes.encode import sparse_linear_nodes

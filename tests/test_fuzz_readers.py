@@ -29,7 +29,8 @@ from test_input_validation import BAD_INPUTS, one_layer_encoded  # noqa: F401 (a
 from rt3c.core.battery import RT3_DEFAULT_TRACE, load_trace, simulate
 from rt3c.core.boards import load_board, parse_board
 from rt3c.core.errors import UserError
-from rt3c.core.plan import MAX_LEVELS, Plan
+from rt3c.core.plan import Plan
+from rt3c.core.plan_limits import MAX_LEVELS
 from rt3c.encoded_model import read_encoded_layers
 from rt3c.run import read_input
 from rt3c.runtime_c.vocab import MAX_WORD_CHARS, read_vocab

@@ -22,7 +22,7 @@ from typing import Any
 
 from rt3c.core.checks import real_number
 from rt3c.core.errors import SettingError, UserError
-from rt3c.core.plan import MAX_FREQUENCY_KHZ, MAX_LEVELS
+from rt3c.core.plan_limits import MAX_FREQUENCY_KHZ, MAX_LEVELS
 
 TARGETS = ("host", "aarch64", "cortex-m4", "cortex-m7")
 BOARDS_DIR = Path(__file__).resolve().parent / "boards"

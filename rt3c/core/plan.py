@@ -40,22 +40,20 @@ import numpy as np
 from rt3c.core.checks import UNREADABLE_JSON, integer
 from rt3c.core.errors import UserError
 from rt3c.core.files import atomic_output
+from rt3c.core.plan_limits import (
+    MAX_LAYER_ELEMENTS,
+    MAX_LEVELS,
+    MAX_TILE_ELEMENTS,
+    check_layer_size,
+    validate_level,
+)
 from rt3c.core.plan_text import DIGITS, PRUNED, pattern_from_text, pattern_to_text, row_from_text, row_to_text
 
 PLAN_FORMAT = "rt3c-plan"
 PLAN_VERSION = 1
 MAX_PATTERNS = len(DIGITS)
-MAX_FREQUENCY_KHZ = 2**32 - 1
-"""The runtime stores each level's frequency as a uint32_t (rt3_on_frequency's argument)."""
-MAX_LEVELS = 16
-"""DVFS levels of a plan or board: each is a kernel table in flash, and boards have a handful."""
-MAX_TILE_ELEMENTS = 2**15
-"""The encoded format stores in-tile positions as int16 (docs/FORMAT.md)."""
 SHARED_USE = "#"
 """Joins a shared weight's layer name and the number of its further use: `NAME#1` (docs/PLAN.md)."""
-MAX_LAYER_ELEMENTS = 2**28
-"""Weights of one layer after padding to whole tiles (1 GiB of float32): checked before any mask over the
-layer is allocated, so a plan cannot claim a size that exhausts memory."""
 
 
 @dataclass(frozen=True)
@@ -172,7 +170,7 @@ class Plan:
             raise UserError("plan: has no layers")
         seen: set[str] = set()
         for index, level in enumerate(self.levels):
-            _validate_level(index, level, seen)
+            validate_level(index, level, seen)
         for layer in self.layers.values():
             layer.validate(len(self.levels))
 
@@ -289,36 +287,6 @@ class Plan:
         except UNREADABLE_JSON as exc:
             raise UserError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_json(data, str(path))
-
-
-def _validate_level(index: int, level: Level, seen: set[str]) -> None:
-    """Level names key the levels in encoded models (joined by commas) and frequencies end up in the C runtime
-    as uint32_t kHz, so both are checked as the types they become, not as whatever JSON held."""
-    where = f"levels[{index}]"
-    if not isinstance(level.name, str) or not level.name or "," in level.name:
-        raise UserError(f"{where}.name: expected a non-empty string without commas, got {level.name!r:.80}")
-    if level.name in seen:
-        raise UserError(f"{where}.name: {level.name!r:.80} names two levels")
-    seen.add(level.name)
-    khz = level.frequency_khz
-    # bool is an int subclass, and JSON's NaN, 1e300 and 1400000.0 arrive as floats: all refused.
-    if khz is not None and (type(khz) is not int or not 1 <= khz <= MAX_FREQUENCY_KHZ):
-        raise UserError(
-            f"{where}.frequency_khz: expected an integer in [1, {MAX_FREQUENCY_KHZ}] (kHz) or no value, got {khz!r:.80}"
-        )
-
-
-def check_layer_size(shape: tuple[int, int], tile: tuple[int, int], where: str) -> None:
-    """Refuse a tile or a padded layer too large for the encoded format (MAX_TILE_ELEMENTS) or memory
-    (MAX_LAYER_ELEMENTS), before anything of that size is allocated."""
-    if tile[0] * tile[1] > MAX_TILE_ELEMENTS:
-        raise UserError(f"{where}: tile {tile[0]}x{tile[1]} has more than {MAX_TILE_ELEMENTS} elements")
-    padded = -(-shape[0] // tile[0]) * tile[0] * -(-shape[1] // tile[1]) * tile[1]
-    if padded > MAX_LAYER_ELEMENTS:
-        raise UserError(
-            f"{where}: shape {list(shape)} in {tile[0]}x{tile[1]} tiles is {padded} weights, "
-            f"more than {MAX_LAYER_ELEMENTS}"
-        )
 
 
 def _layer_from_json(name: str, entry: dict[str, Any], source: str) -> LayerPlan:

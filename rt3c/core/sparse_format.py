@@ -34,7 +34,8 @@ import numpy as np
 
 from rt3c.core.checks import finite_array
 from rt3c.core.errors import UserError
-from rt3c.core.plan import LayerPlan, check_layer_size
+from rt3c.core.plan import LayerPlan
+from rt3c.core.plan_limits import check_layer_size
 from rt3c.core.quantize import Quantized, WeightType, quantize_channels
 
 MAX_CHAINS = 256
