@@ -32,7 +32,7 @@ from rt3c.core.onnx_io import (
     save_onnx_atomically,
 )
 from rt3c.core.plan import Level, Plan
-from rt3c.core.plan_limits import MAX_LEVELS
+from rt3c.core.plan_limits import MAX_LEVELS, check_tile_fits
 from rt3c.core.progress import step
 from rt3c.core.quantize import WeightType
 from rt3c.core.sparsify import one_shot_plan
@@ -224,15 +224,7 @@ def one_shot(
     if not 1 <= len(sparsities) <= MAX_LEVELS:
         raise SettingError("sparsities", f"{len(sparsities)} levels, expected 1 to {MAX_LEVELS}")
     weights = planned_weights(chosen, source)
-    for name, weight in weights.items():
-        # As `rt3c prune` does: a tile may be padded but not exceed the weight (tiles larger than every
-        # layer only pad it with zeros, and cost time and memory in proportion).
-        if tile[0] > weight.shape[0] or tile[1] > weight.shape[1]:
-            raise SettingError(
-                "tile",
-                f"larger than layer {name} {list(weight.shape)}; a tile may be padded but not exceed the weight",
-                f"{tile[0]}x{tile[1]}",
-            )
+    check_tile_fits(tile, {name: weight.shape for name, weight in weights.items()})
     levels = [Level(f"L{i}", frequencies_khz[i] if frequencies_khz else None) for i in range(len(sparsities))]
     return one_shot_plan(
         weights,

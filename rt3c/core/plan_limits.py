@@ -5,9 +5,10 @@ format and its reader check encoded layers with them, and boards their levels.""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from rt3c.core.errors import UserError
+from rt3c.core.errors import SettingError, UserError
 
 if TYPE_CHECKING:
     from rt3c.core.plan import Level
@@ -51,3 +52,16 @@ def check_layer_size(shape: tuple[int, int], tile: tuple[int, int], where: str) 
             f"{where}: shape {list(shape)} in {tile[0]}x{tile[1]} tiles is {padded} weights, "
             f"more than {MAX_LAYER_ELEMENTS}"
         )
+
+
+def check_tile_fits(tile: tuple[int, int], shapes: Mapping[str, Sequence[int]]) -> None:
+    """A tile may be padded but not exceed a layer's weight (`shapes`: by layer, its weight's shape): tiles
+    larger than every layer only pad it with zeros, and cost time and memory in proportion. `rt3c plan` and
+    `rt3c prune` refuse them alike, before any work."""
+    for name, shape in shapes.items():
+        if tile[0] > shape[0] or tile[1] > shape[1]:
+            raise SettingError(
+                "tile",
+                f"larger than layer {name} {list(shape)}; a tile may be padded but not exceed the weight",
+                f"{tile[0]}x{tile[1]}",
+            )

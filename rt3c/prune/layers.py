@@ -8,6 +8,7 @@ import re
 import torch
 
 from rt3c.core.errors import SettingError, UserError
+from rt3c.core.plan_limits import check_tile_fits
 from rt3c.models.base import LoadedModel
 
 # The encoder's linear layers: HF BERT-style `...encoder.layer.N...` and rt3-lm's `layers.N...`.
@@ -35,11 +36,5 @@ def select_layers(model: LoadedModel, pattern: str, tile: tuple[int, int]) -> di
         )
     if not chosen:
         raise SettingError("layers", f"matches no linear layer weight of {model.name}", repr(pattern))
-    for name, weight in chosen.items():
-        if tile[0] > weight.shape[0] or tile[1] > weight.shape[1]:
-            raise SettingError(
-                "tile",
-                f"larger than layer {name} {list(weight.shape)}; a tile may be padded but not exceed the weight",
-                f"{tile[0]}x{tile[1]}",
-            )
+    check_tile_fits(tile, {name: weight.shape for name, weight in chosen.items()})
     return chosen
