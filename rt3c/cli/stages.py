@@ -230,7 +230,8 @@ def compile_command(
     A model of several levels needs their frequencies (for NAME_on_frequency): from the plan, --board or
     --frequencies. The project holds REPORT.md: flash, RAM and, when verified, the cost of each level (with
     --board, counted under qemu for the board's target: its latency on the board and deadline)."""
-    from rt3c.compile import MissingFrequenciesError, compile_model
+    from rt3c.compile import compile_model
+    from rt3c.compile_inputs import MissingFrequenciesError
     from rt3c.core.quantize import weight_type
     from rt3c.runtime_c.report_text import summary
 
