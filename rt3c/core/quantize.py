@@ -57,8 +57,9 @@ def quantize_channels(
     of its shape), only the kept weights are stored: the others quantize to 0 and do not widen a scale.
 
     Refused, naming `where`: values that are not finite; a channel of `weight` that is all zeros unless
-    `zero_channels` (an all-zero output channel of a linear layer is a dead unit, most likely a broken
-    export; an embedding's padding row is zero by design); an error above MAX_RELATIVE_ERROR.
+    `zero_channels` (an all-zero output channel of a dense linear layer is a dead unit, most likely a broken
+    export; an embedding's padding row and a block-pruned layer's rows are zero by design); an error above
+    MAX_RELATIVE_ERROR.
     """
     weight = np.asarray(weight, dtype=np.float32)
     finite_array(weight, where)
