@@ -138,11 +138,9 @@ def main() -> None:
         f"\nSpearman rank correlation, proxy vs trained ({len(picks)} candidates, {args.full_steps} joint steps, "
         f"{len(validation)} validation examples):"
     )
-    print(
-        f"  mean of the levels: {spearman([np.mean(p) for p in proxy], [np.mean(t) for t in trained]):+.3f}"
-    )
+    print(f"  mean of the levels: {spearman([np.mean(p) for p in proxy], [np.mean(t) for t in trained])}")
     for level in range(n_levels):
-        print(f"  L{level}: {spearman([p[level] for p in proxy], [t[level] for t in trained]):+.3f}")
+        print(f"  L{level}: {spearman([p[level] for p in proxy], [t[level] for t in trained])}")
 
 
 if __name__ == "__main__":
