@@ -119,12 +119,12 @@ def check_plan_matches(plan: Plan, plan_path: Path, encoded: EncodedModel) -> No
             )
         for model_level, level_name in enumerate(model_levels):
             expected = planned.levels[plan_levels.index(level_name)]
-            encoded = layer.levels[model_level]
+            actual = layer.levels[model_level]
             same_ids = (
                 np.array_equal(planned.tile_col, layer.tile_col)
                 and np.array_equal(planned.tile_run_ptr, layer.tile_run_ptr)
-                and np.array_equal(expected.pattern_table, encoded.pattern_table)
-                and np.array_equal(expected.chain_pattern, encoded.chain_pattern)
+                and np.array_equal(expected.pattern_table, actual.pattern_table)
+                and np.array_equal(expected.chain_pattern, actual.chain_pattern)
             )
             if not same_ids:
                 raise UserError(
