@@ -6,7 +6,7 @@ For each shape (out x in), token count and sparsity s, a random weight is planne
 patterns, one level, as bench_kernels.py does) and each kernel computes Y = X W^T (+ b for the sparse
 kernel) in the generated C project, built for the target and run under qemu (qemu-aarch64, or
 qemu-system-arm -M mps2-an386 for the Cortex-M4) with rt3c's instruction-counting plugin. The count covers
-the kernel's own functions (`rt3c.instruction_count.kernel_functions`); every output is checked against
+the kernel's own functions (`rt3c.stages.instruction_count.kernel_functions`); every output is checked against
 numpy first. "sparse/dense" is the ratio of executed instructions (goal on aarch64: <= 0.30 at s = 0.75);
 "ideal" is 1 - s; "per kept MAC" is the sparse count over nonzeros x tokens, which compares tile shapes
 (`--tile`, repeatable; default 4x4) at the same sparsity. Code bytes are the kernel functions' sizes (`nm -S`). The dense kernel is the one rt3c
@@ -30,15 +30,15 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from rt3c.build import build_project
 from rt3c.cli.options import parse_tile
 from rt3c.codegen.targets import Target, get_target
 from rt3c.core.plan import Level
 from rt3c.core.sparse_format import encode_layer
 from rt3c.core.sparsify import one_shot_plan
-from rt3c.instruction_count import count_instructions, function_ranges, kernel_functions, nm_tool
-from rt3c.kernel_program import LinearStep, dense_linear_step, linear_program, sparse_linear_step
 from rt3c.runtime_c.project import render_project
+from rt3c.stages.build import build_project
+from rt3c.stages.instruction_count import count_instructions, function_ranges, kernel_functions, nm_tool
+from rt3c.stages.kernel_program import LinearStep, dense_linear_step, linear_program, sparse_linear_step
 
 SPARSITIES = (0.5, 0.75, 0.9)
 TOLERANCE = 1e-3  # float32 sums over up to 3072 products in another order than numpy's

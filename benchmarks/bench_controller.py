@@ -19,9 +19,9 @@ import argparse
 
 import numpy as np
 
-from rt3c.search.controller import CachedEvaluator, random_search, reinforce
-from rt3c.search.objective import AccuracyObjective, Evaluation
-from rt3c.search.space import SearchSpace
+from rt3c.stages.search.controller import CachedEvaluator, random_search, reinforce
+from rt3c.stages.search.objective import AccuracyObjective, Evaluation
+from rt3c.stages.search.space import SearchSpace
 
 LAYERS = tuple(f"layer{b}.{kind}" for b in range(6) for kind in ("q", "k", "v", "o", "ffn_in", "ffn_out"))
 DENSE_ACCURACY = 0.82

@@ -39,10 +39,10 @@ from rich.console import Console
 from rich.table import Table
 
 from rt3c.codegen.targets import Target, get_target
-from rt3c.instruction_count import count_instructions
-from rt3c.kernel_program import dense_linear_step
 from rt3c.runtime_c.build_files import PSRAM_MIB, PSRAM_ORIGIN
 from rt3c.runtime_c.project import TEMPLATES, environment
+from rt3c.stages.instruction_count import count_instructions
+from rt3c.stages.kernel_program import dense_linear_step
 
 SHAPES = ((384, 384), (1536, 384), (384, 1536))
 """minilm-l6's linear layers, out x in: attention projections, FFN up, FFN down."""

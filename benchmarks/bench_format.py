@@ -19,7 +19,7 @@ from rich.table import Table
 from rt3c.core.plan import Level
 from rt3c.core.sparse_format import encode_layer
 from rt3c.core.sparsify import one_shot_plan
-from rt3c.models import load_model
+from rt3c.stages.models import load_model
 
 SPARSITIES = [0.5, 0.7, 0.8]
 TILES = [(4, 4), (4, 8), (8, 8), (16, 16)]

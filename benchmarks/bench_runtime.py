@@ -40,15 +40,15 @@ from rich.console import Console
 from rich.table import Table
 
 from rt3c.codegen.targets import Target, get_target
-from rt3c.compile import compile_model
 from rt3c.core.onnx_io import deterministic_feeds, load_onnx
 from rt3c.core.plan import Plan
-from rt3c.encode import encode_model, plan_model
-from rt3c.export import export_model
-from rt3c.instruction_count import count_instructions
-from rt3c.lower import level_model
-from rt3c.models import load_model
 from rt3c.runtime_c.build_files import PSRAM_MIB
+from rt3c.stages.compile import compile_model
+from rt3c.stages.encode import encode_model, plan_model
+from rt3c.stages.export import export_model
+from rt3c.stages.instruction_count import count_instructions
+from rt3c.stages.lower import level_model
+from rt3c.stages.models import load_model
 
 TOKENS = 64
 PREFIX = "bench"

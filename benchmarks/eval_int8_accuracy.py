@@ -20,11 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 from rt3c.core.plan import Plan
-from rt3c.datasets import load_dataset
-from rt3c.encode import encode_model
-from rt3c.export import export_model
-from rt3c.models import load_model
 from rt3c.passes.encode import LEVEL_INPUT
+from rt3c.stages.datasets import load_dataset
+from rt3c.stages.encode import encode_model
+from rt3c.stages.export import export_model
+from rt3c.stages.models import load_model
 
 
 def accuracy(model: Path, level: int, inputs: list[np.ndarray], labels: np.ndarray) -> float:

@@ -18,11 +18,11 @@ import torch
 from rt3c.cli.options import parse_tile
 from rt3c.core.plan import Level
 from rt3c.core.progress import stdout
-from rt3c.datasets import load_dataset
-from rt3c.models import load_model
-from rt3c.prune.layers import select_layers
-from rt3c.prune.pipeline import PruneConfig, evaluate_one_shot, prune_model
-from rt3c.prune.report import level_table, print_evaluation
+from rt3c.stages.datasets import load_dataset
+from rt3c.stages.models import load_model
+from rt3c.stages.prune.layers import select_layers
+from rt3c.stages.prune.pipeline import PruneConfig, evaluate_one_shot, prune_model
+from rt3c.stages.prune.report import level_table, print_evaluation
 
 TIME_BUDGET_S = 30 * 60
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from rt3c.core.plan import Plan
-from rt3c.datasets import load_dataset
-from rt3c.models import load_model
-from rt3c.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks
-from rt3c.prune.training import TrainSettings, evaluate
-from rt3c.search.run import shortest_first
+from rt3c.stages.datasets import load_dataset
+from rt3c.stages.models import load_model
+from rt3c.stages.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks
+from rt3c.stages.prune.training import TrainSettings, evaluate
+from rt3c.stages.search.run import shortest_first
 
 
 def main() -> None:

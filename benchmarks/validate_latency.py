@@ -30,12 +30,12 @@ from rich.console import Console
 from rich.table import Table
 
 from rt3c.codegen.targets import get_target
-from rt3c.compile import compile_model
 from rt3c.core.onnx_io import load_onnx
 from rt3c.core.plan import Plan
-from rt3c.latency.calibrate import build_latency_model
-from rt3c.latency.measure import measure_plan
 from rt3c.passes.linear_layers import find_linear_layers
+from rt3c.stages.compile import compile_model
+from rt3c.stages.latency.calibrate import build_latency_model
+from rt3c.stages.latency.measure import measure_plan
 
 
 def end_to_end_seconds(project: Path, level: int, repeats: int) -> float:

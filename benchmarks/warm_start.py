@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from rt3c.core.plan import Level, Plan
-from rt3c.datasets import load_dataset
-from rt3c.models import load_model
-from rt3c.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks, numpy_weights
-from rt3c.prune.training import TrainSettings, evaluate
-from rt3c.search.evaluate import CandidatePlanner
-from rt3c.search.space import SearchSpace
+from rt3c.stages.datasets import load_dataset
+from rt3c.stages.models import load_model
+from rt3c.stages.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks, numpy_weights
+from rt3c.stages.prune.training import TrainSettings, evaluate
+from rt3c.stages.search.evaluate import CandidatePlanner
+from rt3c.stages.search.space import SearchSpace
 
 
 def main() -> None:

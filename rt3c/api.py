@@ -26,17 +26,17 @@ import numpy as np
 
 if TYPE_CHECKING:
     from rt3c.core.plan import Plan
-    from rt3c.encode import EncodeResult
-    from rt3c.export import ExportResult
-    from rt3c.prune.pipeline import PruneResult
-    from rt3c.search.outputs import SearchResult
+    from rt3c.stages.encode import EncodeResult
+    from rt3c.stages.export import ExportResult
+    from rt3c.stages.prune.pipeline import PruneResult
+    from rt3c.stages.search.outputs import SearchResult
 
 
 def export(model: str, out: str | Path, *, seq_len: int = 16, batch: int = 1) -> ExportResult:
     """`model` (a zoo name, a Hugging Face directory, a checkpoint of `prune`, or `module:factory`) to
     ONNX at `out`, verified against torch with onnxruntime."""
-    from rt3c.export import export_model
-    from rt3c.models import load_model
+    from rt3c.stages.export import export_model
+    from rt3c.stages.models import load_model
 
     return export_model(load_model(model), Path(out), seq_len=seq_len, batch=batch)
 
@@ -53,7 +53,7 @@ def plan(
     layers: str | None = None,
 ) -> Plan:
     """The one-shot plan of an exported model's linear layers: one level per sparsity, densest first."""
-    from rt3c.encode import plan_model
+    from rt3c.stages.encode import plan_model
 
     return plan_model(
         Path(onnx_path),
@@ -80,7 +80,7 @@ def encode(
     stored as `weights` (float32 or int8), verified level by level against the masked dense model.
     `shapes` fixes dynamic input dimensions, by input name."""
     from rt3c.core.quantize import weight_type
-    from rt3c.encode import encode_model
+    from rt3c.stages.encode import encode_model
 
     return encode_model(Path(onnx_path), Path(plan_path), Path(out), level, shapes, weight_type(weights))
 
@@ -110,7 +110,7 @@ class Project:
     ) -> dict[str, np.ndarray]:
         """Outputs by name of one inference of the built program at `level` (natively or under qemu);
         `inputs` by name, or in the order of `input_names`."""
-        from rt3c.run import run_project
+        from rt3c.stages.run import run_project
 
         if isinstance(inputs, Mapping):
             inputs = [inputs[name] for name in self.input_names]
@@ -119,7 +119,7 @@ class Project:
     def run_text(self, level: int, text: str) -> dict[str, np.ndarray]:
         """Outputs by name of one inference at `level` on `text`, tokenized by the project's own C
         tokenizer (a project compiled with `tokenizer`)."""
-        from rt3c.run import run_text
+        from rt3c.stages.run import run_text
 
         return run_text(self.directory, level, text)
 
@@ -145,8 +145,8 @@ def compile(
     int8) is the type an exported model's weights are encoded with; an encoded model has its own.
     `tokenizer` (a vocab.txt, a tokenizer.json, a Hugging Face directory, or `minilm-l6`) adds the C
     WordPiece tokenizer `NAME_tokenize` over that vocabulary (docs/RUNTIME.md)."""
-    from rt3c.compile import compile_model
     from rt3c.core.quantize import weight_type
+    from rt3c.stages.compile import compile_model
 
     result = compile_model(
         Path(model_path),
@@ -166,15 +166,15 @@ def compile(
 
 def prune(model: str, data: str, out: str | Path, *, sparsities: list[float], **settings: Any) -> PruneResult:
     """`rt3c prune`: dense baseline, group lasso and block pruning, pattern sets per level, joint training.
-    `settings` are the fields of `rt3c.prune.pipeline.PruneConfig` (tile, patterns, steps, ...)."""
-    from rt3c.prune.pipeline import PruneConfig, prune_model
+    `settings` are the fields of `rt3c.stages.prune.pipeline.PruneConfig` (tile, patterns, steps, ...)."""
+    from rt3c.stages.prune.pipeline import PruneConfig, prune_model
 
     return prune_model(PruneConfig(model=model, data=data, out=Path(out), sparsities=sparsities, **settings))
 
 
 def search(model: str, data: str, board: str, out: str | Path, **settings: Any) -> SearchResult:
     """`rt3c search`: the pattern sets per DVFS level that meet each level's deadline on `board`, trained.
-    `settings` are the fields of `rt3c.search.run.SearchConfig` (objective, episodes, steps, ...)."""
-    from rt3c.search.run import SearchConfig, search_model
+    `settings` are the fields of `rt3c.stages.search.run.SearchConfig` (objective, episodes, steps, ...)."""
+    from rt3c.stages.search.run import SearchConfig, search_model
 
     return search_model(SearchConfig(model=model, data=data, board=board, out=Path(out), **settings))

@@ -8,8 +8,8 @@ import pytest
 from filelock import FileLock
 from search_helpers import TIGHT_BOARD, run_cli, search_argv
 
-from rt3c.export import ExportResult, export_model
-from rt3c.models import load_model
+from rt3c.stages.export import ExportResult, export_model
+from rt3c.stages.models import load_model
 
 
 def _export(tmp_path_factory: pytest.TempPathFactory, name: str, seq_len: int) -> ExportResult:

@@ -11,7 +11,7 @@ import pytest
 from rt3c import api
 from rt3c.core.errors import UserError
 from rt3c.core.onnx_io import deterministic_feeds
-from rt3c.reference import run_onnx
+from rt3c.stages.reference import run_onnx
 
 
 def test_export_plan_encode_compile_run(tmp_path: Path) -> None:

@@ -12,20 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rt3c.build import build_project, run_level
 from rt3c.codegen.targets import Target, get_target
 from rt3c.core.onnx_io import load_onnx
 from rt3c.core.plan import Level
 from rt3c.core.sparse_format import encode_layer
 from rt3c.core.sparsify import one_shot_plan
-from rt3c.export import ExportResult
-from rt3c.instruction_count import count_instructions
-from rt3c.kernel_program import dense_linear_step, input_name, linear_program, sparse_linear_step
-from rt3c.lower import CompiledProgram
 from rt3c.passes.linear_layers import find_linear_layers
 from rt3c.runtime_c.build_files import render_build_files
 from rt3c.runtime_c.program import Program
 from rt3c.runtime_c.project import render_project
+from rt3c.stages.build import build_project, run_level
+from rt3c.stages.export import ExportResult
+from rt3c.stages.instruction_count import count_instructions
+from rt3c.stages.kernel_program import dense_linear_step, input_name, linear_program, sparse_linear_step
+from rt3c.stages.lower import CompiledProgram
 
 LOOP = r"""
 #include <stdlib.h>

@@ -217,8 +217,8 @@ def test_plan_levels_follow_the_lists(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`--levels` is the number of `--sparsity` values unless given; `--board` gives its frequencies."""
-    from rt3c import encode
     from rt3c.core.boards import load_board
+    from rt3c.stages import encode
 
     calls: list[dict] = []
 

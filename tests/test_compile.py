@@ -14,13 +14,13 @@ import onnx
 import pytest
 from test_cli import run_cli
 
-from rt3c.compile import compile_model
 from rt3c.core.onnx_io import deterministic_feeds, load_onnx
-from rt3c.encode import encode_model, plan_model
-from rt3c.export import ExportResult
-from rt3c.lower import level_model
-from rt3c.reference import run_onnx
-from rt3c.run import run_project
+from rt3c.stages.compile import compile_model
+from rt3c.stages.encode import encode_model, plan_model
+from rt3c.stages.export import ExportResult
+from rt3c.stages.lower import level_model
+from rt3c.stages.reference import run_onnx
+from rt3c.stages.run import run_project
 
 HARNESS = Path(__file__).resolve().parent / "c" / "level_switch.c"
 FUZZ_HARNESS = Path(__file__).resolve().parent / "c" / "fuzz_runtime.c"

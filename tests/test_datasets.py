@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rt3c.core.errors import UserError
-from rt3c.datasets import TRAIN_FRACTION, load_dataset, rotten_tomatoes_rows
-from rt3c.models import load_model
+from rt3c.stages.datasets import TRAIN_FRACTION, load_dataset, rotten_tomatoes_rows
+from rt3c.stages.models import load_model
 
 
 def test_rotten_tomatoes_rows_are_labelled_reviews_in_a_fixed_order() -> None:

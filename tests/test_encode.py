@@ -14,12 +14,12 @@ from test_cli import run_cli
 
 from rt3c.core.onnx_io import deterministic_feeds, load_onnx
 from rt3c.core.plan import Plan
-from rt3c.encode import encode_model, plan_model
-from rt3c.encoded_model import read_encoded_layers
-from rt3c.export import ExportResult
 from rt3c.passes.encode import LEVEL_INPUT, MaskWeightsPass
 from rt3c.passes.linear_layers import find_linear_layers
-from rt3c.reference import run_onnx
+from rt3c.stages.encode import encode_model, plan_model
+from rt3c.stages.encoded_model import read_encoded_layers
+from rt3c.stages.export import ExportResult
+from rt3c.stages.reference import run_onnx
 
 SPARSITIES = [0.5, 0.7, 0.8]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rt3c.compile import compile_model
-from rt3c.encode import plan_model
-from rt3c.export import ExportResult
+from rt3c.stages.compile import compile_model
+from rt3c.stages.encode import plan_model
+from rt3c.stages.export import ExportResult
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from rt3c.core.onnx_io import WEIGHTS_METADATA_KEY
-from rt3c.export import ExportResult, export_model
-from rt3c.models import load_model
-from rt3c.reference import run_onnx
+from rt3c.stages.export import ExportResult, export_model
+from rt3c.stages.models import load_model
+from rt3c.stages.reference import run_onnx
 
 
 def _check_export(result: ExportResult, model_name: str) -> dict:

@@ -14,13 +14,13 @@ import pytest
 from test_cli import run_cli
 
 from rt3c.codegen.targets import get_target
-from rt3c.compile import compile_model
 from rt3c.core.onnx_io import deterministic_feeds, load_onnx
-from rt3c.encode import encode_model, plan_model
-from rt3c.export import ExportResult
-from rt3c.lower import level_model
-from rt3c.reference import run_onnx
 from rt3c.runtime_c.project import TEMPLATES, check_prefix, default_prefix
+from rt3c.stages.compile import compile_model
+from rt3c.stages.encode import encode_model, plan_model
+from rt3c.stages.export import ExportResult
+from rt3c.stages.lower import level_model
+from rt3c.stages.reference import run_onnx
 
 # Two plans of one model: the same kernel names (`__tvm_ffi_op3_add`, `sparse_5_L0`, ...) with other
 # patterns baked in, the same TVM globals, and levels of their own; one with int8 weights as C arrays, which

@@ -15,9 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 from test_cli import run_cli
 
 from rt3c.core.onnx_io import deterministic_feeds, load_onnx
-from rt3c.lower import level_model
-from rt3c.reference import run_onnx
-from rt3c.run import run_project
+from rt3c.stages.lower import level_model
+from rt3c.stages.reference import run_onnx
+from rt3c.stages.run import run_project
 
 FREQUENCIES = "1400000,1000000,800000"
 

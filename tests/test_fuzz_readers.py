@@ -31,10 +31,10 @@ from rt3c.core.boards import load_board, parse_board
 from rt3c.core.errors import UserError
 from rt3c.core.plan import Plan
 from rt3c.core.plan_limits import MAX_LEVELS
-from rt3c.encoded_model import read_encoded_layers
-from rt3c.run import read_input
 from rt3c.runtime_c.vocab import MAX_WORD_CHARS, read_vocab
-from rt3c.simulate import level_cycles
+from rt3c.stages.encoded_model import read_encoded_layers
+from rt3c.stages.run import read_input
+from rt3c.stages.simulate import level_cycles
 
 EXAMPLES = int(os.environ.get("RT3C_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(

@@ -134,8 +134,8 @@ def test_unsupported_architectures_are_refused(
 def test_prune_covers_the_families_blocks(tmp_path: Path) -> None:
     """prune's default layers are the linear layers inside each family's blocks (DistilBERT's
     transformer.layer.N, ALBERT's albert_layers.N too)."""
-    from rt3c.models import load_model
-    from rt3c.prune.layers import DEFAULT_LAYERS, select_layers
+    from rt3c.stages.models import load_model
+    from rt3c.stages.prune.layers import DEFAULT_LAYERS, select_layers
 
     for family in ("distilbert", "albert", "roberta"):
         chosen = select_layers(load_model(str(_save(family, tmp_path / family))), DEFAULT_LAYERS, (4, 4))
@@ -161,8 +161,8 @@ def test_two_class_data_needs_a_single_label_classifier(settings: dict, found: s
     """The classification data sets label examples 0 or 1: a regression or multi-label head from the
     config is refused by name instead of trained with the wrong loss."""
     from rt3c.core.errors import UserError
-    from rt3c.datasets import load_dataset
-    from rt3c.models import load_model
+    from rt3c.stages.datasets import load_dataset
+    from rt3c.stages.models import load_model
 
     config = transformers.BertConfig(**SMALL, num_hidden_layers=1, max_position_embeddings=32, **settings)
     transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "bert")

@@ -25,9 +25,9 @@ from rt3c.core.battery import load_trace
 from rt3c.core.boards import load_board, parse_board
 from rt3c.core.errors import UserError
 from rt3c.core.plan import Plan
-from rt3c.encode import encode_model, plan_model
-from rt3c.encoded_model import read_encoded_layers
-from rt3c.export import ExportResult
+from rt3c.stages.encode import encode_model, plan_model
+from rt3c.stages.encoded_model import read_encoded_layers
+from rt3c.stages.export import ExportResult
 
 BAD_INPUTS = Path(__file__).parent / "bad_inputs"
 LAYER = "bert.encoder.layer.0.attention.self.query.weight"

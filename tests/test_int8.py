@@ -12,20 +12,20 @@ import onnx
 import pytest
 from test_cli import run_cli
 
-from rt3c.compile import compile_model
 from rt3c.core.boards import load_board
 from rt3c.core.errors import UserError
 from rt3c.core.onnx_io import deterministic_feeds, load_onnx
 from rt3c.core.plan import Plan
 from rt3c.core.quantize import INT8_LIMIT, MAX_RELATIVE_ERROR, quantize_channels
 from rt3c.core.sparse_format import quantize_layer
-from rt3c.encode import encode_model, plan_model
-from rt3c.encoded_model import read_encoded_layers
-from rt3c.export import ExportResult
-from rt3c.inspect_model import inspect_model
 from rt3c.passes.encode import LEVEL_INPUT
 from rt3c.passes.linear_layers import find_linear_layers
-from rt3c.reference import run_onnx
+from rt3c.stages.compile import compile_model
+from rt3c.stages.encode import encode_model, plan_model
+from rt3c.stages.encoded_model import read_encoded_layers
+from rt3c.stages.export import ExportResult
+from rt3c.stages.inspect_model import inspect_model
+from rt3c.stages.reference import run_onnx
 
 FREQUENCIES_KHZ = [1_400_000, 1_000_000, 800_000]
 

@@ -12,12 +12,12 @@ from rt3c.core.errors import UserError
 from rt3c.core.plan import Level
 from rt3c.core.sparse_format import encode_layer
 from rt3c.core.sparsify import one_shot_plan
-from rt3c.kernel_program import dense_linear_step, linear_program, sparse_linear_step
-from rt3c.latency.calibrate import linear_cost_model
-from rt3c.latency.cost_model import LatencyModel
-from rt3c.latency.measure import measure_plan, measure_program
-from rt3c.latency.units import check_source, cycles_per_unit, host_clock_hz
-from rt3c.models import load_model
+from rt3c.stages.kernel_program import dense_linear_step, linear_program, sparse_linear_step
+from rt3c.stages.latency.calibrate import linear_cost_model
+from rt3c.stages.latency.cost_model import LatencyModel
+from rt3c.stages.latency.measure import measure_plan, measure_program
+from rt3c.stages.latency.units import check_source, cycles_per_unit, host_clock_hz
+from rt3c.stages.models import load_model
 
 TOKENS = 16
 

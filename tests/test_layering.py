@@ -2,7 +2,7 @@
 bottom layers load neither torch nor the heavy runtimes.
 
     interface  rt3c.cli, rt3c.api                          the command line, the Python API
-    stages     rt3c.* (export, encode, lower, build, compile, latency, models, prune, search, ...)
+    stages     rt3c.stages (export, encode, lower, build, compile, latency, models, prune, search, ...)
     engines    rt3c.passes, rt3c.codegen, rt3c.runtime_c
     core       rt3c.core                                   the contracts: plan, format, ONNX I/O, boards
 
@@ -30,7 +30,8 @@ LAYERS = {
     "rt3c.passes": 1,
     "rt3c.codegen": 1,
     "rt3c.runtime_c": 1,
-    "rt3c": 2,
+    "rt3c.stages": 2,
+    "rt3c": 3,
     "rt3c.cli": 3,
     "rt3c.api": 3,
 }
@@ -213,7 +214,7 @@ def test_simulate_and_report_load_neither_tvm_nor_torch() -> None:
         "import sys; from rt3c.cli import main\n"
         "try:\n    main(['simulate', '--help'])\nexcept SystemExit as exit:\n    assert exit.code == 0"
     )
-    for code in (help_run, "import rt3c.simulate, rt3c.report"):
+    for code in (help_run, "import rt3c.stages.simulate, rt3c.stages.report"):
         loaded = _loaded_packages(code)
         assert not loaded & {"tvm", "torch"}, (code, sorted(loaded & {"tvm", "torch"}))
 
@@ -224,6 +225,6 @@ def test_the_api_imports_its_stages_when_called() -> None:
 
 
 def test_search_workers_and_the_target_table_do_not_load_tvm() -> None:
-    """Each search worker (a spawned process) imports `rt3c.search.evaluate` to train and score candidates
+    """Each search worker (a spawned process) imports `rt3c.stages.search.evaluate` to train and score candidates
     with the latency model's arithmetic: TVM is for building kernels, which workers never do."""
-    assert "tvm" not in _loaded_packages("import rt3c.search.evaluate, rt3c.codegen.targets")
+    assert "tvm" not in _loaded_packages("import rt3c.stages.search.evaluate, rt3c.codegen.targets")

@@ -27,7 +27,6 @@ from rt3c.core.onnx_io import (
 )
 from rt3c.core.plan import LayerLevel, LayerPlan, Level, Plan
 from rt3c.core.sparse_format import encode_layer
-from rt3c.encoded_model import read_encoded_layers
 from rt3c.passes.encode import (
     LEVEL_INPUT,
     EncodeSparseLinearPass,
@@ -36,6 +35,7 @@ from rt3c.passes.encode import (
     SelectLevelPass,
 )
 from rt3c.passes.linear_layers import find_linear_layers, untie_weights
+from rt3c.stages.encoded_model import read_encoded_layers
 
 FORMS = ("matmul+add", "matmul", "gemm transB=1", "gemm transB=0", "gemm no bias")
 
@@ -284,7 +284,7 @@ def test_a_shared_weight_is_one_layer_per_use() -> None:
     of their own; a plan that lists only NAME (as prune's, by torch parameter) covers NAME#1 too, and a
     plan of one use masks only that use (the other's reference weight stays whole)."""
     from rt3c.core.sparsify import one_shot_plan
-    from rt3c.encode import encode
+    from rt3c.stages.encode import encode
 
     model = _shared_weight_model()
     first, second = (node for node in model.graph if node.op_type == "MatMul")

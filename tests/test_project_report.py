@@ -15,9 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from rt3c.codegen.targets import get_target
-from rt3c.compile_report import dense_reference
 from rt3c.core.boards import load_board
-from rt3c.encoded_model import load_encoded
 from rt3c.runtime_c.report import (
     DENSE_LABEL,
     DenseReference,
@@ -30,6 +28,8 @@ from rt3c.runtime_c.report import (
 )
 from rt3c.runtime_c.report_text import summary
 from rt3c.runtime_c.stack import STACK_METHOD, Stack, measure_stack, stack_estimate, stack_frames
+from rt3c.stages.compile_report import dense_reference
+from rt3c.stages.encoded_model import load_encoded
 
 INSTRUCTIONS = [3_000_000, 2_000_000, 1_500_000]
 

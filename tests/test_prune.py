@@ -15,13 +15,20 @@ import torch
 from rt3c.cli import main
 from rt3c.core.files import exclusive_lock
 from rt3c.core.plan import Plan
-from rt3c.datasets import load_dataset
-from rt3c.models import load_model
-from rt3c.prune.lasso import ReweightedGroupLasso, tile_norms
-from rt3c.prune.layers import select_layers
-from rt3c.prune.pipeline import PruneConfig, PruneResult, prune_model
-from rt3c.prune.stages import layer_masks
-from rt3c.prune.training import TrainSettings, distillation_loss, evaluate, learning_rate_factor, run, train
+from rt3c.stages.datasets import load_dataset
+from rt3c.stages.models import load_model
+from rt3c.stages.prune.lasso import ReweightedGroupLasso, tile_norms
+from rt3c.stages.prune.layers import select_layers
+from rt3c.stages.prune.pipeline import PruneConfig, PruneResult, prune_model
+from rt3c.stages.prune.stages import layer_masks
+from rt3c.stages.prune.training import (
+    TrainSettings,
+    distillation_loss,
+    evaluate,
+    learning_rate_factor,
+    run,
+    train,
+)
 
 SMALL_STEPS = {"dense_steps": 150, "lasso_steps": 40, "finetune_steps": 40, "joint_steps": 40}
 SPARSITIES = [0.5, 0.65, 0.8]
@@ -113,8 +120,8 @@ def test_plan_and_checkpoint_fit_the_model(pruned) -> None:
 
 
 def test_pruned_checkpoint_exports_and_encodes(pruned, tmp_path: Path) -> None:
-    from rt3c.encode import encode_model
-    from rt3c.export import export_model
+    from rt3c.stages.encode import encode_model
+    from rt3c.stages.export import export_model
 
     _, result = pruned
     exported = export_model(load_model(str(result.checkpoint)), tmp_path / "model.onnx")

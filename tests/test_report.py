@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from search_helpers import SEARCH_EPISODES, run_cli
 
-from rt3c import report
 from rt3c.core.battery import simulate
 from rt3c.core.boards import load_board
 from rt3c.core.plan import Plan
+from rt3c.stages import report
 
 
 @pytest.mark.slow

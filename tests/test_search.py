@@ -8,10 +8,16 @@ import pytest
 from rt3c.core.boards import Board, FrequencyLevel
 from rt3c.core.errors import UserError
 from rt3c.core.sparsify import block_prune
-from rt3c.search.controller import CachedEvaluator, random_search, reinforce
-from rt3c.search.evaluate import CandidatePlanner, evaluation_pool, level_sparsity
-from rt3c.search.objective import AccuracyObjective, EnergyObjective, Evaluation, late_reward, parse_max_loss
-from rt3c.search.space import SearchSpace
+from rt3c.stages.search.controller import CachedEvaluator, random_search, reinforce
+from rt3c.stages.search.evaluate import CandidatePlanner, evaluation_pool, level_sparsity
+from rt3c.stages.search.objective import (
+    AccuracyObjective,
+    EnergyObjective,
+    Evaluation,
+    late_reward,
+    parse_max_loss,
+)
+from rt3c.stages.search.space import SearchSpace
 
 SPACE = SearchSpace(layers=("a", "b", "c", "d"), n_levels=3)
 COST = {"a": 4.0, "b": 1.0, "c": 2.0, "d": 0.5}

@@ -22,13 +22,13 @@ from rt3c.core.boards import load_board
 from rt3c.core.files import exclusive_lock
 from rt3c.core.plan import LayerPlan, Plan
 from rt3c.core.sparsify import block_prune
-from rt3c.datasets import load_dataset
-from rt3c.models import load_model
-from rt3c.prune.layers import DEFAULT_LAYERS, select_layers
-from rt3c.prune.stages import DenseRecipe, dense_baseline
-from rt3c.prune.training import TrainSettings
-from rt3c.search.evaluate import CandidateEvaluator, EvaluatorSpec, evaluation_pool
-from rt3c.search.space import SearchSpace
+from rt3c.stages.datasets import load_dataset
+from rt3c.stages.models import load_model
+from rt3c.stages.prune.layers import DEFAULT_LAYERS, select_layers
+from rt3c.stages.prune.stages import DenseRecipe, dense_baseline
+from rt3c.stages.prune.training import TrainSettings
+from rt3c.stages.search.evaluate import CandidateEvaluator, EvaluatorSpec, evaluation_pool
+from rt3c.stages.search.space import SearchSpace
 
 EVAL_LEVEL_KEYS = {
     "level",

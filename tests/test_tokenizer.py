@@ -22,12 +22,12 @@ from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegac
 
 from rt3c import api
 from rt3c.codegen.targets import get_target
-from rt3c.packaged_data import minilm_dir
-from rt3c.reference import run_onnx
 from rt3c.runtime_c.program import Program, Tensor
 from rt3c.runtime_c.project import render_project
 from rt3c.runtime_c.tokenizer import bind_tokenizer
 from rt3c.runtime_c.vocab import read_vocab
+from rt3c.stages.packaged_data import minilm_dir
+from rt3c.stages.reference import run_onnx
 
 HARNESS = Path(__file__).resolve().parent / "c" / "tokenize_text.c"
 SEQ_LEN = 24

@@ -37,21 +37,21 @@ from test_runtime_c import CFLAGS, MAIN, _toy_kernels, _toy_program
 
 from rt3c.codegen.kernel_cache import write_kernels
 from rt3c.codegen.targets import get_target
-from rt3c.compile import compile_model
 from rt3c.core.errors import UserError
 from rt3c.core.files import exclusive_lock
 from rt3c.core.onnx_io import WEIGHTS_METADATA_KEY, deterministic_feeds, load_onnx
 from rt3c.core.plan import Plan
 from rt3c.core.processes import run_process_group
-from rt3c.encode import encode_model, plan_model
-from rt3c.export import ExportResult
-from rt3c.lower import level_model, lower_model
-from rt3c.reference import run_onnx
-from rt3c.run import run_project
 from rt3c.runtime_c.build_files import render_build_files
 from rt3c.runtime_c.filters import FILTERS, comment
 from rt3c.runtime_c.program import Program, Tensor
 from rt3c.runtime_c.project import MAIN_EXIT_INPUT_OUT_OF_RANGE, TEMPLATES, environment, render_project
+from rt3c.stages.compile import compile_model
+from rt3c.stages.encode import encode_model, plan_model
+from rt3c.stages.export import ExportResult
+from rt3c.stages.lower import level_model, lower_model
+from rt3c.stages.reference import run_onnx
+from rt3c.stages.run import run_project
 
 VOCAB = 1024  # bert-tiny's embedding rows
 INT32_MAX, INT32_MIN = 2**31 - 1, -(2**31)

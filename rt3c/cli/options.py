@@ -95,7 +95,7 @@ def levels_and_frequencies(
 
 def stage_steps(text: str, stages: tuple[str, ...]) -> list[int]:
     """`--steps`: one count per training stage, each at most the search's MAX_STEPS (prune's too)."""
-    from rt3c.search.config import MAX_STEPS
+    from rt3c.stages.search.config import MAX_STEPS
 
     counts = integers(text, "--steps")
     if len(counts) != len(stages):

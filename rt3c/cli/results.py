@@ -25,7 +25,7 @@ def simulate_command(
     """Inferences per battery charge: dense vs rt3c levels following a DVFS trace (default 50/30/20%)."""
     import json
 
-    from rt3c.simulate import print_simulation, simulate_dir
+    from rt3c.stages.simulate import print_simulation, simulate_dir
 
     sim = simulate_dir(directory, board, trace)
     if as_json:
@@ -43,7 +43,7 @@ def report_command(
     trace: Annotated[Path | None, typer.Option("--trace", help="DVFS trace for the battery plot.")] = None,
 ) -> None:
     """An HTML page with PNG plots of a search: accuracy, latency, energy, rewards, battery life."""
-    from rt3c.report import render_report
+    from rt3c.stages.report import render_report
 
     typer.echo(render_report(directory, board, trace))
 
@@ -59,6 +59,6 @@ def demo_command(
     ] = "aarch64",
 ) -> None:
     """Run the whole chain on a default model and print what each stage produced."""
-    from rt3c.pipeline import run_demo
+    from rt3c.stages.pipeline import run_demo
 
     run_demo(model, out, target)

@@ -31,7 +31,7 @@ FREQUENCY_OPTIONS = "--board BOARD or --frequencies KHZ,KHZ,... (kHz, one per le
 @app.command("models")
 def models_command() -> None:
     """List the built-in model zoo."""
-    from rt3c.models import ZOO
+    from rt3c.stages.models import ZOO
 
     table = Table("name", "description")
     for entry in ZOO.values():
@@ -70,8 +70,8 @@ def export_command(
     ] = 1,
 ) -> None:
     """Export a model to ONNX and verify it against torch with onnxruntime."""
-    from rt3c.export import export_model
-    from rt3c.models import load_model
+    from rt3c.stages.export import export_model
+    from rt3c.stages.models import load_model
 
     result = export_model(load_model(model), out, seq_len=seq_len, batch=batch)
     typer.echo(f"{result.onnx_path}  (max |onnxruntime - torch| = {result.max_abs_diff:.2e})")
@@ -109,7 +109,7 @@ def plan_command(
     ] = None,
 ) -> None:
     """One-shot plan: magnitude block pruning, then nested pattern sets per level (no training)."""
-    from rt3c.encode import plan_model
+    from rt3c.stages.encode import plan_model
 
     sparsities, frequencies = levels_and_frequencies(sparsity, levels, board)
     plan = plan_model(
@@ -139,7 +139,7 @@ def encode_command(
 ) -> None:
     """Encode planned layers as rt3c.SparseLinear (block index + pattern ids), verified with onnxruntime."""
     from rt3c.core.quantize import weight_type
-    from rt3c.encode import encode_model
+    from rt3c.stages.encode import encode_model
 
     result = encode_model(model, plan, out, level, parse_shapes(shape), weight_type(weights))
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
@@ -155,7 +155,7 @@ def inspect_command(
     """Per layer and level: sparsity, value and index bytes, against dense and CSR (int32) storage."""
     import json
 
-    from rt3c.inspect_model import inspect_model, print_report
+    from rt3c.stages.inspect_model import inspect_model, print_report
 
     report = inspect_model(model)
     if as_json:
@@ -230,10 +230,10 @@ def compile_command(
     A model of several levels needs their frequencies (for NAME_on_frequency): from the plan, --board or
     --frequencies. The project holds REPORT.md: flash, RAM and, when verified, the cost of each level (with
     --board, counted under qemu for the board's target: its latency on the board and deadline)."""
-    from rt3c.compile import compile_model
-    from rt3c.compile_inputs import MissingFrequenciesError
     from rt3c.core.quantize import weight_type
     from rt3c.runtime_c.report_text import summary
+    from rt3c.stages.compile import compile_model
+    from rt3c.stages.compile_inputs import MissingFrequenciesError
 
     if board is not None and frequencies is not None:
         raise UserError("--board and --frequencies: give the levels' frequencies with one of them")
@@ -285,7 +285,7 @@ def run_command(
     """Run a compiled model: natively (host), under qemu-aarch64, or on qemu-system-arm (Cortex-M)."""
     import numpy as np
 
-    from rt3c.run import run_project, run_text
+    from rt3c.stages.run import run_project, run_text
 
     if text is not None and inputs:
         raise UserError("--text and --input: give the model's inputs one way")

@@ -61,9 +61,9 @@ def prune_command(
 ) -> None:
     """Prune with training: group lasso BP, PP per level, joint fine-tuning; resumable."""
     from rt3c.core.checks import real_number
-    from rt3c.prune.layers import DEFAULT_LAYERS
-    from rt3c.prune.pipeline import PruneConfig, prune_model
-    from rt3c.prune.report import print_evaluation
+    from rt3c.stages.prune.layers import DEFAULT_LAYERS
+    from rt3c.stages.prune.pipeline import PruneConfig, prune_model
+    from rt3c.stages.prune.report import print_evaluation
 
     sparsities, frequencies = levels_and_frequencies(sparsity, levels, board)
     dense_steps, lasso_steps, finetune_steps, joint_steps = stage_steps(steps, PRUNE_STAGES)
@@ -170,9 +170,9 @@ def search_command(
 ) -> None:
     """Search and train pattern sets per DVFS level for a board: every deadline met, best accuracy or least
     energy; resumable."""
-    from rt3c.search.config import SearchConfig
-    from rt3c.search.objective import parse_max_loss
-    from rt3c.search.run import search_model
+    from rt3c.stages.search.config import SearchConfig
+    from rt3c.stages.search.objective import parse_max_loss
+    from rt3c.stages.search.run import search_model
 
     dense_steps, lasso_steps, finetune_steps, warm_steps, recovery_steps, joint_steps = stage_steps(
         steps, SEARCH_STAGES

@@ -10,7 +10,7 @@ weight and no float copy exists at run time.
   any dense layer: each loaded weight vector is converted and scaled once and feeds a row block of FMAs.
 - `dequantized_gather`: `y[r, d] = table[ids[r], d] * scale[ids[r]]` (ids are bounded by the runtime, or
   clamped where computed; a negative one counts from the end).
-- `dequantized_call`: which kernel, if any, a node of the model gets (`rt3c.lower` asks it for each node).
+- `dequantized_call`: which kernel, if any, a node of the model gets (`rt3c.stages.lower` asks it for each node).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def dequantized_gather(
 
     A negative id counts from the end, as ONNX's Gather says: ids from the model's inputs are checked by the
     runtime (negatives refused), but ids computed from them are only clamped to [-vocabulary, vocabulary)
-    (`rt3c.lower`), so a negative one must not index in front of the table."""
+    (`rt3c.stages.lower`), so a negative one must not index in front of the table."""
     ids = te.placeholder((rows,), index_dtype, name="ids")
     table = te.placeholder((vocabulary, dim), "int8", name="table")
     scale = te.placeholder((vocabulary,), "float32", name="scale")

@@ -3,7 +3,7 @@
 Each such weight initializer becomes an int8 initializer and a float32 scale per channel (per output
 channel of a linear layer, per row of a table; rt3c.core.quantize), joined by a standard DequantizeLinear
 node in front of its consumer. The model stays a plain ONNX model that onnxruntime runs as it is, and the
-code generator (`rt3c.lower`) recognises the pair and gives the consumer a kernel that reads the int8
+code generator (`rt3c.stages.lower`) recognises the pair and gives the consumer a kernel that reads the int8
 weights and dequantizes them in registers, so no float copy of the weight reaches the C project.
 """
 

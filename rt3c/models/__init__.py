@@ -1,6 +1,0 @@
-"""Model sources: the zoo, Hugging Face directories and user factories."""
-
-from rt3c.models.base import LoadedModel
-from rt3c.models.zoo import ZOO, load_model
-
-__all__ = ["ZOO", "LoadedModel", "load_model"]

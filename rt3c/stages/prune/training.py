@@ -1,0 +1,193 @@
+"""Training and evaluation loops shared by every stage of `rt3c prune`.
+
+Masks are `{parameter name: bool tensor}`. A model is run "at a level" by multiplying its weights with that
+level's masks inside `torch.func.functional_call`, so all levels share one set of weights and the gradient
+of each level's loss reaches only the weights that level keeps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from rt3c.core.progress import console
+from rt3c.stages.datasets import Split
+from rt3c.stages.models.base import LoadedModel
+
+Masks = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainSettings:
+    steps: int
+    learning_rate: float
+    batch_size: int = 32
+    seed: int = 0
+    warmup: float = 0.0  # fraction of the steps over which the learning rate ramps up from 0
+    length_buckets: bool = False  # batches of similar lengths (`Split.length_bucketed_batches`)
+    distill: float = 0.0  # weight of the distillation loss against the teacher (the rest: cross entropy)
+    temperature: float = 2.0  # of the distillation loss's softmaxes
+
+
+def learning_rate_factor(step: int, settings: TrainSettings) -> float:
+    """Linear warmup over `warmup · steps`, then linear decay to 0 at the last step."""
+    warmup_steps = round(settings.warmup * settings.steps)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 1.0 - (step - warmup_steps) / max(settings.steps - warmup_steps, 1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def run(module: nn.Module, inputs: tuple[torch.Tensor, ...], masks: Masks | None = None) -> torch.Tensor:
+    """Logits of `module` on `inputs`, with `masks` applied to its weights (None: as it is)."""
+    if masks:
+        weights = dict(module.named_parameters())
+        output = torch.func.functional_call(
+            module, {name: weights[name] * mask for name, mask in masks.items()}, inputs
+        )
+    else:
+        output = module(*inputs)
+    return output.logits if hasattr(output, "logits") else output
+
+
+def loss_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross entropy for classes `[N, classes]` or next tokens `[N, seq, vocab]`."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(teacher ‖ student) of the temperature-softened distributions, averaged over examples (or
+    tokens); the T² keeps its gradient on the scale of the cross entropy's (Hinton et al. 2015)."""
+    classes = logits.shape[-1]
+    return temperature**2 * F.kl_div(
+        F.log_softmax(logits.reshape(-1, classes) / temperature, dim=-1),
+        F.log_softmax(teacher_logits.reshape(-1, classes) / temperature, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    )
+
+
+def apply_masks(module: nn.Module, masks: Masks) -> None:
+    weights = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            weights[name].mul_(mask)
+
+
+def _level_loss(
+    logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None, settings: TrainSettings
+) -> torch.Tensor:
+    loss = loss_of(logits, targets)
+    if teacher_logits is None or settings.distill == 0.0:
+        return loss
+    soft = distillation_loss(logits, teacher_logits, settings.temperature)
+    return (1.0 - settings.distill) * loss + settings.distill * soft
+
+
+def _batches(split: Split, settings: TrainSettings) -> Iterator[torch.Tensor]:
+    """Row indices of `settings.steps` batches: shuffled passes over the split, reshuffled each pass."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    produced = 0
+    while True:
+        if settings.length_buckets:
+            batches = split.length_bucketed_batches(settings.batch_size, generator)
+        else:
+            order = torch.randperm(len(split), generator=generator)
+            batches = list(order[: len(order) - len(order) % settings.batch_size].split(settings.batch_size))
+            batches = batches or [order]
+        for index in batches:
+            if produced == settings.steps:
+                return
+            produced += 1
+            yield index
+
+
+def train(
+    model: LoadedModel,
+    split: Split,
+    settings: TrainSettings,
+    description: str,
+    *,
+    level_masks: list[Masks] | None = None,
+    level_weights: list[float] | None = None,
+    keep: Masks | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    every_step: Callable[[int], None] | None = None,
+    teacher: nn.Module | None = None,
+) -> None:
+    """AdamW with linear warmup and decay. Loss = Σ_l w_l·loss(level l) (+ penalty), where a level's loss
+    is cross entropy, or with a `teacher` (1 - distill)·cross entropy + distill·distillation loss against
+    the teacher's logits. `keep` masks gradients and is re-applied to the weights after every step, so
+    pruned weights stay exactly zero; it is read every step, so `every_step` may change it in place."""
+    module = model.module
+    levels = level_masks or [{}]
+    weights = level_weights or [1.0 / len(levels)] * len(levels)
+    parameters = dict(module.named_parameters())
+    optimizer = torch.optim.AdamW(module.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, settings))
+    if teacher is not None:
+        teacher.eval()
+    if keep:
+        apply_masks(module, keep)
+    module.train()
+    with _progress() as progress:
+        task = progress.add_task(description, total=settings.steps, loss=math.nan)
+        for step, index in enumerate(_batches(split, settings)):
+            inputs, targets = split.batch(index)
+            teacher_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = run(teacher, inputs)
+            loss = sum(
+                w * _level_loss(run(module, inputs, masks), targets, teacher_logits, settings)
+                for w, masks in zip(weights, levels, strict=True)
+            )
+            total = loss + penalty() if penalty is not None else loss
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if keep:
+                for name, mask in keep.items():
+                    parameters[name].grad.mul_(mask)
+            optimizer.step()
+            schedule.step()
+            if keep:
+                apply_masks(module, keep)
+            if every_step is not None:
+                every_step(step)
+            progress.update(task, advance=1, loss=float(loss.detach()))
+    module.eval()
+
+
+@torch.no_grad()
+def evaluate(model: LoadedModel, split: Split, masks: Masks | None = None, batch_size: int = 128) -> dict:
+    """Classifiers: {"accuracy"}. Language models: {"perplexity", "accuracy"} (next-token accuracy)."""
+    model.module.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    # Rows in order of length, so a batch pads little (the metrics do not depend on the order).
+    for index in torch.argsort(split.lengths(), stable=True).split(batch_size):
+        inputs, targets = split.batch(index)
+        logits = run(model.module, inputs, masks)
+        loss_sum += float(loss_of(logits, targets)) * targets.numel()
+        correct += int((logits.argmax(dim=-1) == targets).sum())
+        count += targets.numel()
+    metrics = {"accuracy": correct / count}
+    if model.kind == "language-model":
+        metrics["perplexity"] = math.exp(loss_sum / count)
+    return metrics
