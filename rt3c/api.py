@@ -1,17 +1,19 @@
 """The Python API: each stage as one call, for notebooks and scripts (the CLI is a shell over the same).
+`rt3c/__init__.py` exposes these functions as `rt3c.export`, `rt3c.compile`, ...:
 
-    from rt3c import api
+    import rt3c
 
-    exported = api.export("bert-tiny", "out/model.onnx")
-    api.plan(exported.onnx_path, "out/plan.json", sparsities=[0.5, 0.75], frequencies_khz=[1400000, 800000])
-    project = api.compile(exported.onnx_path, "out/project", plan="out/plan.json")
+    exported = rt3c.export("bert-tiny", "out/model.onnx")
+    rt3c.plan(exported.onnx_path, "out/plan.json", sparsities=[0.5, 0.75], frequencies_khz=[1400000, 800000])
+    project = rt3c.compile(exported.onnx_path, "out/project", plan="out/plan.json")
     logits = project.run(1, {"input_ids": ids, "attention_mask": mask})["logits"]
     project.memory  # flash and RAM bytes
 
 Errors are those of the stages: `rt3c.core.errors.UserError` for bad input (its message names the file,
 layer or option at fault), `VerificationError` when a built artifact does not compute what its source does.
 
-Each function imports its stage when called, so `from rt3c import api` loads neither torch nor TVM.
+Each function imports its stage when called, so `import rt3c` and `from rt3c import api` load neither torch
+nor TVM.
 """
 
 from __future__ import annotations

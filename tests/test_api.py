@@ -8,15 +8,15 @@ import numpy as np
 import onnx
 import pytest
 
-from rt3c import api
+import rt3c
 from rt3c.core.errors import UserError
 from rt3c.core.onnx_io import deterministic_feeds
 from rt3c.stages.reference import run_onnx
 
 
 def test_export_plan_encode_compile_run(tmp_path: Path) -> None:
-    exported = api.export("bert-tiny", tmp_path / "model.onnx", seq_len=16)
-    plan = api.plan(
+    exported = rt3c.export("bert-tiny", tmp_path / "model.onnx", seq_len=16)
+    plan = rt3c.plan(
         exported.onnx_path,
         tmp_path / "plan.json",
         sparsities=[0.5, 0.75],
@@ -24,8 +24,8 @@ def test_export_plan_encode_compile_run(tmp_path: Path) -> None:
         frequencies_khz=[1_400_000, 800_000],
     )
     assert [level.name for level in plan.levels] == ["L0", "L1"]
-    encoded = api.encode(exported.onnx_path, tmp_path / "plan.json", tmp_path / "model.rt3.onnx")
-    project = api.compile(encoded.path, tmp_path / "project", plan=tmp_path / "plan.json")
+    encoded = rt3c.encode(exported.onnx_path, tmp_path / "plan.json", tmp_path / "model.rt3.onnx")
+    project = rt3c.compile(encoded.path, tmp_path / "project", plan=tmp_path / "plan.json")
 
     assert len(project.max_abs_diff) == 2 and max(project.max_abs_diff) <= 1e-4
     assert project.memory["flash_bytes"]["total"] > project.memory["flash_bytes"]["weights"] > 0
