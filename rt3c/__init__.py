@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Project", "__version__", "compile", "encode", "export", "plan", "prune", "search"]
+__all__ = ["Project", "__version__", "compile", "encode", "export", "generate", "plan", "prune", "search"]
 
 if TYPE_CHECKING:
-    from rt3c.api import Project, compile, encode, export, plan, prune, search
+    from rt3c.api import Project, compile, encode, export, generate, plan, prune, search
 
 
 def __getattr__(name: str) -> Any:

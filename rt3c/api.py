@@ -28,8 +28,10 @@ import numpy as np
 
 if TYPE_CHECKING:
     from rt3c.core.plan import Plan
+    from rt3c.stages.compile import CompileResult
     from rt3c.stages.encode import EncodeResult
     from rt3c.stages.export import ExportResult
+    from rt3c.stages.generate import GeneratedProject
     from rt3c.stages.prune.pipeline import PruneResult
     from rt3c.stages.search.outputs import SearchResult
 
@@ -147,23 +149,72 @@ def compile(
     int8) is the type an exported model's weights are encoded with; an encoded model has its own.
     `tokenizer` (a vocab.txt, a tokenizer.json, a Hugging Face directory, or `minilm-l6`) adds the C
     WordPiece tokenizer `NAME_tokenize` over that vocabulary (docs/RUNTIME.md)."""
-    from rt3c.core.quantize import weight_type
-    from rt3c.stages.compile import compile_model
-
-    result = compile_model(
-        Path(model_path),
-        Path(out_dir),
+    result = _compile_model(
+        model_path,
+        out_dir,
+        plan,
+        weights,
         target_name=target,
-        plan_path=None if plan is None else Path(plan),
         board=board,
         frequencies_khz=frequencies_khz,
         prefix=prefix,
         verify=verify,
         shapes=shapes,
-        weights=None if weights is None else weight_type(weights),
         tokenizer=tokenizer,
     )
     return Project(result.out_dir, result.report, result.max_abs_diff)
+
+
+def generate(
+    model_path: str | Path,
+    out_dir: str | Path,
+    *,
+    target: str = "host",
+    plan: str | Path | None = None,
+    board: str | None = None,
+    frequencies_khz: list[int] | None = None,
+    prefix: str | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    weights: str | None = None,
+    tokenizer: str | Path | None = None,
+) -> GeneratedProject:
+    """`compile` without building or running anything: the C project for `target` (sources, weights, the
+    kernels TVM generates, Makefile and CMakeLists.txt) written to `out_dir`, for `make` there later. No C
+    compiler and no emulator is needed. The arguments are those of `compile`."""
+    from rt3c.stages.generate import GeneratedProject
+
+    result = _compile_model(
+        model_path,
+        out_dir,
+        plan,
+        weights,
+        target_name=target,
+        board=board,
+        frequencies_khz=frequencies_khz,
+        prefix=prefix,
+        verify=False,
+        build=False,
+        shapes=shapes,
+        tokenizer=tokenizer,
+    )
+    return GeneratedProject(
+        result.out_dir, result.arena_bytes, result.arena_lower_bound, result.weight_bytes, result.memory_bytes
+    )
+
+
+def _compile_model(
+    model_path: str | Path, out_dir: str | Path, plan: str | Path | None, weights: str | None, **options: Any
+) -> CompileResult:
+    from rt3c.core.quantize import weight_type
+    from rt3c.stages.compile import compile_model
+
+    return compile_model(
+        Path(model_path),
+        Path(out_dir),
+        plan_path=None if plan is None else Path(plan),
+        weights=None if weights is None else weight_type(weights),
+        **options,
+    )
 
 
 def prune(model: str, data: str, out: str | Path, *, sparsities: list[float], **settings: Any) -> PruneResult:

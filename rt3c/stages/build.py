@@ -11,14 +11,13 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from rt3c.codegen.kernel_cache import write_kernels
 from rt3c.codegen.targets import Target
 from rt3c.core.errors import VerificationError
 from rt3c.core.onnx_io import deterministic_feeds
 from rt3c.core.processes import run_process_group
-from rt3c.runtime_c.build_files import render_build_files
 from rt3c.runtime_c.program import Program, Tensor
 from rt3c.runtime_c.project import MAIN_EXIT_INPUT_OUT_OF_RANGE, project_files
+from rt3c.stages.generate import write_build_inputs
 from rt3c.stages.lower import CompiledProgram, level_model
 from rt3c.stages.reference import run_onnx
 
@@ -73,14 +72,14 @@ def build_project(
     """Compile the kernels for `target` into `build_dir` and make the rendered project's library there,
     and with `example` its rt3_main and, with a tokenizer, rt3_tokenize (on a qemu board: for that board's
     memory)."""
-    build_dir.mkdir(exist_ok=True)
-    kernel_file = "kernels.o" if target.kernel_output == "object" else "kernels.c"
-    write_kernels(compiled.functions, target, build_dir / kernel_file)
-    render_build_files(
-        compiled.program, build_dir, target, kernel_file, sources_dir=sources_dir, check_board_memory=example
-    )
-    examples = ["rt3_main"] + (["rt3_tokenize"] if compiled.program.tokenizer is not None else [])
-    _make(build_dir, *(examples if example else [project_files(compiled.program.prefix).library]))
+    write_build_inputs(compiled, target, build_dir, sources_dir, check_board_memory=example)
+    make_project(compiled.program, build_dir, example)
+
+
+def make_project(program: Program, build_dir: Path, example: bool = True) -> None:
+    """`make` in a generated project's `build_dir`: the library, and with `example` the example programs."""
+    examples = ["rt3_main"] + (["rt3_tokenize"] if program.tokenizer is not None else [])
+    _make(build_dir, *(examples if example else [project_files(program.prefix).library]))
 
 
 def _make(build_dir: Path, *goals: str) -> None:

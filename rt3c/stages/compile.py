@@ -1,16 +1,16 @@
 """Stage: encoded ONNX -> kernels -> a C project, built and verified level by level (`rt3c compile`).
 
 Entry point: `compile_model`, which loads the model once and runs the stages on it in order: encode (when
-given an exported model and its plan, `rt3c.stages.encode`), lower (`rt3c.stages.lower`), render
-(`rt3c.runtime_c.project`), build and verify (`rt3c.stages.build`), measure and report (`rt3c.stages.compile_report`);
-its inputs are checked against each other first (`rt3c.stages.compile_inputs`).
+given an exported model and its plan, `rt3c.stages.encode`), lower (`rt3c.stages.lower`), generate the C
+project (`rt3c.stages.generate`; with `build=False` it stops there), build and verify (`rt3c.stages.build`),
+measure and report (`rt3c.stages.compile_report`); its inputs are checked against each other first
+(`rt3c.stages.compile_inputs`).
 The host build runs every level on a seeded input and must match onnxruntime on the encoded model of that
 level.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -28,11 +28,10 @@ from rt3c.core.onnx_io import bind_input_shapes
 from rt3c.core.plan import Plan
 from rt3c.core.progress import step
 from rt3c.core.quantize import WeightType
-from rt3c.runtime_c.program import Tensor
-from rt3c.runtime_c.project import WEIGHTS_FORMATS, check_prefix, default_prefix, render_project
+from rt3c.runtime_c.project import WEIGHTS_FORMATS, check_prefix, default_prefix
 from rt3c.runtime_c.tokenizer import bind_tokenizer
 from rt3c.runtime_c.vocab import read_vocab
-from rt3c.stages.build import build_project, verify_project
+from rt3c.stages.build import build_project, make_project, verify_project
 from rt3c.stages.compile_inputs import check_plan_matches, level_frequencies
 from rt3c.stages.compile_report import (
     dense_reference,
@@ -43,6 +42,7 @@ from rt3c.stages.compile_report import (
 )
 from rt3c.stages.encode import encode
 from rt3c.stages.encoded_model import EncodedModel, encoded_layers, load_encoded
+from rt3c.stages.generate import generate, write_manifest
 from rt3c.stages.lower import CompiledProgram, lower
 from rt3c.stages.packaged_data import tokenizer_path
 
@@ -54,8 +54,10 @@ class CompileResult:
     arena_bytes: int
     arena_lower_bound: int
     weight_bytes: int
+    memory_bytes: int
+    """The RAM the caller passes in: arena and the kernels' scratch."""
     report: dict[str, object]
-    """report.json of the project (rt3c.runtime_c.report)."""
+    """report.json of the project (rt3c.runtime_c.report); empty when it was not built."""
 
 
 def compile_model(
@@ -73,6 +75,7 @@ def compile_model(
     shapes: Mapping[str, Sequence[int]] | None = None,
     weights: WeightType | None = None,
     tokenizer: Path | str | None = None,
+    build: bool = True,
 ) -> CompileResult:
     """Lower, generate C, build for `target_name` (and the host), and verify every level of both builds.
 
@@ -86,8 +89,12 @@ def compile_model(
     model's dynamic input dimensions, by input name (`bind_input_shapes`). `weights` is the type of the
     weights an exported model is encoded with (default float32); an encoded model has its own, which
     `weights`, when given, must be. `tokenizer` (a vocab.txt, a tokenizer.json or a directory of them)
-    adds a C WordPiece tokenizer over that vocabulary (`read_vocab`).
+    adds a C WordPiece tokenizer over that vocabulary (`read_vocab`). Without `build` (and without
+    `verify`, which needs a build), the project is generated only (`rt3c.stages.generate`): no C compiler
+    either, no report.json, and `make` in the folder builds it later.
     """
+    if verify and not build:
+        raise SettingError("verify", "needs a build: a project that is not built cannot run", verify)
     if prefix is not None:
         check_prefix(prefix)
     if weights_format not in WEIGHTS_FORMATS:
@@ -100,7 +107,7 @@ def compile_model(
     if verify:
         target.check_tools()
         get_target("host").check_tools()  # the host build is verified too
-    elif shutil.which(target.cc) is None:
+    elif build and shutil.which(target.cc) is None:
         raise SettingError(
             "target",
             f"{target.cc} not found; install it with `apt-get install {target.tools[target.cc]}`",
@@ -149,7 +156,7 @@ def compile_model(
             compiled.program.tokenizer = bind_tokenizer(vocab, compiled.program)
         board_profile = None if board is None else load_board(board)
         dense = dense_reference(source, exported_with_plan)
-        return _generate_and_verify(compiled, encoded, out_dir, target, verify, board_profile, dense)
+        return _generate_and_verify(compiled, encoded, out_dir, target, (build, verify), board_profile, dense)
 
 
 def _generate_and_verify(
@@ -157,22 +164,24 @@ def _generate_and_verify(
     encoded: EncodedModel,
     out_dir: Path,
     target: Target,
-    verify: bool,
+    build_and_verify: tuple[bool, bool],
     board: Board | None,
     dense: Path | str,
 ) -> CompileResult:
     """`dense`: the dense model to time onnxruntime on for the report, or why there is none."""
-    host = get_target("host")
+    build, verify = build_and_verify
     staging = Path(
         tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent if str(out_dir.parent) else ".")
     )
     try:
-        with step(f"generate the C project and compile {len(compiled.functions)} kernels"):
-            info = render_project(compiled.program, staging)
-            check_dir = staging if target.name == "host" else staging / "host-check"
-            builds = [(target, staging)] + ([(host, check_dir)] if verify and target.name != "host" else [])
-            for build_target, build_dir in builds:
-                build_project(compiled, build_target, build_dir, sources_dir=staging, example=verify)
+        with step(f"generate the C project and its {len(compiled.functions)} kernels"):
+            generated = generate(compiled, target, staging, check_board_memory=verify)
+        check_dir = staging if target.name == "host" else staging / "host-check"
+        if build:
+            with step(f"build the {target.name} project"):
+                make_project(compiled.program, staging, example=verify)
+                if verify and target.name != "host":
+                    build_project(compiled, get_target("host"), check_dir, sources_dir=staging)
         diffs: list[float] = []
         costs: list[float | int | None] = [None] * len(compiled.program.levels)
         host_costs: list[float | int | None] = costs
@@ -185,42 +194,34 @@ def _generate_and_verify(
             if target.name == "host":
                 host_costs = costs
             dense_us = dense if isinstance(dense, str) else time_dense(dense, feeds)
-        program = compiled.program
-        host_us = [None if cost is None else float(cost) for cost in host_costs]
-        report = project_report(
-            program, encoded, staging, target, info, diffs, costs, board, (host_us, dense_us)
-        )
-        (staging / "rt3c-build.json").write_text(
-            json.dumps(
-                {
-                    "target": target.name,
-                    "cflags": list(target.cflags),
-                    "prefix": program.prefix,
-                    "weights_format": program.weights_format,
-                    "levels": program.levels,
-                    "inputs": [
-                        {**_tensor_json(program.tensors[name]), "index_limit": program.index_limits.get(name)}
-                        for name in program.inputs
-                    ],
-                    "outputs": [_tensor_json(program.tensors[name]) for name in program.outputs],
-                    "verified": verify,
-                    "max_abs_diff": diffs,
-                    "arena_bytes": info["arena"].size,
-                    "arena_lower_bound": info["arena"].lower_bound,
-                    "weight_bytes": info["weight_bytes"],
-                    "workspace_bytes": program.workspace_bytes,
-                    "memory_bytes": info["memory_bytes"],
-                    "tokenizer": None if program.tokenizer is None else program.tokenizer.manifest(),
-                },
-                indent=1,
+        report: dict[str, object] = {}
+        if build:
+            host_us = [None if cost is None else float(cost) for cost in host_costs]
+            report = project_report(
+                compiled.program,
+                encoded,
+                staging,
+                target,
+                generated.memory_bytes,
+                diffs,
+                costs,
+                board,
+                (host_us, dense_us),
             )
-        )
+        write_manifest(compiled.program, target, generated, verify, diffs)
         staging.rename(out_dir) if not out_dir.exists() else _move_into(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    arena = info["arena"]
-    return CompileResult(out_dir, diffs, arena.size, arena.lower_bound, info["weight_bytes"], report)
+    return CompileResult(
+        out_dir,
+        diffs,
+        generated.arena_bytes,
+        generated.arena_lower_bound,
+        generated.weight_bytes,
+        generated.memory_bytes,
+        report,
+    )
 
 
 def _verify_builds(
@@ -246,10 +247,6 @@ def _verify_builds(
     with step(f"verify {levels} levels of the {target.name} build under {runner}"):
         target_diffs = verify_project(encoded, staging, target, compiled.program)
     return [max(a, b) for a, b in zip(diffs, target_diffs, strict=True)], host_costs
-
-
-def _tensor_json(tensor: Tensor) -> dict[str, object]:
-    return {"name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype}
 
 
 def _move_into(staging: Path, out_dir: Path) -> None:

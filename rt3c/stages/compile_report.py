@@ -87,17 +87,17 @@ def project_report(
     encoded: EncodedModel,
     project: Path,
     target: Target,
-    info: dict[str, object],
+    memory_bytes: int,
     diffs: list[float],
     costs: list[float | int | None],
     board: Board | None,
     host_speed: tuple[list[float | None], float | str],
 ) -> dict[str, object]:
-    """report.json and REPORT.md in `project` (rt3c.runtime_c.report); `board`: the one of `--board`;
-    `host_speed`: per level the host build's µs, and onnxruntime's µs on the dense model (or why none)."""
+    """report.json and REPORT.md in `project` (rt3c.runtime_c.report); `memory_bytes`: arena and scratch;
+    `board`: the one of `--board`; `host_speed`: per level the host build's µs, and onnxruntime's µs on the
+    dense model (or why none)."""
     host_us, dense_us = host_speed
     sections = section_sizes(project / f"{program.prefix}.o", target)
-    memory_bytes = int(info["memory_bytes"])  # type: ignore[call-overload]
     tokenizer_bytes = 0
     if program.tokenizer is not None:  # its text and read-only data, inside the library's code sections
         tokenizer_sections = section_sizes(project / f"{program.prefix}_tokenizer.o", target)
