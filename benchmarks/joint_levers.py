@@ -13,7 +13,6 @@ it. Printed: one row per seed, then the mean and the spread (max - min) per leve
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time
@@ -25,7 +24,7 @@ from rt3c.core.plan import Plan
 from rt3c.stages.datasets import load_dataset
 from rt3c.stages.models import load_model
 from rt3c.stages.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks
-from rt3c.stages.prune.training import TrainSettings, evaluate
+from rt3c.stages.prune.training import Teacher, TrainSettings, evaluate
 from rt3c.stages.search.run import shortest_first
 
 
@@ -50,7 +49,7 @@ def main() -> None:
     model = load_model(recipe.model)
     data = load_dataset(recipe.data, model, recipe.max_len)
     dense_baseline(model, data, recipe)
-    teacher = copy.deepcopy(model.module).requires_grad_(False)
+    teacher = Teacher(model.module)
     test = shortest_first(data.test)
     dense = 100 * evaluate(model, test)["accuracy"]
     levels = range(len(plan.levels))

@@ -13,7 +13,6 @@ and measured on the same validation examples. Printed: per candidate the proxy a
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from rt3c.core.plan import Level, Plan
 from rt3c.stages.datasets import load_dataset
 from rt3c.stages.models import load_model
 from rt3c.stages.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks
-from rt3c.stages.prune.training import TrainSettings, evaluate
+from rt3c.stages.prune.training import Teacher, TrainSettings, evaluate
 from rt3c.stages.search.evaluate import CandidatePlanner
 from rt3c.stages.search.space import SearchSpace
 
@@ -80,7 +79,7 @@ def main() -> None:
             seed=settings["seed"],
         ),
     )
-    teacher = copy.deepcopy(model.module).requires_grad_(False)
+    teacher = Teacher(model.module)
     stages = args.directory / "stages"
     backbone = torch.load(stages / "backbone.pt", map_location="cpu", weights_only=False)
     kept_tiles = backbone["payload"]

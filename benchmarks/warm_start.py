@@ -14,7 +14,6 @@ densities, each level's sparsity and validation accuracy with its own masks, and
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from rt3c.core.plan import Level, Plan
 from rt3c.stages.datasets import load_dataset
 from rt3c.stages.models import load_model
 from rt3c.stages.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks, numpy_weights
-from rt3c.stages.prune.training import TrainSettings, evaluate
+from rt3c.stages.prune.training import Teacher, TrainSettings, evaluate
 from rt3c.stages.search.evaluate import CandidatePlanner
 from rt3c.stages.search.space import SearchSpace
 
@@ -47,7 +46,7 @@ def main() -> None:
     model = load_model(search["dense"]["model"])
     data = load_dataset(search["dense"]["data"], model, search["dense"]["max_len"])
     dense_baseline(model, data, DenseRecipe(**search["dense"]))
-    teacher = copy.deepcopy(model.module).requires_grad_(False)
+    teacher = Teacher(model.module)
     index = torch.arange(min(args.validation_size, len(data.validation)))
     validation = type(data.validation)(
         tuple(t[index] for t in data.validation.inputs), data.validation.targets[index]

@@ -22,6 +22,7 @@ from rt3c.stages.prune.layers import select_layers
 from rt3c.stages.prune.pipeline import PruneConfig, PruneResult, prune_model
 from rt3c.stages.prune.stages import layer_masks
 from rt3c.stages.prune.training import (
+    Teacher,
     TrainSettings,
     distillation_loss,
     evaluate,
@@ -228,3 +229,22 @@ def test_a_second_prune_into_the_same_out_is_refused(tmp_path: Path, capsys) -> 
         assert run_cli("prune", "--model", "bert-tiny", "--data", "synthetic", "--out", str(out)) == 2
     assert "another rt3c process is writing it" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_teacher_runs_each_training_row_once_and_gives_its_own_logits() -> None:
+    model = load_model("bert-tiny")
+    data = load_dataset("synthetic", model)
+    teacher = Teacher(model.module)
+    rows_run: list[int] = []
+    teacher.module.register_forward_hook(lambda module, inputs, output: rows_run.append(len(inputs[0])))
+    first, overlapping = torch.arange(0, 8), torch.arange(4, 12)
+    for index in (first, overlapping, first):
+        inputs, _ = data.train.batch(index)
+        expected = run(teacher.module, inputs)  # counted too: one full batch per call
+        assert torch.allclose(teacher.logits(data.train, index, inputs), expected, atol=1e-5)
+    # Besides the three direct runs of 8 rows: rows 0-7, then only the new rows 8-11, then nothing.
+    assert rows_run == [8, 8, 8, 4, 8]
+    # Another split's rows are other rows, even at the same indices.
+    inputs, _ = data.test.batch(first)
+    assert torch.allclose(teacher.logits(data.test, first, inputs), run(teacher.module, inputs), atol=1e-5)
+    assert rows_run[5:] == [8, 8]

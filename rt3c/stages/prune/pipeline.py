@@ -8,7 +8,6 @@ model, data and training settings. A BP block is one plan tile (see docs/PRUNING
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import re
@@ -45,7 +44,7 @@ from rt3c.stages.prune.stages import (
     model_reference,
     numpy_weights,
 )
-from rt3c.stages.prune.training import TrainSettings, evaluate
+from rt3c.stages.prune.training import Teacher, TrainSettings, evaluate
 
 STAGES = ("dense", "lasso", "block", "patterns", "joint")
 
@@ -235,7 +234,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
                 model, data, weights, config, levels, dense, config.signed_ranking
             )
         # The dense model teaches every later stage (its logits carry more than the labels).
-        teacher = copy.deepcopy(model.module).requires_grad_(False) if config.distill > 0.0 else None
+        teacher = Teacher(model.module) if config.distill > 0.0 else None
         lasso = settings(config.lasso_steps, config.lasso_lr)
         stages.run(
             "lasso",

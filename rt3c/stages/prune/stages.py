@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from rt3c.core.cache import cache_dir
 from rt3c.core.files import atomic_output
@@ -29,7 +28,7 @@ from rt3c.stages import __path__ as stages_path
 from rt3c.stages.datasets import Dataset
 from rt3c.stages.models.base import LoadedModel
 from rt3c.stages.prune.lasso import ReweightedGroupLasso
-from rt3c.stages.prune.training import Masks, TrainSettings, train
+from rt3c.stages.prune.training import Masks, Teacher, TrainSettings, train
 
 # The modules that moved from rt3c.X to rt3c.stages.X (issue 17). A stage file pickles its payload's classes
 # by module path (the search stage's SearchLog), so files written before the move name the old paths.
@@ -149,7 +148,7 @@ def group_lasso(
     strength: float,
     epsilon: float,
     reweight_every: int,
-    teacher: nn.Module | None,
+    teacher: Teacher | None,
 ) -> None:
     """Train with the reweighted group lasso over the tiles of `weights` (BP's first half)."""
     lasso = ReweightedGroupLasso(weights, tile, strength, epsilon)
@@ -171,7 +170,7 @@ def block_prune_and_finetune(
     tile: tuple[int, int],
     ratios: dict[str, float],
     settings: TrainSettings,
-    teacher: nn.Module | None,
+    teacher: Teacher | None,
 ) -> dict[str, np.ndarray]:
     """Drop each layer's lowest-norm tiles (its ratio), then fine-tune with the pruned weights held at zero.
     Returns the kept tiles per layer."""
@@ -191,7 +190,7 @@ def joint_finetune(
     data: Dataset,
     plan: Plan,
     settings: TrainSettings,
-    teacher: nn.Module | None,
+    teacher: Teacher | None,
     level_weights: list[float] | None = None,
     description: str = "joint fine-tune",
 ) -> None:

@@ -14,7 +14,6 @@ from a picklable `EvaluatorSpec`. Ray, when installed (`pip install rt3c[ray]`),
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from rt3c.stages.latency.cost_model import LatencyModel
 from rt3c.stages.models import load_model
 from rt3c.stages.models.base import LoadedModel
 from rt3c.stages.prune.stages import layer_masks
-from rt3c.stages.prune.training import TrainSettings, evaluate, train
+from rt3c.stages.prune.training import Teacher, TrainSettings, evaluate, train
 from rt3c.stages.search.objective import Evaluation
 from rt3c.stages.search.space import SearchSpace
 
@@ -116,8 +115,8 @@ class CandidateEvaluator:
         self.model = model or load_model(spec.model)
         self.teacher = None
         if spec.teacher_state is not None and spec.recovery is not None and spec.recovery.distill > 0:
-            self.teacher = copy.deepcopy(self.model.module).requires_grad_(False)
-            self.teacher.load_state_dict(spec.teacher_state)
+            self.teacher = Teacher(self.model.module)
+            self.teacher.module.load_state_dict(spec.teacher_state)
         self.model.module.load_state_dict(spec.backbone_state)
         parameters = dict(self.model.module.named_parameters())
         weights = {name: parameters[name].detach().numpy().astype(np.float64) for name in spec.kept_tiles}

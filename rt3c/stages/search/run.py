@@ -51,7 +51,7 @@ from rt3c.stages.prune.stages import (
     layer_masks,
     numpy_weights,
 )
-from rt3c.stages.prune.training import evaluate
+from rt3c.stages.prune.training import Teacher, evaluate
 from rt3c.stages.search.config import DEFAULT_MAX_LOSS, SearchConfig, check_config, train_settings
 from rt3c.stages.search.controller import CachedEvaluator, Episode, SearchLog, random_search, reinforce
 from rt3c.stages.search.evaluate import (
@@ -158,7 +158,7 @@ def search_model(config: SearchConfig) -> SearchResult:
         stages = StageFiles(out)
         teacher = None
         if config.distill > 0.0 and not config.one_shot:
-            teacher = copy.deepcopy(model.module).requires_grad_(False)
+            teacher = Teacher(model.module)
         trains = 0 if config.one_shot else 1
         backbone_tag = {
             "dense": asdict(recipe),
