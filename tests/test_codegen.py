@@ -35,6 +35,9 @@ def _run(module: tvm.runtime.Module, symbol: str, arrays: list[np.ndarray]) -> n
         ((10, 33), (2, 8), 20, [0.7], 1),  # 20 chains (20 unrolled run loops), one token
         ((36, 20), (4, 4), 8, [0.5, 0.8], 75),  # token blocks of 32 and a partial last block
         ((12, 27), (1, 8), 8, [0.6, 0.7, 0.8], 4),  # row-segment tiles (RT3's shape), padded columns
+        # row-segment tiles taken two at a time: runs of several tiles (odd and even), two sections
+        ((20, 203), (1, 8), 4, [0.5, 0.7], 40),
+        ((9, 64), (1, 4), 2, [0.4], 16),
         # one token (the GEMV template): three sections at the densest level, edge tiles both ways
         ((19, 13), (4, 4), 8, [0.4, 0.6, 0.8], 1),
         ((12, 27), (1, 8), 8, [0.3, 0.5, 0.7], 1),

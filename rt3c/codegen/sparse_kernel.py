@@ -38,6 +38,9 @@ GEMV_MIN_VALUES = 4
 """The GEMV template needs a whole vector of values per tile: with 3 or fewer, its per-tile loads cost more
 than the token-block template's scalar multiply-adds (aarch64, 768x768, 1 token: 4x4 tiles at 3 values per
 tile 244,681 -> 269,941 instructions, 1x8 at 3 values 588,857 -> 624,478)."""
+ROW_TILE_GROUP = 2
+"""One-row tiles (1xN row segments) go this many at a time through a chain's run (token-block template,
+SIMD): a tile of one row keeps few values, so its loop step and value loads are a large share of its cost."""
 GEMV_MAX_GATHERED = 32
 """Its workspace x_p (the token gathered once per chain, chains x tile columns x values rounded up to 4)
 may hold at most this many floats per input feature (128 bytes: 393 KB for 3072 inputs); beyond that (many
@@ -89,11 +92,13 @@ def render_sparse_linear(name: str, layer: EncodedLayer, level: int, rows_of_x: 
         extra = {
             "loads": [(first, count, base, stride, offset) for first, base, stride, offset, count in loads]
         }
+        if rows == 1:
+            extra.update(_group_variables(slots, ROW_TILE_GROUP))
     return (
         _environment()
         .get_template(template.name)
         .render(
-            **extra,
+            **{"unroll": 1, "group_loads": [], **extra},
             name=name,
             m=rows_of_x,
             n=layer.shape[0],
@@ -169,6 +174,21 @@ def _slot_groups(slots: list[tuple[int, int, int]], lanes: int) -> list[tuple[in
                 continue
         groups.append((slot, base, stride, offset, 1))
     return groups
+
+
+def _group_variables(slots: list[tuple[int, int, int]], unroll: int) -> dict[str, object]:
+    """The token-block template's variables for one-row tiles taken `unroll` at a time: per section, one
+    vector load of the group's values into `w` (first element of w, floats, base, stride: the group's
+    tiles' values of a section are adjacent), and the element of w that holds each (tile of the group, slot)."""
+    sections: dict[tuple[int, int], int] = {}
+    for base, stride, _ in slots:
+        sections.setdefault((base, stride), sum(unroll * width for _, width in sections))
+    group_loads = [(first, unroll * stride, base, stride) for (base, stride), first in sections.items()]
+    group_position = [
+        [sections[base, stride] + tile * stride + offset for base, stride, offset in slots]
+        for tile in range(unroll)
+    ]
+    return {"unroll": unroll, "group_loads": group_loads, "group_position": group_position}
 
 
 def _gemv_variables(
