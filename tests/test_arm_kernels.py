@@ -95,6 +95,31 @@ def _minilm_program(exported: ExportResult, target: Target, tokens: int) -> tupl
     return linear_program("minilm_kernels", levels, tokens, steps, target), references
 
 
+def _check_every_level(
+    compiled: CompiledProgram, references: dict, target: Target, rng: np.random.Generator, directory: Path
+) -> None:
+    """Build the program for `target`, run every level on random inputs, compare each output with numpy
+    (`references`: output -> (input name, dense weight per level, bias))."""
+    program = compiled.program
+    render_project(program, directory)
+    build_project(compiled, target, directory, sources_dir=directory)
+    inputs = {
+        name: rng.standard_normal(program.tensors[name].shape).astype(np.float32) for name in program.inputs
+    }
+    for level in range(len(program.levels)):
+        outputs = run_level(
+            directory,
+            target,
+            level,
+            list(inputs.values()),
+            [program.tensors[name] for name in program.outputs],
+        )
+        for name, got in zip(program.outputs, outputs, strict=True):
+            x, dense_weights, bias = references[name]
+            expected = inputs[x].astype(np.float64) @ dense_weights[level].T.astype(np.float64) + bias
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=f"{name} level {level}")
+
+
 @pytest.mark.slow
 # One token on aarch64 is the GEMV template (sparse_gemv.py.j2); the C target keeps the token-block one.
 @pytest.mark.parametrize(
@@ -105,25 +130,29 @@ def test_minilm_layer_kernels_on_target_every_level(
 ) -> None:
     target = get_target(target_name)
     compiled, references = _minilm_program(minilm_export, target, tokens)
-    program = compiled.program
-    render_project(program, tmp_path)
-    build_project(compiled, target, tmp_path, sources_dir=tmp_path)
-    rng = np.random.default_rng(4)
-    inputs = {
-        name: rng.standard_normal(program.tensors[name].shape).astype(np.float32) for name in program.inputs
-    }
-    for level in range(len(program.levels)):
-        outputs = run_level(
-            tmp_path,
-            target,
-            level,
-            list(inputs.values()),
-            [program.tensors[name] for name in program.outputs],
-        )
-        for name, got in zip(program.outputs, outputs, strict=True):
-            x, dense_weights, bias = references[name]
-            expected = inputs[x].astype(np.float64) @ dense_weights[level].T.astype(np.float64) + bias
-            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=f"{name} level {level}")
+    _check_every_level(compiled, references, target, np.random.default_rng(4), tmp_path)
+
+
+@pytest.mark.parametrize("tokens", [16, 21])  # one token block; a full block and a zero-padded one
+def test_row_segment_tile_kernels_on_aarch64_every_level(tokens: int, tmp_path: Path) -> None:
+    """One-row tiles (1x8, 1x4) go two at a time through a chain's run on SIMD targets: runs of odd and
+    even length, two sections of the value buffer, every level of a nested plan, under qemu-aarch64."""
+    target = get_target("aarch64")
+    rng = np.random.default_rng(tokens)
+    sparsities = [0.5, 0.7, 0.8]
+    levels = [f"L{index}" for index in range(len(sparsities))]
+    steps, references = [], {}
+    for index, (shape, tile) in enumerate([((24, 203), (1, 8)), ((17, 96), (1, 4))]):
+        weight = rng.standard_normal(shape).astype(np.float32)
+        bias = rng.standard_normal(shape[0]).astype(np.float32)
+        plan = one_shot_plan({"w": weight}, [Level(level) for level in levels], sparsities, tile, 4)
+        encoded = encode_layer(weight, plan.layers["w"])
+        assert len(set(np.diff(encoded.tile_run_ptr.astype(int)) % 2)) == 2  # odd and even runs
+        steps.append(sparse_linear_step(f"y{index}", encoded, bias, tokens, target))
+        dense_weights = [encoded.dense_weight(level) for level in range(len(levels))]
+        references[f"y{index}"] = (input_name(shape[1]), dense_weights, bias)
+    compiled = linear_program("row_tiles", levels, tokens, steps, target)
+    _check_every_level(compiled, references, target, rng, tmp_path)
 
 
 def test_dense_kernel_on_cortex_m4(tmp_path: Path) -> None:
