@@ -12,7 +12,8 @@ transposed (`x_t[column, token]`, a scratch buffer of k x block floats), so each
 multiplies `block` contiguous floats, one SIMD FMA per vector of tokens with the weight broadcast. Each
 tile row accumulates into a `rows x block` block that stays in registers over all the row's tiles and is
 written to `y` once, with the bias. The block size is chosen from the target's vector width and register
-file (`rt3c.codegen.targets.token_block`). Edge tiles need no guard inside the hot loop: the padding columns of `x_t` are zero
+file (`rt3c.codegen.targets.token_block`). One-row tiles (1xN row segments) go two at a time through a
+run on SIMD targets (`_pair_variables`). Edge tiles need no guard inside the hot loop: the padding columns of `x_t` are zero
 and padding rows are never written.
 
 One token on a SIMD target (a GEMV) has a block of one token, where each weight is a scalar multiply-add;
@@ -38,9 +39,6 @@ GEMV_MIN_VALUES = 4
 """The GEMV template needs a whole vector of values per tile: with 3 or fewer, its per-tile loads cost more
 than the token-block template's scalar multiply-adds (aarch64, 768x768, 1 token: 4x4 tiles at 3 values per
 tile 244,681 -> 269,941 instructions, 1x8 at 3 values 588,857 -> 624,478)."""
-ROW_TILE_GROUP = 2
-"""One-row tiles (1xN row segments) go this many at a time through a chain's run (token-block template,
-SIMD): a tile of one row keeps few values, so its loop step and value loads are a large share of its cost."""
 GEMV_MAX_GATHERED = 32
 """Its workspace x_p (the token gathered once per chain, chains x tile columns x values rounded up to 4)
 may hold at most this many floats per input feature (128 bytes: 393 KB for 3072 inputs); beyond that (many
@@ -93,12 +91,16 @@ def render_sparse_linear(name: str, layer: EncodedLayer, level: int, rows_of_x: 
             "loads": [(first, count, base, stride, offset) for first, base, stride, offset, count in loads]
         }
         if rows == 1:
-            extra.update(_group_variables(slots, ROW_TILE_GROUP))
+            # One-row tiles (1xN row segments) keep few values each, so a tile's loop step and value loads
+            # are a large share of its cost: tiles go two at a time through a chain's run (aarch64, 768x768,
+            # 1x8, 16 tokens, s = 0.77: 1,228,132 -> 1,133,664 instructions; four or eight at a time
+            # executed more, their leftover tiles costing more than the loop steps saved).
+            extra.update(_pair_variables(slots))
     return (
         _environment()
         .get_template(template.name)
         .render(
-            **{"unroll": 1, "group_loads": [], **extra},
+            **{"pairs": False, "pair_loads": [], **extra},
             name=name,
             m=rows_of_x,
             n=layer.shape[0],
@@ -176,19 +178,19 @@ def _slot_groups(slots: list[tuple[int, int, int]], lanes: int) -> list[tuple[in
     return groups
 
 
-def _group_variables(slots: list[tuple[int, int, int]], unroll: int) -> dict[str, object]:
-    """The token-block template's variables for one-row tiles taken `unroll` at a time: per section, one
-    vector load of the group's values into `w` (first element of w, floats, base, stride: the group's
-    tiles' values of a section are adjacent), and the element of w that holds each (tile of the group, slot)."""
+def _pair_variables(slots: list[tuple[int, int, int]]) -> dict[str, object]:
+    """The token-block template's variables for one-row tiles taken two at a time: per section, one vector
+    load of both tiles' values into `w` (first element of w, floats, base, stride: the two tiles' values of
+    a section are adjacent), and the element of w that holds each (tile of the pair, slot)."""
     sections: dict[tuple[int, int], int] = {}
     for base, stride, _ in slots:
-        sections.setdefault((base, stride), sum(unroll * width for _, width in sections))
-    group_loads = [(first, unroll * stride, base, stride) for (base, stride), first in sections.items()]
-    group_position = [
+        sections.setdefault((base, stride), sum(2 * width for _, width in sections))
+    pair_loads = [(first, 2 * stride, base, stride) for (base, stride), first in sections.items()]
+    pair_position = [
         [sections[base, stride] + tile * stride + offset for base, stride, offset in slots]
-        for tile in range(unroll)
+        for tile in range(2)
     ]
-    return {"unroll": unroll, "group_loads": group_loads, "group_position": group_position}
+    return {"pairs": True, "pair_loads": pair_loads, "pair_position": pair_position}
 
 
 def _gemv_variables(
