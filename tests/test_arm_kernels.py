@@ -133,7 +133,8 @@ def test_minilm_layer_kernels_on_target_every_level(
     _check_every_level(compiled, references, target, np.random.default_rng(4), tmp_path)
 
 
-@pytest.mark.parametrize("tokens", [16, 21])  # one token block; a full block and a zero-padded one
+# One token (scalar multiply-adds where a tile keeps under 4 values), one token block, a zero-padded block.
+@pytest.mark.parametrize("tokens", [1, 16, 21])
 def test_row_segment_tile_kernels_on_aarch64_every_level(tokens: int, tmp_path: Path) -> None:
     """One-row tiles (1x8, 1x4) go two at a time through a chain's run on SIMD targets: runs of odd and
     even length, two sections of the value buffer, every level of a nested plan, under qemu-aarch64."""

@@ -82,19 +82,23 @@ def render_sparse_linear(name: str, layer: EncodedLayer, level: int, rows_of_x: 
         template = GEMV_TEMPLATE
         extra = _gemv_variables(slots, chains, target.vector_floats)
         extra["grid_cols"] = layer.grid[1]
-    if template is TEMPLATE and layer.scale is None and target.vector_floats and block > 1:
-        # A tile's values as vector loads (w), one per run of adjacent slots, when each feeds vector FMAs
-        # (aarch64, 768x768, 16 tokens, s = 0.77: 1,036,391 -> 920,999 instructions; with a block of one
-        # token they cost more: 1x8 at s = 0.77 588,857 -> 635,625).
-        loads = _slot_groups(slots, target.vector_floats)
-        extra = {
-            "loads": [(first, count, base, stride, offset) for first, base, stride, offset, count in loads]
-        }
+    if template is TEMPLATE and layer.scale is None and target.vector_floats:
+        if block > 1:
+            # A tile's values as vector loads (w), one per run of adjacent slots, when each feeds vector
+            # FMAs (aarch64, 768x768, 16 tokens, s = 0.77: 1,036,391 -> 920,999 instructions; with a block
+            # of one token they cost more: 1x8 at s = 0.77 588,857 -> 635,625).
+            loads = _slot_groups(slots, target.vector_floats)
+            extra = {
+                "loads": [
+                    (first, count, base, stride, offset) for first, base, stride, offset, count in loads
+                ]
+            }
         if rows == 1:
             # One-row tiles (1xN row segments) keep few values each, so a tile's loop step and value loads
-            # are a large share of its cost: tiles go two at a time through a chain's run (aarch64, 768x768,
-            # 1x8, 16 tokens, s = 0.77: 1,228,132 -> 1,133,664 instructions; four or eight at a time
-            # executed more, their leftover tiles costing more than the loop steps saved).
+            # are a large share of its cost: tiles go two at a time through a chain's run, both tiles' values
+            # in one vector load per section (aarch64, 768x768, 1x8, s = 0.77: 16 tokens 1,228,132 ->
+            # 1,133,664 instructions, 1 token 588,857 -> 515,699; four or eight tiles at a time executed
+            # more, their leftover tiles costing more than the loop steps saved).
             extra.update(_pair_variables(slots))
     return (
         _environment()
