@@ -93,7 +93,7 @@ def render_sparse_linear(name: str, layer: EncodedLayer, level: int, rows_of_x: 
                     (first, count, base, stride, offset) for first, base, stride, offset, count in loads
                 ]
             }
-        if rows == 1:
+        if rows == 1 and (block > 1 or target.one_token_row_pairs):
             # One-row tiles (1xN row segments) keep few values each, so a tile's loop step and value loads
             # are a large share of its cost: tiles go two at a time through a chain's run, both tiles' values
             # in one vector load per section (aarch64, 768x768, 1x8, s = 0.77: 16 tokens 1,228,132 ->

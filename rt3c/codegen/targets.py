@@ -37,6 +37,11 @@ class Target:
     """SIMD width in floats that kernel schedules vectorise for; 0: no vector types (TVM's C target)."""
     token_vectors: int = 2
     """Vectors of tokens per SparseLinear token block: each broadcast weight feeds this many FMAs."""
+    one_token_row_pairs: bool = False
+    """With one token, SparseLinear one-row tiles also go two at a time (docs/KERNELS.md, item 5) where
+    the GEMV template is not taken: fewer instructions on aarch64, but on the host LLVM vectorises that
+    loop with AVX-512 gathers (768x768, 1x8, s = 0.75: best of 7 x 50 calls 0.080-0.083 ms where one tile
+    at a time takes 0.062-0.065)."""
     board: str | None = None
     """The qemu machine a bare-metal target runs on (its startup file and linker script are generated)."""
 
@@ -123,6 +128,7 @@ TARGETS = {
         run_prefix=("qemu-aarch64",),
         vector_floats=4,  # NEON
         token_vectors=4,  # executed instructions at 768x768/16 tokens/s=0.77: 0.226x of dense vs 0.284x with 2
+        one_token_row_pairs=True,  # 768x768, 1x8, 1 token, s = 0.77: 588,857 -> 515,699 instructions
         tools={"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu", "qemu-aarch64": "qemu-user"},
     ),
     "cortex-m4": Target(
