@@ -11,6 +11,10 @@ SHAPE_HELP = (
     "NAME=DIMS, e.g. input_ids=1x16: the fixed shape of a model input with dynamic dimensions (repeatable)."
 )
 WEIGHTS_HELP = "Type of the stored weights: float32 (default) or int8 (a float scale per channel)."
+VOCAB_HELP = (
+    "DATA (rotten-tomatoes, hamlet or synthetic): the embedding tables keep only the token ids of DATA's "
+    "training split and the special tokens; a const id map takes the tokenizer's ids to the kept rows."
+)
 BATCH_SIZE_HELP = "Examples per training step (export's --batch is the graph's batch dimension)."
 
 OPTION_NAMES = {

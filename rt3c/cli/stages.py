@@ -15,6 +15,7 @@ from rt3c.cli.options import (
     PATTERNS_HELP,
     SHAPE_HELP,
     SPARSITY_HELP,
+    VOCAB_HELP,
     WEIGHTS_HELP,
     integers,
     levels_and_frequencies,
@@ -136,15 +137,19 @@ def encode_command(
     ] = None,
     shape: Annotated[list[str], typer.Option("--shape", help=SHAPE_HELP)] = [],  # noqa: B006
     weights: Annotated[str, typer.Option("--weights", help=WEIGHTS_HELP)] = "float32",
+    vocab: Annotated[str | None, typer.Option("--vocab", help=VOCAB_HELP)] = None,
 ) -> None:
     """Encode planned layers as rt3c.SparseLinear (block index + pattern ids), verified with onnxruntime."""
     from rt3c.core.quantize import weight_type
     from rt3c.stages.encode import encode_model
 
-    result = encode_model(model, plan, out, level, parse_shapes(shape), weight_type(weights))
+    result = encode_model(model, plan, out, level, parse_shapes(shape), weight_type(weights), vocab)
     diffs = ", ".join(f"{d:.1e}" for d in result.max_abs_diff)
     dense = f"; left dense (not in the plan): {', '.join(result.dense_layers)}" if result.dense_layers else ""
-    typer.echo(f"{result.path}  (max |encoded - masked dense| per level: {diffs}{dense})")
+    coverage = (
+        "" if result.vocab_coverage is None else f"; {vocab} test tokens kept: {result.vocab_coverage:.2%}"
+    )
+    typer.echo(f"{result.path}  (max |encoded - masked dense| per level: {diffs}{dense}{coverage})")
 
 
 @app.command("inspect")
@@ -224,6 +229,9 @@ def compile_command(
             "tokenizer.json, a Hugging Face model directory, or minilm-l6.",
         ),
     ] = None,
+    vocab: Annotated[
+        str | None, typer.Option("--vocab", help=VOCAB_HELP[:-1] + " (an exported model with --plan).")
+    ] = None,
 ) -> None:
     """Generate TVM kernels and the C runtime, build, and verify every level against onnxruntime.
 
@@ -252,6 +260,7 @@ def compile_command(
             shapes=parse_shapes(shape),
             weights=None if weights is None else weight_type(weights),
             tokenizer=tokenizer,
+            vocab=vocab,
         )
     except MissingFrequenciesError as exc:
         raise UserError(exc.render(FREQUENCY_OPTIONS)) from None

@@ -40,7 +40,7 @@ from rt3c.stages.compile_report import (
     time_dense,
     timing_feeds,
 )
-from rt3c.stages.encode import encode
+from rt3c.stages.encode import encode, vocabulary_of
 from rt3c.stages.encoded_model import EncodedModel, encoded_layers, load_encoded
 from rt3c.stages.generate import generate, write_manifest
 from rt3c.stages.lower import CompiledProgram, lower
@@ -76,6 +76,7 @@ def compile_model(
     weights: WeightType | None = None,
     tokenizer: Path | str | None = None,
     build: bool = True,
+    vocab: str | None = None,
 ) -> CompileResult:
     """Lower, generate C, build for `target_name` (and the host), and verify every level of both builds.
 
@@ -91,7 +92,9 @@ def compile_model(
     `weights`, when given, must be. `tokenizer` (a vocab.txt, a tokenizer.json or a directory of them)
     adds a C WordPiece tokenizer over that vocabulary (`read_vocab`). Without `build` (and without
     `verify`, which needs a build), the project is generated only (`rt3c.stages.generate`): no C compiler
-    either, no report.json, and `make` in the folder builds it later.
+    either, no report.json, and `make` in the folder builds it later. `vocab` names a data set: an
+    exported model's embedding tables are encoded with only the token ids of its training split
+    (`encode_model`).
     """
     if verify and not build:
         raise SettingError("verify", "needs a build: a project that is not built cannot run", verify)
@@ -134,6 +137,13 @@ def compile_model(
             )
         bind_input_shapes(source.model, shapes or {}, str(encoded_path))
         exported_with_plan = plan is not None and not source.layers
+        if vocab is not None and not exported_with_plan:
+            raise SettingError(
+                "vocab",
+                f"the vocabulary is trimmed when a model is encoded with its plan; {encoded_path} is "
+                f"{'encoded already' if source.layers else 'given no plan'}",
+                vocab,
+            )
         if plan is not None and plan_path is not None and source.layers:
             check_plan_matches(plan, plan_path, source)
         if plan is not None and exported_with_plan:
@@ -146,7 +156,10 @@ def compile_model(
         encoded = source
         if exported_with_plan and plan is not None:
             # An exported model and its plan: run the encoding passes first (they verify every level).
-            model = encode(source.model, plan, str(encoded_path), weights=weights or "float32").model
+            kept = None if vocab is None else vocabulary_of(source.model, str(encoded_path), vocab)[0]
+            model = encode(
+                source.model, plan, str(encoded_path), weights=weights or "float32", vocab=kept
+            ).model
             encoded = EncodedModel(encoded_path, model, encoded_layers(model, str(encoded_path)))
         with step("lower the model to TVM kernels"):
             compiled = lower(encoded, target, frequencies)

@@ -46,6 +46,7 @@ from rt3c.passes.encode import (
 )
 from rt3c.passes.linear_layers import LinearLayer, find_linear_layers, untie_weights
 from rt3c.passes.quantize_weights import QuantizeWeightsPass
+from rt3c.passes.trim_vocabulary import KeptVocabulary, TrimVocabularyPass
 from rt3c.stages.reference import run_onnx
 
 TOLERANCE = 1e-5
@@ -61,6 +62,9 @@ class EncodeResult:
     """Linear layers of the model that the plan does not list: they stay dense."""
     path: Path | None = None
     """Where `encode_model` wrote it."""
+    vocab_coverage: float | None = None
+    """With a vocabulary trimmed to a data set's (`encode_model`'s `vocab`): the share of its test split's
+    tokens that the kept ids cover."""
 
 
 def encode_model(
@@ -70,16 +74,35 @@ def encode_model(
     level: int | None = None,
     shapes: Mapping[str, Sequence[int]] | None = None,
     weights: WeightType = "float32",
+    vocab: str | None = None,
 ) -> EncodeResult:
     """`encode` on files: the exported model at `onnx_path` with the plan at `plan_path`, written to `out`
     only once checked and verified. `shapes` fixes the model's dynamic input dimensions (by input name;
-    the encoded model keeps them fixed)."""
+    the encoded model keeps them fixed). `vocab` names a data set whose training split's token ids (and the
+    special tokens) are all the embedding tables keep (`data_vocabulary`)."""
     plan = Plan.load(plan_path)  # first: given a bad plan and a bad model, the plan's error is shown
     model = load_onnx(onnx_path)
     bind_input_shapes(model, shapes or {}, str(onnx_path))
-    result = encode(model, plan, str(onnx_path), level, weights)
+    kept, coverage = (None, None) if vocab is None else vocabulary_of(model, str(onnx_path), vocab)
+    result = encode(model, plan, str(onnx_path), level, weights, kept)
     save_onnx_atomically(checked_proto(result.model), out)
-    return dataclasses.replace(result, path=out)
+    return dataclasses.replace(result, path=out, vocab_coverage=coverage)
+
+
+def vocabulary_of(model: ir.Model, source: str, data: str) -> tuple[KeptVocabulary, float]:
+    """The vocabulary that the data set `data` uses, tokenized by the tokenizer of the model `model` was
+    exported from (its `rt3c.source` metadata), and the share of the test split it covers."""
+    origin = model.metadata_props.get(SOURCE_METADATA_KEY)
+    if origin is None:
+        raise SettingError(
+            "vocab",
+            f"{source} was not exported by rt3c (no {SOURCE_METADATA_KEY}), so its tokenizer is unknown",
+            data,
+        )
+    from rt3c.stages.data_vocabulary import data_vocabulary  # tokenizing the data loads torch
+
+    found = data_vocabulary(origin, data)
+    return found.vocabulary, found.test_coverage
 
 
 def encode(
@@ -88,9 +111,11 @@ def encode(
     source: str,
     level: int | None = None,
     weights: WeightType = "float32",
+    vocab: KeptVocabulary | None = None,
 ) -> EncodeResult:
     """Encode every planned layer of `exported` (left as it is) with `weights` (int8: also the dense linear
-    layers and the embedding tables); with `level`, keep only that level. Verified level by level against
+    layers and the embedding tables); with `level`, keep only that level; with `vocab`, the input embedding
+    tables keep only its ids' rows (`TrimVocabularyPass`). Verified level by level against
     the masked dense model (with int8, its weights quantized alike); `source` names the model in errors.
     Every input must have a fixed shape (`bind_input_shapes`). The plan's entry for a shared weight also
     covers the weight's further uses it does not list (`Plan.with_shared_uses`)."""
@@ -102,6 +127,8 @@ def encode(
         plan = plan.with_shared_uses(found)
         dense_layers = sorted(set(found) - set(plan.layers))
         planned_weights({name: layer for name, layer in found.items() if name in plan.layers}, source)
+        if vocab is not None:
+            TrimVocabularyPass(vocab, source)(model)
         if weights == "int8":
             QuantizeWeightsPass([found[name] for name in dense_layers], source)(model)
         with warnings.catch_warnings(record=True) as caught:
@@ -123,6 +150,7 @@ def encode(
             encoded,
             [level] if level is not None else range(len(plan.levels)),
             weights,
+            vocab,
         )
     return EncodeResult(model, diffs, dense_layers)
 
@@ -151,10 +179,12 @@ def verify_encoding(
     encoded: onnx.ModelProto,
     levels: Iterable[int],
     weights: WeightType = "float32",
+    vocab: KeptVocabulary | None = None,
 ) -> list[float]:
     """Per level, max |ORT(encoded) - ORT(reference)|, refused above TOLERANCE. The reference is the
-    exported model with the level's masks applied, and with int8 its weights quantized and dequantized as
-    the encoding does (independently of the tile format), so this checks the encoding, not int8's error."""
+    exported model with the level's masks applied, with `vocab` its tables trimmed alike, and with int8 its
+    weights quantized and dequantized as the encoding does (independently of the tile format), so this
+    checks the encoding, not int8's error nor the dropped tokens'."""
     feeds = deterministic_feeds(ir.serde.serialize_model(exported))
     all_levels = any(i.name == LEVEL_INPUT for i in encoded.graph.input)
     diffs = []
@@ -164,6 +194,8 @@ def verify_encoding(
         for level in levels:
             reference = _copy(exported)
             untie_weights(reference, source)
+            if vocab is not None:
+                TrimVocabularyPass(vocab, source)(reference)
             if weights == "int8":
                 found = find_linear_layers(reference, source)
                 QuantizeWeightsPass(
