@@ -117,7 +117,7 @@ def compile_model(
             target.name,
         )
     plan = Plan.load(plan_path) if plan_path else None
-    vocab = None if tokenizer is None else read_vocab(tokenizer_path(tokenizer))
+    wordpiece = None if tokenizer is None else read_vocab(tokenizer_path(tokenizer))
     # Held until the project is in place or the compile failed: a second compile into the same --out
     # is refused, not mixed in.
     with exclusive_lock(out_dir):
@@ -165,8 +165,8 @@ def compile_model(
             compiled = lower(encoded, target, frequencies)
         compiled.program.prefix = prefix or default_prefix(compiled.program.name)
         compiled.program.weights_format = weights_format
-        if vocab is not None:
-            compiled.program.tokenizer = bind_tokenizer(vocab, compiled.program)
+        if wordpiece is not None:
+            compiled.program.tokenizer = bind_tokenizer(wordpiece, compiled.program)
         board_profile = None if board is None else load_board(board)
         dense = dense_reference(source, exported_with_plan)
         return _generate_and_verify(compiled, encoded, out_dir, target, (build, verify), board_profile, dense)

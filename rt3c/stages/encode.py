@@ -101,7 +101,8 @@ def vocabulary_of(model: ir.Model, source: str, data: str) -> tuple[KeptVocabula
         )
     from rt3c.stages.data_vocabulary import data_vocabulary  # tokenizing the data loads torch
 
-    found = data_vocabulary(origin, data)
+    with step(f"keep the token ids of the {data} training split (tokenizer of {origin})"):
+        found = data_vocabulary(origin, data)
     return found.vocabulary, found.test_coverage
 
 
