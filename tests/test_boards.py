@@ -61,6 +61,9 @@ voltage = 0.8
         ("frequency_mhz = 500", "frequency_mhz = 2000", "frequency_mhz"),
         ("voltage = 0.8", "voltage = 0", "voltage"),
         ('name = "b"', "name = [", "TOML"),
+        ("[power]", "memory = 3\n[power]", "[memory]: must be a table"),
+        ("[power]", "[memory]\nram_kib = 64\n[power]", "[memory]: missing key 'flash_kib'"),
+        ("[power]", "[memory]\nflash_kib = 1024\nram_kib = -1\n[power]", "[memory]: key 'ram_kib'"),
     ],
 )
 def test_bad_board_names_the_key(tmp_path: Path, old: str, new: str, key: str) -> None:
@@ -69,6 +72,22 @@ def test_bad_board_names_the_key(tmp_path: Path, old: str, new: str, key: str) -
     with pytest.raises(UserError) as error:
         load_board(path)
     assert key in str(error.value) and str(path) in str(error.value)
+
+
+def test_microcontroller_memories() -> None:
+    """The Cortex-M profiles carry their parts' memories (docs/BOARDS.md); the A-class boards need none."""
+    m7, m4 = load_board("cortex-m7").memory, load_board("cortex-m4").memory
+    assert m7 is not None and (m7.flash_bytes, m7.ram_bytes, m7.external_flash_bytes) == (
+        2 << 20,
+        512 << 10,
+        64 << 20,
+    )
+    assert m4 is not None and (m4.flash_bytes, m4.ram_bytes, m4.external_flash_bytes) == (
+        1 << 20,
+        128 << 10,
+        0,
+    )
+    assert load_board("rt3-default").memory is None
 
 
 def test_unknown_board() -> None:

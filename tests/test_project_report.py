@@ -95,7 +95,17 @@ def test_report_with_a_board(tmp_path: Path) -> None:
         "target": "cortex-m7",
         "cycles_per_instruction": 1.2,
         "no_latency": None,
+        # The weights section (weights, indices, alignment) in the external flash, the code internal.
+        "memory": {
+            "bytes": {"flash": 2 << 20, "external_flash": 64 << 20, "ram": 512 << 10},
+            "needed_bytes": {"flash": 100, "external_flash": 232, "ram": 104},
+            "fits": True,
+        },
     }
+    assert summary(report)[-1] == (
+        "on cortex-m7: internal flash 100 of 2,097,152 B, external flash 232 of 67,108,864 B, "
+        "RAM (with the stack) 104 of 524,288 B: fits"
+    )
     assert report["levels"][0]["latency_ms"] == pytest.approx(7.5)
     deadline = f"{deadlines[0]:g}"
     assert summary(report)[1] == (
@@ -167,6 +177,22 @@ def test_report_stack_line(tmp_path: Path) -> None:
     report = write_report(*args, stack=Stack(None, "the host kernels are LLVM objects"))  # type: ignore[arg-type]
     assert report["ram_bytes"]["stack_bytes_estimate"] is None
     assert "Stack: no estimate (the host kernels are LLVM objects)." in (tmp_path / "REPORT.md").read_text()
+
+
+def test_board_memory_without_external_flash(tmp_path: Path) -> None:
+    """Without external flash every byte of the library's flash is internal; RAM counts the stack."""
+    program = SimpleNamespace(name="m", prefix="m", weights_format="incbin")
+    levels = [LevelReport("L0", None, None, None, None, 1000)]
+    flash, ram = Flash(100_000, 1_000_000, 0, 0), Ram(100_000, 30_000, 1_000)
+    board = load_board("cortex-m4")
+    args = (tmp_path, program, get_target("cortex-m4"), flash, ram, levels, True, board)
+    memory = write_report(*args, stack=Stack(2_000))["board"]["memory"]  # type: ignore[arg-type, index]
+    assert memory["needed_bytes"] == {"flash": 1_100_000, "external_flash": 0, "ram": 133_000}
+    assert not memory["fits"]  # 1,100,000 B of flash > 1 MiB, 133,000 B of RAM > 128 KiB
+    assert (
+        "Memory on cortex-m4: internal flash 1,100,000 of 1,048,576 B, RAM (with the stack) 133,000 of "
+        "131,072 B: does NOT fit." in (tmp_path / "REPORT.md").read_text()
+    )
 
 
 def _dense_model(path: Path) -> Path:

@@ -9,6 +9,7 @@ Profiles are TOML files: the shipped ones live in `rt3c/boards/` (`rt3c boards` 
     latency_ms                                # deadline for every level (optional if each level has one)
     [power] capacitance_nf, static_watts      # P = C * f * V^2 + static
     [[levels]] frequency_mhz, voltage, latency_ms (optional, overrides the board's)
+    [memory] flash_kib, ram_kib, external_flash_kib (optional: the part's memories, KiB)
 
 Levels are listed fastest first, like the plan's levels (densest first): plan level i runs at board level i.
 """
@@ -40,6 +41,18 @@ class FrequencyLevel:
 
 
 @dataclass(frozen=True)
+class BoardMemory:
+    """The memories a compiled model must fit (`[memory]`, in KiB in the file, bytes here)."""
+
+    flash_bytes: int
+    """Internal flash: code and the small constants."""
+    ram_bytes: int
+    """SRAM the model may use: arena, descriptors, stack."""
+    external_flash_bytes: int = 0
+    """Memory-mapped external flash (QSPI/OSPI NOR) that takes the weights section; 0: none."""
+
+
+@dataclass(frozen=True)
 class Board:
     name: str
     description: str
@@ -49,6 +62,7 @@ class Board:
     capacitance_f: float
     static_watts: float
     levels: tuple[FrequencyLevel, ...]
+    memory: BoardMemory | None = None
 
     def power_watts(self, level: int) -> float:
         """Power drawn while computing at `level`: C * f * V^2 + static."""
@@ -129,7 +143,20 @@ def parse_board(data: dict[str, Any], source: str) -> Board:
         capacitance_f=_number(power, "capacitance_nf", f"{source}: [power]") * 1e-9,
         static_watts=_number(power, "static_watts", f"{source}: [power]", positive=False, default=0.0),
         levels=tuple(levels),
+        memory=_memory(data, source),
     )
+
+
+def _memory(data: dict[str, Any], source: str) -> BoardMemory | None:
+    table = data.get("memory")
+    if table is None:
+        return None
+    where = f"{source}: [memory]"
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: must be a table")
+    external = _number(table, "external_flash_kib", where, positive=False, default=0.0)
+    flash, ram = _number(table, "flash_kib", where), _number(table, "ram_kib", where)
+    return BoardMemory(round(flash * 1024), round(ram * 1024), round(external * 1024))
 
 
 def board_file(ref: str | Path) -> Path:

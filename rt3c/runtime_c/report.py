@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rt3c.codegen.targets import Target
-from rt3c.core.boards import Board
+from rt3c.core.boards import Board, BoardMemory
 from rt3c.core.errors import VerificationError
 from rt3c.runtime_c.build_files import binutil
 from rt3c.runtime_c.program import Program
@@ -184,6 +184,28 @@ def memory(
     return flash, ram
 
 
+def memory_fit(memory: BoardMemory, flash: Flash, ram: Ram, stack: Stack) -> dict[str, object]:
+    """The board's memories and what the library needs of each. With external flash, the weights section
+    (weights, indices, their alignment: `.rodata.NAME_weights`) goes there and the rest of the flash
+    stays internal; without, all of it is internal. RAM: the library's and the stack estimate."""
+    external = flash.weights + flash.indices + flash.padding if memory.external_flash_bytes else 0
+    needs = {
+        "flash": flash.total - external,
+        "external_flash": external,
+        "ram": ram.total + (stack.bytes_estimate or 0),
+    }
+    has = {
+        "flash": memory.flash_bytes,
+        "external_flash": memory.external_flash_bytes,
+        "ram": memory.ram_bytes,
+    }
+    return {
+        "bytes": has,
+        "needed_bytes": needs,
+        "fits": all(needs[name] <= has[name] for name in has),
+    }
+
+
 def write_report(
     project: Path,
     program: Program,
@@ -225,6 +247,7 @@ def write_report(
             "target": board.target,
             "cycles_per_instruction": board.cycles_per_instruction,
             "no_latency": no_latency,
+            "memory": None if board.memory is None else memory_fit(board.memory, flash, ram, stack),
         },
         "dense_reference": {
             "label": DENSE_LABEL,

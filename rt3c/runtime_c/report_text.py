@@ -34,7 +34,21 @@ def summary(report: dict[str, Any]) -> list[str]:
         )
         dense = f"; {level['speedup_vs_dense']:.2f}x {DENSE_LABEL}" if level.get("speedup_vs_dense") else ""
         lines.append(f"{level['name']}: {sparsity}{measured} per inference{on_board}{dense}")
+    memory = report["board"] and report["board"].get("memory")
+    if memory:
+        lines.append(_memory_line(report["board"]["name"], memory))
     return lines
+
+
+def _memory_line(board: str, memory: dict[str, Any]) -> str:
+    """`on B: internal flash N of M B, ...: fits` (report.json's board.memory)."""
+    names = {"flash": "internal flash", "external_flash": "external flash", "ram": "RAM (with the stack)"}
+    parts = [
+        f"{label} {memory['needed_bytes'][name]:,} of {memory['bytes'][name]:,} B"
+        for name, label in names.items()
+        if memory["bytes"][name] or memory["needed_bytes"][name]
+    ]
+    return f"on {board}: {', '.join(parts)}: {'fits' if memory['fits'] else 'does NOT fit'}"
 
 
 def _number(value: float | None, form: str = ",") -> str:
@@ -126,4 +140,6 @@ def markdown(report: dict[str, Any]) -> str:
             f"({board['cycles_per_instruction']:g} cycles per instruction)"
             + (f"; not computed: {comment(board['no_latency'])}." if board["no_latency"] else "."),
         ]
+        if board.get("memory"):
+            lines += ["", f"Memory {comment(_memory_line(board['name'], board['memory']))}."]
     return "\n".join(lines) + "\n"
