@@ -79,14 +79,18 @@ def encode(
     level: int | None = None,
     shapes: Mapping[str, Sequence[int]] | None = None,
     weights: str = "float32",
+    vocab: str | None = None,
 ) -> EncodeResult:
     """The exported model with its planned layers encoded (every level, or only `level`), its weights
     stored as `weights` (float32 or int8), verified level by level against the masked dense model.
-    `shapes` fixes dynamic input dimensions, by input name."""
+    `shapes` fixes dynamic input dimensions, by input name. `vocab` (a data set name) keeps in the
+    embedding tables only the token ids of its training split (docs/FORMAT.md, "Trimmed vocabulary")."""
     from rt3c.core.quantize import weight_type
     from rt3c.stages.encode import encode_model
 
-    return encode_model(Path(onnx_path), Path(plan_path), Path(out), level, shapes, weight_type(weights))
+    return encode_model(
+        Path(onnx_path), Path(plan_path), Path(out), level, shapes, weight_type(weights), vocab
+    )
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,7 @@ def compile(
     shapes: Mapping[str, Sequence[int]] | None = None,
     weights: str | None = None,
     tokenizer: str | Path | None = None,
+    vocab: str | None = None,
 ) -> Project:
     """An exported model with its `plan`, an encoded model, or a dense model, compiled into a C project at
     `out_dir` for `target` (host, aarch64, cortex-m4, cortex-m7); built, and with `verify` run at every
@@ -148,7 +153,8 @@ def compile(
     `frequencies_khz`. `shapes` fixes dynamic input dimensions, by input name. `weights` (float32 or
     int8) is the type an exported model's weights are encoded with; an encoded model has its own.
     `tokenizer` (a vocab.txt, a tokenizer.json, a Hugging Face directory, or `minilm-l6`) adds the C
-    WordPiece tokenizer `NAME_tokenize` over that vocabulary (docs/RUNTIME.md)."""
+    WordPiece tokenizer `NAME_tokenize` over that vocabulary (docs/RUNTIME.md). `vocab` trims an
+    exported model's embedding tables to a data set's token ids as it is encoded (`encode`)."""
     result = _compile_model(
         model_path,
         out_dir,
@@ -161,6 +167,7 @@ def compile(
         verify=verify,
         shapes=shapes,
         tokenizer=tokenizer,
+        vocab=vocab,
     )
     return Project(result.out_dir, result.report, result.max_abs_diff)
 
@@ -177,6 +184,7 @@ def generate(
     shapes: Mapping[str, Sequence[int]] | None = None,
     weights: str | None = None,
     tokenizer: str | Path | None = None,
+    vocab: str | None = None,
 ) -> GeneratedProject:
     """`compile` without building or running anything: the C project for `target` (sources, weights, the
     kernels TVM generates, Makefile and CMakeLists.txt) written to `out_dir`, for `make` there later. No C
@@ -196,6 +204,7 @@ def generate(
         build=False,
         shapes=shapes,
         tokenizer=tokenizer,
+        vocab=vocab,
     )
     return GeneratedProject(
         result.out_dir, result.arena_bytes, result.arena_lower_bound, result.weight_bytes, result.memory_bytes
