@@ -158,6 +158,7 @@ def test_one_option_name_one_meaning() -> None:
     assert set(typer_types["--batch"]) == {"export"}
     assert set(typer_types["--batch-size"]) == {"prune", "search"}
     assert set(typer_types["-b"]) == set(typer_types["--board"])
+    assert set(typer_types["--vocab"]) == {"encode", "compile"}  # a data set, as --data names one
 
 
 def test_settings_errors_name_the_option() -> None:
