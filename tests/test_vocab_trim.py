@@ -3,6 +3,7 @@ map; the encoded model under onnxruntime, the C build against it, the data side,
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from test_cli import run_cli
 
 from rt3c.compile import compile_model
+from rt3c.core.errors import UserError
 from rt3c.core.onnx_io import checked_proto, deterministic_feeds, load_onnx, save_onnx_atomically
 from rt3c.core.plan import Plan
 from rt3c.data_vocabulary import data_vocabulary
@@ -138,3 +140,24 @@ def test_bad_vocab_input(
     err = capsys.readouterr().err.strip()
     assert "--vocab rotten-tomatoes: the vocabulary is trimmed when a model is encoded with its plan" in err
     assert len(err.splitlines()) == 1 and (not project.exists() or not any(project.iterdir()))
+
+
+@pytest.mark.parametrize(
+    ("vocabulary", "message"),
+    [
+        (KeptVocabulary(KEPT.ids, 2048, UNKNOWN, "v"), "has 1024 rows, but the tokenizer of v has 2048 ids"),
+        (
+            KeptVocabulary(np.array([1, 2], np.int64), 1024, UNKNOWN, "v"),
+            "include the unknown token's id 100",
+        ),
+        (KeptVocabulary(np.array([100, 5000], np.int64), 1024, UNKNOWN, "v"), "must lie in [0, 1024)"),
+    ],
+    ids=["wrong-size", "no-unknown", "out-of-range"],
+)
+def test_vocabulary_that_does_not_fit_the_model(
+    vocabulary: KeptVocabulary, message: str, bert_tiny_export: ExportResult, tmp_path: Path
+) -> None:
+    plan = tmp_path / "plan.json"
+    plan_model(bert_tiny_export.onnx_path, plan, sparsities=[0.5], tile=(4, 4), patterns=8)
+    with pytest.raises(UserError, match=re.escape(message)):
+        encode(load_onnx(bert_tiny_export.onnx_path), Plan.load(plan), "bert-tiny", vocab=vocabulary)
