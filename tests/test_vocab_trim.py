@@ -11,16 +11,16 @@ import onnx
 import pytest
 from test_cli import run_cli
 
-from rt3c.compile import compile_model
 from rt3c.core.errors import UserError
 from rt3c.core.onnx_io import checked_proto, deterministic_feeds, load_onnx, save_onnx_atomically
 from rt3c.core.plan import Plan
-from rt3c.data_vocabulary import data_vocabulary
-from rt3c.encode import encode, plan_model
-from rt3c.export import ExportResult
 from rt3c.passes.encode import LEVEL_INPUT
 from rt3c.passes.trim_vocabulary import KeptVocabulary
-from rt3c.reference import run_onnx
+from rt3c.stages.compile import compile_model
+from rt3c.stages.data_vocabulary import data_vocabulary
+from rt3c.stages.encode import encode, plan_model
+from rt3c.stages.export import ExportResult
+from rt3c.stages.reference import run_onnx
 
 UNKNOWN = 100
 # Every third id of bert-tiny's 1024 and the "unknown" one: most ids the feeds draw are dropped.
