@@ -18,7 +18,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 from rich.console import Console
 from rich.table import Table
 
@@ -29,12 +28,13 @@ from rt3c.stages.datasets import load_dataset
 from rt3c.stages.encode import encode_model
 from rt3c.stages.export import export_model
 from rt3c.stages.models import load_model
+from rt3c.stages.reference import reference_session
 from rt3c.stages.run import run_project
 
 
 def accuracy(model: Path, level: int, inputs: list[np.ndarray], labels: np.ndarray) -> float:
     """Share of the rows whose argmax of the logits is the label, one row per run (batch 1 is exported)."""
-    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    session = reference_session(model)
     names = [value.name for value in session.get_inputs() if value.name != LEVEL_INPUT]
     correct = 0
     for row, label in enumerate(labels):

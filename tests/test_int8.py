@@ -258,3 +258,22 @@ def test_tampered_int8_model_is_refused(
     onnx.save(model, path)
     with pytest.raises(UserError, match=re.escape(message)):
         read_encoded_layers(path)
+
+
+def test_dense_int8_matmul_matches_onnxruntime_computing_what_the_model_says(
+    rt3_lm_export, tmp_path: Path
+) -> None:
+    """rt3-lm's output layer, left dense, is an int8 DequantizeLinear -> MatMul. onnxruntime's QDQ fusion
+    would run it as a MatMulIntegerToFloat that quantizes the activations too (every logit 0.02-0.03 off);
+    the reference keeps that fusion off, so the C build (which dequantizes the weight only) verifies."""
+    plan = tmp_path / "plan.json"
+    plan_model(rt3_lm_export.onnx_path, plan, sparsities=[0.7, 0.8, 0.9], tile=(4, 4), patterns=8)
+    assert not any("decoder" in name for name in Plan.load(plan).layers)
+    result = compile_model(
+        rt3_lm_export.onnx_path,
+        tmp_path / "project",
+        plan_path=plan,
+        weights="int8",
+        frequencies_khz=FREQUENCIES_KHZ,
+    )
+    assert len(result.max_abs_diff) == 3 and max(result.max_abs_diff) <= 1e-4
