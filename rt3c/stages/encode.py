@@ -47,7 +47,7 @@ from rt3c.passes.encode import (
 from rt3c.passes.linear_layers import LinearLayer, find_linear_layers, untie_weights
 from rt3c.passes.quantize_weights import QuantizeWeightsPass
 from rt3c.passes.trim_vocabulary import KeptVocabulary, TrimVocabularyPass
-from rt3c.stages.reference import run_onnx
+from rt3c.stages.reference import reference_session, run_onnx
 
 TOLERANCE = 1e-5
 
@@ -192,6 +192,7 @@ def verify_encoding(
     with tempfile.TemporaryDirectory(prefix="rt3c-verify-") as tmp:
         encoded_path = Path(tmp) / "encoded.onnx"
         onnx.save(encoded, encoded_path)
+        encoded_session = reference_session(encoded_path)  # one load for every level
         for level in levels:
             reference = _copy(exported)
             untie_weights(reference, source)
@@ -206,7 +207,7 @@ def verify_encoding(
             reference_path = Path(tmp) / f"masked-{level}.onnx"
             onnx.save(ir.serde.serialize_model(reference), reference_path)
             level_feeds = {**feeds, LEVEL_INPUT: np.array(level, dtype=np.int64)} if all_levels else feeds
-            got = run_onnx(encoded_path, level_feeds)
+            got = encoded_session.run(None, level_feeds)
             expected = run_onnx(reference_path, feeds)
             diff = max(float(np.max(np.abs(g - e))) for g, e in zip(got, expected, strict=True))
             if not diff <= TOLERANCE:
