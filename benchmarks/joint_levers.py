@@ -2,12 +2,18 @@
 of the joint stage")
 
     .venv/bin/python benchmarks/joint_levers.py DIR [--steps 600] [--level-weights 0.2,0.3,0.5]
-                                                [--seeds 0,1,2] [--lr 1e-4]
+                                                [--seeds 0,1,2] [--lr 1e-4] [--densest 0.5]
 
 DIR is a finished `rt3c search --out DIR` (its `plan.json` and `stages/warm.pt`). For each seed, the joint
 stage trains the plan's levels from the warm start again (distillation 0.7 from the dense model, batch 32,
 the search's own settings otherwise), and each level's test accuracy is measured as `rt3c search` measures
 it. Printed: one row per seed, then the mean and the spread (max - min) per level, against dense.
+
+`--densest D` trains another plan: the search's winner with its densest level at D (a density of the search
+space: the kept fraction of each kept tile) in every layer, its other levels as they were, the pattern sets
+fitted as the search fits a candidate's. Printed with it: each plan's sparsity per level and its battery
+ratio along the board's trace from the run's latency model (predicted, not compiled), beside the winner's
+measured one, which prices the accuracy of a denser top level in battery life.
 """
 
 from __future__ import annotations
@@ -20,12 +26,54 @@ from pathlib import Path
 
 import torch
 
+from rt3c.core.battery import simulate
+from rt3c.core.boards import load_board
 from rt3c.core.plan import Plan
 from rt3c.stages.datasets import load_dataset
+from rt3c.stages.latency.cost_model import LatencyModel
 from rt3c.stages.models import load_model
 from rt3c.stages.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks
 from rt3c.stages.prune.training import Teacher, TrainSettings, evaluate
+from rt3c.stages.search.evaluate import CandidatePlanner
 from rt3c.stages.search.run import shortest_first
+from rt3c.stages.search.space import SearchSpace
+
+
+def predicted_battery_ratio(directory: Path, plan: Plan) -> float:
+    """The plan's battery ratio along the run's trace, from the run's latency model (no compile)."""
+    latency = json.loads((directory / "latency.json").read_text())
+    trace = tuple(json.loads((directory / "eval.json").read_text())["trace"])
+    model = LatencyModel.from_json(latency["model"])
+    cycles = [
+        model.predict_units(plan.layers, level) * latency["cycles_per_unit"]
+        for level in range(len(plan.levels))
+    ]
+    board = load_board(directory / "board.toml")
+    return simulate(board, model.dense_units() * latency["cycles_per_unit"], cycles, trace).battery_ratio
+
+
+def with_densest_level(directory: Path, plan: Plan, warm_state: dict, density: float) -> Plan:
+    """The search's winner with its level 0 at `density` in every layer, fitted on the warm-start weights."""
+    search = json.loads((directory / "search.json").read_text())
+    space_json = search["space"]
+    space = SearchSpace(
+        tuple(space_json["layers"]),
+        len(plan.levels),
+        tuple(space_json["pattern_counts"]),
+        tuple(space_json["densities"]),
+    )
+    if density not in space.densities:
+        raise SystemExit(f"--densest {density}: not one of the search's densities {space.densities}")
+    choices = list(search["best"]["choices"])
+    for position, decision in enumerate(space.decisions):
+        if decision.kind == "density" and decision.level == 0:
+            choices[position] = space.densities.index(density)
+    backbone = torch.load(directory / "stages" / "backbone.pt", map_location="cpu", weights_only=False)
+    kept_tiles = backbone["payload"]
+    weights = {name: warm_state[name].numpy().astype("float64") for name in kept_tiles}
+    planner = CandidatePlanner(weights, tuple(space_json["tile"]), kept_tiles, space)
+    metadata = {**plan.metadata, "planner": f"{plan.metadata.get('planner')}, level 0 at density {density}"}
+    return Plan(plan.levels, planner.layers(choices), plan.model, metadata)
 
 
 def main() -> None:
@@ -37,6 +85,7 @@ def main() -> None:
     parser.add_argument("--level-weights", default="equal", help="comma-separated, or 'equal'")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--densest", type=float, help="train the winner with its level 0 at this density")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     level_weights = (
@@ -46,6 +95,15 @@ def main() -> None:
     warm = torch.load(args.directory / "stages" / "warm.pt", map_location="cpu", weights_only=False)
     recipe = DenseRecipe(**warm["settings"]["backbone"]["dense"])
     plan = Plan.load(args.directory / "plan.json")
+    measured = json.loads((args.directory / "eval.json").read_text())["battery_ratio"]
+    print(
+        f"winner: battery ratio {measured:.2f}x measured, {predicted_battery_ratio(args.directory, plan):.2f}x predicted"
+    )
+    if args.densest is not None:
+        plan = with_densest_level(args.directory, plan, warm["state"], args.densest)
+        print(
+            f"level 0 at density {args.densest}: {predicted_battery_ratio(args.directory, plan):.2f}x predicted"
+        )
     model = load_model(recipe.model)
     data = load_dataset(recipe.data, model, recipe.max_len)
     dense_baseline(model, data, recipe)
@@ -85,6 +143,8 @@ def main() -> None:
                 "steps": args.steps,
                 "lr": args.lr,
                 "level_weights": level_weights,
+                "densest": args.densest,
+                "sparsity": [plan.sparsity(level) for level in levels],
                 "dense": dense,
                 "seeds": seeds,
                 "test_accuracy": results,
