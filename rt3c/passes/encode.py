@@ -4,7 +4,8 @@
   initializers (block index with its pattern runs, value buffer(s)), and the levels' outputs are joined
   by `Gather(stack, rt3c_level)`, marked with LEVEL_SELECT_METADATA_KEY (its layer's name), where `rt3c_level` is a graph input whose initializer makes level 0 the
   default: onnxruntime runs any level by feeding it. With int8 weights the value buffers are int8 and each
-  node takes a sixth input, the layer's scale per output channel.
+  node takes a sixth input, the layer's scale per output channel. A plan whose masks are not nested
+  still encodes (each level stores its own values): the pass says so in its `warnings`, for the caller.
 - `SelectLevelPass(level)`: keep only `level`'s SparseLinear nodes (a single-level model): each marked
   Gather is replaced by the output of its layer's node at that level.
 - `MaskWeightsPass(plan, level, source, weights)`: the masked dense reference: each planned weight times
@@ -13,8 +14,6 @@
 """
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 import onnx_ir as ir
@@ -65,6 +64,9 @@ class EncodeSparseLinearPass(InPlacePass):
         self.plan = plan
         self.source = source
         self.weights = weights
+        # Said to the user by the caller (the stage prints them), not raised: such a plan encodes correctly,
+        # it only costs more flash.
+        self.warnings: list[str] = []
 
     def requires(self, model: ir.Model) -> None:
         opset = model.opset_imports.get("", 18)
@@ -74,6 +76,7 @@ class EncodeSparseLinearPass(InPlacePass):
             )
 
     def call(self, model: ir.Model) -> PassResult:
+        self.warnings = []
         graph = model.graph
         layers = _check_layers(model, self.plan, self.source)
         opset = model.opset_imports.get("", 18)
@@ -87,10 +90,9 @@ class EncodeSparseLinearPass(InPlacePass):
             except UserError as exc:
                 raise UserError(f"{self.source}: {exc}") from None
             if not encoded.nested:
-                warnings.warn(
+                self.warnings.append(
                     f"plan layer {name}: masks are not nested across levels, so each level stores its own "
-                    f"values ({encoded.value_bytes()} bytes instead of {encoded.values[0].nbytes})",
-                    stacklevel=2,
+                    f"values ({encoded.value_bytes()} bytes instead of {encoded.values[0].nbytes})"
                 )
             self._replace(graph, layer, encoded, level_value, zero_axis)
         model.opset_imports[DOMAIN] = OPSET

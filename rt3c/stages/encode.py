@@ -11,7 +11,6 @@ import dataclasses
 import re
 import sys
 import tempfile
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,11 +131,10 @@ def encode(
             TrimVocabularyPass(vocab, source)(model)
         if weights == "int8":
             QuantizeWeightsPass([found[name] for name in dense_layers], source)(model)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            EncodeSparseLinearPass(plan, source, weights)(model)
-        for warning in caught:  # on stderr: stdout carries the result line
-            print(f"rt3c: warning: {warning.message}", file=sys.stderr)
+        encode_pass = EncodeSparseLinearPass(plan, source, weights)
+        encode_pass(model)
+        for warning in encode_pass.warnings:  # on stderr: stdout carries the result line
+            print(f"rt3c: warning: {warning}", file=sys.stderr)
         if level is not None:
             SelectLevelPass(level)(model)
         RemoveUnusedPass()(model)
