@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from rt3c.stages.search.objective import (
     EnergyObjective,
     Evaluation,
     late_reward,
+    loss_reference,
     parse_max_loss,
 )
 from rt3c.stages.search.space import SearchSpace
@@ -74,7 +77,7 @@ BOARD = Board(
 
 def _energy_objective(budgets: tuple[float, ...]) -> EnergyObjective:
     # Evaluation latencies are seconds; the dense model takes 8 s at the top level.
-    return EnergyObjective(BOARD, 8.0 * 1e9, (0.5, 0.3, 0.2), 0.9, budgets)
+    return EnergyObjective(BOARD, 8.0 * 1e9, (0.5, 0.3, 0.2), (0.9, 0.9, 0.9), budgets)
 
 
 def test_energy_reward_rules() -> None:
@@ -103,12 +106,12 @@ def _every_candidate(space: SearchSpace) -> list[list[int]]:
     return candidates
 
 
-def test_both_objectives_respect_deadlines_and_budget() -> None:
-    """Over every candidate of a small constructed space: the accuracy objective's best meets every
-    deadline with the best mean accuracy; the energy objective's best meets every deadline, keeps each
-    level within its loss budget, and needs the least energy of all such candidates (and less than the
-    accuracy objective's best)."""
-    space = SearchSpace(layers=("a", "d"), n_levels=3, densities=(1.0, 0.75, 0.5, 0.25, 0.125))
+CONSTRUCTED_SPACE = SearchSpace(layers=("a", "d"), n_levels=3, densities=(1.0, 0.75, 0.5, 0.25, 0.125))
+
+
+def _constructed_evaluator(space: SearchSpace, proxy_offset: float = 0.0) -> Callable[..., Evaluation]:
+    """Accuracy falls with the square of each layer's sparsity, latency with its density; a proxy reads
+    `proxy_offset` below the accuracy training would reach."""
 
     def evaluate(choices: tuple[int, ...]) -> Evaluation:
         plan = space.describe(list(choices))
@@ -116,9 +119,47 @@ def test_both_objectives_respect_deadlines_and_budget() -> None:
         for level in range(3):
             latency.append(4.0 + sum(COST[n] * entry["density"][level] for n, entry in plan.items()))
             loss = sum(SENSITIVITY[n] * (1 - entry["density"][level]) ** 2 for n, entry in plan.items())
-            accuracy.append(0.9 - loss)
+            accuracy.append(0.9 - loss - proxy_offset)
         return Evaluation(tuple(accuracy), tuple(latency), (8.0, 6.5, 5.0))
 
+    return evaluate
+
+
+def test_loss_reference_measures_budgets_against_the_densest_candidates_proxy() -> None:
+    """A proxy that reads 3 points low puts every candidate over a 2-point budget against the dense model;
+    against the densest candidate's proxy accuracy the budgets admit exactly the candidates that the true
+    accuracy admits against dense."""
+    space = CONSTRUCTED_SPACE
+    candidates = [tuple(c) for c in _every_candidate(space)]
+    budgets = (2.0, 4.0, 10.0)
+    proxy = CachedEvaluator(_constructed_evaluator(space, proxy_offset=0.03))
+    dense = loss_reference("dense", space, proxy, 0.9)
+    assert dense["accuracy"] == (0.9, 0.9, 0.9) and not proxy.cache  # nothing evaluated
+    densest = loss_reference("densest", space, proxy, 0.9)
+    assert list(proxy.cache) == [tuple(space.densest())] == [tuple(densest["choices"])]
+    assert densest["accuracy"] == pytest.approx((0.87, 0.87, 0.87))
+    against_dense = EnergyObjective(BOARD, 8.0e9, (0.5, 0.3, 0.2), dense["accuracy"], budgets)
+    against_densest = EnergyObjective(BOARD, 8.0e9, (0.5, 0.3, 0.2), densest["accuracy"], budgets)
+    true_objective = _energy_objective(budgets)
+    truth = _constructed_evaluator(space)
+
+    def within(objective: EnergyObjective, evaluate: Callable[..., Evaluation]) -> set[tuple[int, ...]]:
+        return {c for c in candidates if objective.points_over_budget(evaluate(c)) == 0.0}
+
+    assert not within(against_dense, proxy.evaluate)
+    assert within(against_densest, proxy.evaluate) == within(true_objective, truth) != set()
+    # A proxy above the dense model's accuracy is capped at it.
+    optimistic = CachedEvaluator(_constructed_evaluator(space, proxy_offset=-0.05))
+    assert loss_reference("densest", space, optimistic, 0.9)["accuracy"] == (0.9, 0.9, 0.9)
+
+
+def test_both_objectives_respect_deadlines_and_budget() -> None:
+    """Over every candidate of a small constructed space: the accuracy objective's best meets every
+    deadline with the best mean accuracy; the energy objective's best meets every deadline, keeps each
+    level within its loss budget, and needs the least energy of all such candidates (and less than the
+    accuracy objective's best)."""
+    space = CONSTRUCTED_SPACE
+    evaluate = _constructed_evaluator(space)
     budgets = (2.0, 4.0, 10.0)
     energy, accurate = _energy_objective(budgets), AccuracyObjective(0.9)
     evaluations = [evaluate(tuple(c)) for c in _every_candidate(space)]

@@ -185,6 +185,8 @@ def test_ray_backend_matches_local_processes(searched: tuple[Path, Path]) -> Non
         (["--objective", "fastest"], None, "--objective"),
         (["--objective", "energy", "--max-loss", "1,2"], None, "--max-loss"),
         (["--max-loss", "1,2,3"], None, "--max-loss"),
+        (["--loss-reference", "dense"], None, "--loss-reference"),
+        (["--objective", "energy", "--loss-reference", "best"], None, "--loss-reference"),
         (["--steps", "60,-5,12,12,3,12"], None, "--steps"),
         (["--steps", "60,12"], None, "--steps"),
         (["--validation-size", "2000000"], None, "--validation-size"),
@@ -222,7 +224,7 @@ def test_bad_input(
 def test_one_shot_trains_nothing_after_the_dense_baseline(tight_board: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     argv = [*search_argv(tight_board, out), "--one-shot", "--episodes", "2", "--backend", "serial"]
-    assert run_cli(argv) == 0
+    assert run_cli([*argv, "--objective", "energy", "--max-loss", "5,10,20"]) == 0
     dense = load_model("bert-tiny")
     dense_baseline(dense, load_dataset("synthetic", dense), DenseRecipe("bert-tiny", "synthetic", steps=60))
     dense_weights = dense.module.state_dict()
@@ -234,6 +236,13 @@ def test_one_shot_trains_nothing_after_the_dense_baseline(tight_board: Path, tmp
             expected = expected * torch.from_numpy(plan.layers[name].mask(0).copy())
         assert torch.equal(tensor, expected), name
     assert json.loads((out / "eval.json").read_text())["levels"][0]["meets_deadline"]
+    # The energy objective's budgets were measured against the densest candidate, evaluated like the others.
+    search = json.loads((out / "search.json").read_text())
+    reference = search["loss_reference"]
+    assert reference["kind"] == "densest"
+    space = SearchSpace(tuple(search["space"]["layers"]), 3, tuple(search["space"]["pattern_counts"]))
+    assert reference["choices"] == space.densest()
+    assert all(0.0 < a <= search["dense"]["validation_accuracy"] for a in reference["accuracy"])
 
 
 def test_a_second_search_into_the_same_out_is_refused(

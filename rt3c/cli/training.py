@@ -119,6 +119,14 @@ def search_command(
         str | None,
         typer.Option("--max-loss", help="energy: accuracy points each level may lose (default 1,1.5,2)."),
     ] = None,
+    loss_reference: Annotated[
+        str,
+        typer.Option(
+            "--loss-reference",
+            help="energy: what --max-loss is measured against: densest (the space's densest candidate "
+            "after the same short recovery as every candidate) or dense (the dense model).",
+        ),
+    ] = "densest",
     one_shot: Annotated[
         bool, typer.Option("--one-shot", help="No training after the dense baseline (quick exploration).")
     ] = False,
@@ -179,6 +187,8 @@ def search_command(
     )
     if max_loss is not None and objective != "energy":
         raise UserError("--max-loss: only with --objective energy")
+    if loss_reference != "densest" and objective != "energy":
+        raise UserError("--loss-reference: only with --objective energy")
     budgets = None
     if max_loss is not None:
         from rt3c.core.boards import load_board
@@ -192,6 +202,7 @@ def search_command(
             out=out,
             objective=objective,
             max_loss=budgets,
+            loss_reference=loss_reference,
             one_shot=one_shot,
             episodes=episodes,
             controller_batch=controller_batch,

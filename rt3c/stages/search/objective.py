@@ -5,7 +5,8 @@
   falls (or stays) as the level gets sparser.
 - `energy`: the battery ratio along the board's DVFS trace (inferences per charge of the levels over the
   dense model's at the top frequency, `rt3c.core.battery`), when every level meets its deadline and loses at most
-  its budget of accuracy points against the dense model; a candidate over budget scores below any candidate
+  its budget of accuracy points against a reference accuracy (the dense model's, or the proxy accuracy of the
+  space's densest candidate: `rt3c.stages.search.config.LOSS_REFERENCES`); a candidate over budget scores below any candidate
   within it and above any late one (1 - over / (over + 10) for `over` points over budget: still ordered when
   every candidate is far over, as on a search that cannot recover its sparse levels), so the search first
   finds the budget, then saves energy.
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +23,7 @@ import numpy as np
 from rt3c.core.battery import simulate
 from rt3c.core.boards import Board
 from rt3c.core.errors import SettingError
+from rt3c.stages.search.space import SearchSpace
 
 OBJECTIVES = ("accuracy", "energy")
 INFEASIBLE_REWARD = -1.0
@@ -76,7 +79,8 @@ class EnergyObjective:
     dense_cycles: float
     """Cycles of one dense inference (the battery baseline runs it at the top frequency)."""
     trace: tuple[float, ...]
-    dense_accuracy: float
+    reference_accuracy: tuple[float, ...]
+    """Per level: the validation accuracy (0-1) the level's loss is measured against."""
     max_loss_points: tuple[float, ...]
     """Per level: accuracy points (0-100 scale) the level may lose against the dense model."""
 
@@ -91,8 +95,10 @@ class EnergyObjective:
 
     def points_over_budget(self, evaluation: Evaluation) -> float:
         return sum(
-            max(0.0, 100.0 * (self.dense_accuracy - accuracy) - budget)
-            for accuracy, budget in zip(evaluation.accuracy, self.max_loss_points, strict=True)
+            max(0.0, 100.0 * (reference - accuracy) - budget)
+            for accuracy, reference, budget in zip(
+                evaluation.accuracy, self.reference_accuracy, self.max_loss_points, strict=True
+            )
         )
 
     def __call__(self, evaluation: Evaluation) -> float:
@@ -105,6 +111,25 @@ class EnergyObjective:
 
 
 Objective = AccuracyObjective | EnergyObjective
+
+
+def loss_reference(
+    kind: str,
+    space: SearchSpace,
+    evaluator: Callable[[list[list[int]]], list[tuple[Evaluation, bool]]],
+    dense_validation: float,
+) -> dict:
+    """Per level, the validation accuracy the energy objective's budgets are measured against: the dense
+    model's, or the space's densest candidate's after the same recovery as every candidate (never above the
+    dense model's). The densest candidate is evaluated through the search's cache, so it costs one
+    candidate and the search reuses it if it samples it."""
+    n_levels = space.n_levels
+    if kind == "dense":
+        return {"kind": kind, "accuracy": (dense_validation,) * n_levels}
+    choices = space.densest()
+    ((evaluation, _),) = evaluator([choices])
+    accuracy = tuple(min(dense_validation, a) for a in evaluation.accuracy)
+    return {"kind": kind, "choices": choices, "accuracy": accuracy}
 
 
 def parse_max_loss(text: str, levels: int) -> tuple[float, ...]:

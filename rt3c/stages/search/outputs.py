@@ -164,6 +164,7 @@ def write_outputs(
     logs: dict[str, SearchLog],
     best_method: str,
     distinct_candidates: int,
+    loss_reference: dict | None,
     dense_validation: float,
     tolerance: float,
     max_loss: tuple[float, ...] | None,
@@ -198,6 +199,7 @@ def write_outputs(
         "settings": config.settings(),
         "objective": config.objective,
         "max_loss_points": list(max_loss) if max_loss else None,
+        "loss_reference": loss_reference,
         "space": {
             "layers": list(setup.space.layers),
             "pattern_counts": list(setup.space.pattern_counts),

@@ -60,7 +60,7 @@ from rt3c.stages.search.evaluate import (
     EvaluatorSpec,
     evaluation_pool,
 )
-from rt3c.stages.search.objective import AccuracyObjective, EnergyObjective
+from rt3c.stages.search.objective import AccuracyObjective, EnergyObjective, loss_reference
 from rt3c.stages.search.outputs import SearchResult, write_outputs
 from rt3c.stages.search.setup import prepare
 from rt3c.stages.search.space import SearchSpace
@@ -145,11 +145,6 @@ def search_model(config: SearchConfig) -> SearchResult:
     # Accuracy on n examples has a standard error of sqrt(p (1 - p) / n): a sparser level "gaining" less
     # than that is noise, not a reason for the monotonicity penalty.
     tolerance = math.sqrt(dense_validation * (1 - dense_validation) / len(validation))
-    if config.objective == "energy":
-        assert max_loss is not None
-        objective = EnergyObjective(board, setup.dense_cycles, setup.trace, dense_validation, tuple(max_loss))
-    else:
-        objective = AccuracyObjective(dense_validation, tolerance)
 
     # One writer per DIR: a second search into it is refused instead of mixing stages.
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -227,6 +222,7 @@ def search_model(config: SearchConfig) -> SearchResult:
             "warm": warm_tag,
             "objective": config.objective,
             "max_loss": list(max_loss or []),
+            "loss_reference": config.loss_reference if config.objective == "energy" else None,
             "episodes": config.episodes,
             "batch_size": config.controller_batch,
             "validation_size": len(validation),
@@ -238,8 +234,22 @@ def search_model(config: SearchConfig) -> SearchResult:
 
         def run_search() -> dict:
             logs: dict[str, SearchLog] = {}
+            reference = None
             with evaluation_pool(spec, config.backend, config.workers, local) as (evaluate_fn, map_fn):
                 evaluator = CachedEvaluator(evaluate_fn, map_fn)
+                objective: AccuracyObjective | EnergyObjective
+                if config.objective == "energy":
+                    assert max_loss is not None
+                    reference = loss_reference(
+                        config.loss_reference, setup.space, evaluator, dense_validation
+                    )
+                    accuracy = "/".join(f"{100 * a:.1f}" for a in reference["accuracy"])
+                    console.print(f"  loss reference ({config.loss_reference}): validation {accuracy}")
+                    objective = EnergyObjective(
+                        board, setup.dense_cycles, setup.trace, reference["accuracy"], tuple(max_loss)
+                    )
+                else:
+                    objective = AccuracyObjective(dense_validation, tolerance)
                 for method, run in (("reinforce", reinforce), ("random", random_search)):
                     with step(f"{method}: {config.episodes} episodes"):
                         logs[method] = run(
@@ -251,7 +261,7 @@ def search_model(config: SearchConfig) -> SearchResult:
                             seed=config.seed,
                             on_episode=lambda episode, method=method: _print_episode(method, episode),
                         )
-            return {"logs": logs, "distinct": len(evaluator.cache)}
+            return {"logs": logs, "distinct": len(evaluator.cache), "loss_reference": reference}
 
         searched = stages.run("search", search_tag, None, run_search)
         logs: dict[str, SearchLog] = searched["logs"]
@@ -306,6 +316,7 @@ def search_model(config: SearchConfig) -> SearchResult:
             logs=logs,
             best_method=best_method,
             distinct_candidates=searched["distinct"],
+            loss_reference=searched["loss_reference"],
             dense_validation=dense_validation,
             tolerance=tolerance,
             max_loss=max_loss,

@@ -48,6 +48,11 @@ class SearchSpace:
             mask[: chosen[position - 1]] = False
         return mask
 
+    def densest(self) -> list[int]:
+        """The candidate that keeps the most: the largest pattern sets, the densest choice at every level."""
+        largest = self.pattern_counts.index(max(self.pattern_counts))
+        return [largest if d.kind == "patterns" else 0 for d in self.decisions]
+
     def describe(self, choices: list[int]) -> dict[str, dict[str, object]]:
         """{layer: {"patterns": k, "density": [per level]}} for a full list of choices."""
         out: dict[str, dict[str, object]] = {}
