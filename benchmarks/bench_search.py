@@ -70,7 +70,9 @@ def report(out: Path, minutes: float | None) -> None:
     if reference:
         accuracy = "/".join(f"{100 * a:.2f}" for a in reference["accuracy"])
         dense = 100 * search["dense"]["validation_accuracy"]
-        print(f"loss budgets measured against: {reference['kind']}, validation {accuracy} (dense {dense:.2f})")
+        print(
+            f"loss budgets measured against: {reference['kind']}, validation {accuracy} (dense {dense:.2f})"
+        )
     print("\n| method | best reward | mean reward, last quarter of episodes |\n|---|---|---|")
     for method, summary in search["comparison"].items():
         print(f"| {method} | {summary['best_reward']:.3f} | {summary['last_quarter_mean_reward']:.3f} |")
