@@ -186,6 +186,7 @@ def test_ray_backend_matches_local_processes(searched: tuple[Path, Path]) -> Non
         (["--objective", "energy", "--max-loss", "1,2"], None, "--max-loss"),
         (["--max-loss", "1,2,3"], None, "--max-loss"),
         (["--loss-reference", "dense"], None, "--loss-reference"),
+        (["--loss-reference", "densest"], None, "--loss-reference"),
         (["--objective", "energy", "--loss-reference", "best"], None, "--loss-reference"),
         (["--steps", "60,-5,12,12,3,12"], None, "--steps"),
         (["--steps", "60,12"], None, "--steps"),

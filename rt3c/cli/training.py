@@ -120,13 +120,13 @@ def search_command(
         typer.Option("--max-loss", help="energy: accuracy points each level may lose (default 1,1.5,2)."),
     ] = None,
     loss_reference: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--loss-reference",
             help="energy: what --max-loss is measured against: densest (the space's densest candidate "
-            "after the same short recovery as every candidate) or dense (the dense model).",
+            "after the same short recovery as every candidate; the default) or dense (the dense model).",
         ),
-    ] = "densest",
+    ] = None,
     one_shot: Annotated[
         bool, typer.Option("--one-shot", help="No training after the dense baseline (quick exploration).")
     ] = False,
@@ -178,7 +178,7 @@ def search_command(
 ) -> None:
     """Search and train pattern sets per DVFS level for a board: every deadline met, best accuracy or least
     energy; resumable."""
-    from rt3c.stages.search.config import SearchConfig
+    from rt3c.stages.search.config import LOSS_REFERENCES, SearchConfig
     from rt3c.stages.search.objective import parse_max_loss
     from rt3c.stages.search.run import search_model
 
@@ -187,7 +187,7 @@ def search_command(
     )
     if max_loss is not None and objective != "energy":
         raise UserError("--max-loss: only with --objective energy")
-    if loss_reference != "densest" and objective != "energy":
+    if loss_reference is not None and objective != "energy":
         raise UserError("--loss-reference: only with --objective energy")
     budgets = None
     if max_loss is not None:
@@ -202,7 +202,7 @@ def search_command(
             out=out,
             objective=objective,
             max_loss=budgets,
-            loss_reference=loss_reference,
+            loss_reference=loss_reference or LOSS_REFERENCES[0],
             one_shot=one_shot,
             episodes=episodes,
             controller_batch=controller_batch,

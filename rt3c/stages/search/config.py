@@ -14,7 +14,7 @@ from rt3c.stages.search.objective import OBJECTIVES
 
 DEFAULT_MAX_LOSS = (1.0, 1.5, 2.0)
 LOSS_REFERENCES = ("densest", "dense")
-"""What `--max-loss` is measured against. `densest`: the validation accuracy of the space's densest candidate
+"""What `--max-loss` is measured against (the first is the default). `densest`: the validation accuracy of the space's densest candidate
 (the largest pattern sets, the densest choice at every level) after the same recovery as every candidate, so
 that the budget compares proxies with proxies. `dense`: the dense model's. Measured on minilm-l6 (the
 defaults, docs/SEARCH.md): the 16-step recovery reads 3.3-4.7 points below what the joint stage reaches, so
@@ -33,7 +33,7 @@ class SearchConfig:
     objective: str = "accuracy"
     max_loss: tuple[float, ...] | None = None
     """`energy`: accuracy points each level may lose (default 1.0 / 1.5 / 2.0 for 3 levels)."""
-    loss_reference: str = "densest"
+    loss_reference: str = LOSS_REFERENCES[0]
     """`energy`: what `max_loss` is measured against, one of `LOSS_REFERENCES`."""
     one_shot: bool = False
     episodes: int = 24

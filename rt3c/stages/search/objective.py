@@ -82,7 +82,7 @@ class EnergyObjective:
     reference_accuracy: tuple[float, ...]
     """Per level: the validation accuracy (0-1) the level's loss is measured against."""
     max_loss_points: tuple[float, ...]
-    """Per level: accuracy points (0-100 scale) the level may lose against the dense model."""
+    """Per level: accuracy points (0-100 scale) the level may lose against `reference_accuracy`."""
 
     name = "energy"
 
