@@ -39,7 +39,14 @@ def run_search(args: argparse.Namespace, extra: list[str]) -> float:
     return (time.monotonic() - started) / 60
 
 
-def report(out: Path, minutes: float | None) -> None:
+def dense_cached() -> bool:
+    """Whether a dense baseline is cached before the run (the time goal counts the run with it cached)."""
+    from rt3c.core.cache import cache_dir
+
+    return any(cache_dir("dense").glob("*.pt"))
+
+
+def report(out: Path, minutes: float | None, dense_was_cached: bool = True) -> None:
     evaluation = json.loads((out / "eval.json").read_text())
     latency = json.loads((out / "latency.json").read_text())
     search = json.loads((out / "search.json").read_text())
@@ -98,7 +105,8 @@ def report(out: Path, minutes: float | None) -> None:
         f"{evaluation['battery_ratio']:.2f}x",
     ]
     if minutes is not None:
-        rows.append(("wall time (dense cached)", f"<= {GOALS['minutes']:g} min", minutes <= GOALS["minutes"]))
+        label = "wall time (dense cached)" if dense_was_cached else "wall time (dense trained in the run)"
+        rows.append((label, f"<= {GOALS['minutes']:g} min", minutes <= GOALS["minutes"]))
         reached.append(f"{minutes:.1f} min")
     for (goal, target, met), value in zip(rows, reached, strict=True):
         print(f"| {goal} | {target} | {value} | {'yes' if met else 'NO'} |")
@@ -115,8 +123,9 @@ def main() -> None:
     parser.add_argument("--objective", default="energy")
     parser.add_argument("--report-only", action="store_true", help="Only print the tables of an earlier run.")
     args, extra = parser.parse_known_args()
+    dense_was_cached = dense_cached()
     minutes = None if args.report_only else run_search(args, [a for a in extra if a != "--"])
-    report(args.out, minutes)
+    report(args.out, minutes, dense_was_cached)
 
 
 if __name__ == "__main__":
