@@ -131,7 +131,8 @@ def search_model(config: SearchConfig) -> SearchResult:
         data = load_dataset(config.data, model, config.max_len)
     parameters = select_layers(model, config.layers, config.tile)
     recipe = DenseRecipe(config.model, config.data, config.max_len, config.dense_steps, seed=config.seed)
-    with step("dense baseline (cached)"):
+    cached = "from the cache" if recipe.cache_path().is_file() else "trained, then cached for every command"
+    with step(f"dense baseline ({cached})"):
         dense_baseline(model, data, recipe)
     dense_state = copy.deepcopy(model.module.state_dict())
     # Everything that can refuse the input (latency source, deadlines, block ratio) runs before DIR exists.
