@@ -10,7 +10,7 @@ the search's own settings otherwise), and each level's test accuracy is measured
 it. Printed: one row per seed, then the mean and the spread (max - min) per level, against dense.
 
 `--densest D` trains another plan: the search's winner with its densest level at D (a density of the search
-space: the kept fraction of each kept tile) in every layer, its other levels as they were, the pattern sets
+space: the kept fraction of each kept tile) in every layer where it was sparser, its other levels as they were, the pattern sets
 fitted as the search fits a candidate's. Printed with it: each plan's sparsity per level and its battery
 ratio along the board's trace from the run's latency model (predicted, not compiled), beside the winner's
 measured one, which prices the accuracy of a denser top level in battery life.
@@ -53,7 +53,8 @@ def predicted_battery_ratio(directory: Path, plan: Plan) -> float:
 
 
 def with_densest_level(directory: Path, plan: Plan, warm_state: dict, density: float) -> Plan:
-    """The search's winner with its level 0 at `density` in every layer, fitted on the warm-start weights."""
+    """The search's winner with its level 0 at `density` in every layer (or as it was where it was denser),
+    fitted on the warm-start weights."""
     search = json.loads((directory / "search.json").read_text())
     space_json = search["space"]
     space = SearchSpace(
@@ -67,7 +68,8 @@ def with_densest_level(directory: Path, plan: Plan, warm_state: dict, density: f
     choices = list(search["best"]["choices"])
     for position, decision in enumerate(space.decisions):
         if decision.kind == "density" and decision.level == 0:
-            choices[position] = space.densities.index(density)
+            # At least D: a layer whose level 1 is denser than D keeps level 0 as it was (levels are nested).
+            choices[position] = min(choices[position], space.densities.index(density))
     backbone = torch.load(directory / "stages" / "backbone.pt", map_location="cpu", weights_only=False)
     kept_tiles = backbone["payload"]
     weights = {name: warm_state[name].numpy().astype("float64") for name in kept_tiles}
