@@ -2,7 +2,7 @@
 of the joint stage")
 
     .venv/bin/python benchmarks/joint_levers.py DIR [--steps 600] [--level-weights 0.2,0.3,0.5]
-                                                [--seeds 0,1,2] [--lr 1e-4] [--densest 0.5]
+                                                [--seeds 0,1,2] [--lr 2e-4] [--densest 0.5]
 
 DIR is a finished `rt3c search --out DIR` (its `plan.json` and `stages/warm.pt`). For each seed, the joint
 stage trains the plan's levels from the warm start again (distillation 0.7 from the dense model, batch 32,
@@ -34,6 +34,7 @@ from rt3c.stages.latency.cost_model import LatencyModel
 from rt3c.stages.models import load_model
 from rt3c.stages.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks
 from rt3c.stages.prune.training import Teacher, TrainSettings, evaluate
+from rt3c.stages.search.config import SearchConfig
 from rt3c.stages.search.evaluate import CandidatePlanner
 from rt3c.stages.search.run import shortest_first
 from rt3c.stages.search.space import SearchSpace
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--level-weights", default="equal", help="comma-separated, or 'equal'")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=SearchConfig.joint_learning_rate)
     parser.add_argument("--densest", type=float, help="train the winner with its level 0 at this density")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]

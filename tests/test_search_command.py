@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from search_helpers import run_cli, search_argv
+from search_helpers import SEARCH_EPISODES, SEARCH_STEPS, run_cli, search_argv
 
+from rt3c.cli.training import SEARCH_STAGES
 from rt3c.core.battery import simulate
 from rt3c.core.boards import load_board
 from rt3c.core.files import exclusive_lock
@@ -131,6 +133,30 @@ def test_a_killed_search_resumes(tight_board: Path, tmp_path: Path) -> None:
     assert run_cli(argv) == 0
     assert backbone.stat().st_mtime_ns == trained_at  # resumed: the backbone was not trained again
     assert (out / "eval.json").is_file() and (out / "stages" / "joint.pt").is_file()
+
+
+@pytest.mark.slow
+def test_a_new_joint_learning_rate_retrains_only_the_joint_stage(
+    searched: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from rt3c.api import search
+
+    searched_out, board = searched
+    out = tmp_path / "out"
+    shutil.copytree(searched_out, out)
+    stages = {name: (out / "stages" / f"{name}.pt").stat().st_mtime_ns for name in ("search", "joint")}
+    # The settings of `search_argv`, through the Python API (the joint rate is not a command-line option).
+    counts = (int(n) for n in SEARCH_STEPS.split(","))
+    steps = {f"{stage}_steps": count for stage, count in zip(SEARCH_STAGES, counts, strict=True)}
+    result = search(
+        "bert-tiny", "synthetic", str(board), out, episodes=SEARCH_EPISODES, validation_size=120,
+        workers=2, joint_learning_rate=5e-4, **steps,
+    )  # fmt: skip
+    assert (out / "stages" / "search.pt").stat().st_mtime_ns == stages["search"]  # reused
+    assert (out / "stages" / "joint.pt").stat().st_mtime_ns != stages["joint"]  # trained at the new rate
+    saved = torch.load(out / "stages" / "joint.pt", map_location="cpu", weights_only=False)
+    assert saved["settings"]["lr"] == 5e-4
+    assert result.evaluation["levels"][0]["test_accuracy"] > 0
 
 
 @pytest.mark.slow

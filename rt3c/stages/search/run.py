@@ -280,11 +280,12 @@ def search_model(config: SearchConfig) -> SearchResult:
                 "choices": setup.space.describe(best.choices),
             },
         )
-        joint = train_settings(config, config.joint_steps * trains)
+        joint = train_settings(config, config.joint_steps * trains, config.joint_learning_rate)
         joint_tag = {
             "search": search_tag,
             "best": best.choices,
             "steps": joint.steps,
+            "lr": joint.learning_rate,
             "weights": config.level_weights,
         }
         with step(
