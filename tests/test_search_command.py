@@ -5,6 +5,7 @@ against local processes, and bad input."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -18,9 +19,11 @@ import pytest
 import torch
 from search_helpers import SEARCH_EPISODES, SEARCH_STEPS, run_cli, search_argv
 
+from rt3c.cli.options import stage_steps
 from rt3c.cli.training import SEARCH_STAGES
 from rt3c.core.battery import simulate
 from rt3c.core.boards import load_board
+from rt3c.core.errors import SettingError
 from rt3c.core.files import exclusive_lock
 from rt3c.core.plan import LayerPlan, Plan
 from rt3c.core.sparsify import block_prune
@@ -146,7 +149,7 @@ def test_a_new_joint_learning_rate_retrains_only_the_joint_stage(
     shutil.copytree(searched_out, out)
     stages = {name: (out / "stages" / f"{name}.pt").stat().st_mtime_ns for name in ("search", "joint")}
     # The settings of `search_argv`, through the Python API (the joint rate is not a command-line option).
-    counts = (int(n) for n in SEARCH_STEPS.split(","))
+    counts = stage_steps(SEARCH_STEPS, SEARCH_STAGES)
     steps = {f"{stage}_steps": count for stage, count in zip(SEARCH_STAGES, counts, strict=True)}
     result = search(
         "bert-tiny", "synthetic", str(board), out, episodes=SEARCH_EPISODES, validation_size=120,
@@ -244,6 +247,18 @@ def test_bad_input(
     assert run_cli([*search_argv(board, out), *extra]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines of the checks
     assert error.startswith("rt3c: error: ") and culprit in error, error
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("rate", [0.0, -1e-4, math.nan, math.inf])
+def test_a_learning_rate_that_is_not_positive_is_refused(
+    tight_board: Path, tmp_path: Path, rate: float
+) -> None:
+    from rt3c.api import search
+
+    out = tmp_path / "out"
+    with pytest.raises(SettingError, match=r"^joint_learning_rate .*: must be a positive finite number$"):
+        search("bert-tiny", "synthetic", str(tight_board), out, joint_learning_rate=rate)
     assert not out.exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -129,6 +130,10 @@ def check_config(config: SearchConfig) -> None:
     _check_range("joint_steps", config.joint_steps, 0, MAX_STEPS)
     if not 0.0 <= config.distill <= 1.0:
         raise SettingError("distill", "must be in [0, 1]", config.distill)
+    for setting in ("learning_rate", "finetune_learning_rate", "joint_learning_rate"):
+        rate = getattr(config, setting)
+        if not 0.0 < rate < math.inf:
+            raise SettingError(setting, "must be a positive finite number", rate)
     if config.workers is not None:
         _check_range("workers", config.workers, 1, MAX_WORKERS)
 
