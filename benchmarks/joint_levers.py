@@ -3,6 +3,7 @@ of the joint stage")
 
     .venv/bin/python benchmarks/joint_levers.py DIR [--steps 600] [--level-weights 0.2,0.3,0.5]
                                                 [--seeds 0,1,2] [--lr 2e-4] [--densest 0.5]
+                                                [--precision float32|bfloat16]
 
 DIR is a finished `rt3c search --out DIR` (its `plan.json` and `stages/warm.pt`). For each seed, the joint
 stage trains the plan's levels from the warm start again (distillation 0.7 from the dense model, batch 32,
@@ -33,7 +34,7 @@ from rt3c.stages.datasets import load_dataset
 from rt3c.stages.latency.cost_model import LatencyModel
 from rt3c.stages.models import load_model
 from rt3c.stages.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks
-from rt3c.stages.prune.training import Teacher, TrainSettings, evaluate
+from rt3c.stages.prune.training import PRECISIONS, Teacher, TrainSettings, evaluate
 from rt3c.stages.search.config import SearchConfig
 from rt3c.stages.search.evaluate import CandidatePlanner
 from rt3c.stages.search.run import shortest_first
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--level-weights", default="equal", help="comma-separated, or 'equal'")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--lr", type=float, default=SearchConfig.joint_learning_rate)
+    parser.add_argument("--precision", choices=PRECISIONS, default=SearchConfig.precision)
     parser.add_argument("--densest", type=float, help="train the winner with its level 0 at this density")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -118,14 +120,23 @@ def main() -> None:
     print(
         f"plan {args.directory / 'plan.json'}: sparsity {sparsity}; dense {dense:.2f} % on {len(test)} test"
     )
-    print(f"joint: {args.steps} steps at {args.lr}, level weights {args.level_weights}")
+    print(f"joint: {args.steps} steps at {args.lr} in {args.precision}, level weights {args.level_weights}")
     print("| seed | " + " | ".join(f"L{level} test % (loss)" for level in levels) + " | minutes |")
     print("|---" * (len(plan.levels) + 2) + "|", flush=True)
     results = []
     for seed in seeds:
         model.module.load_state_dict(warm["state"])
         started = time.monotonic()
-        settings = TrainSettings(args.steps, args.lr, 32, seed, warmup=0.1, length_buckets=True, distill=0.7)
+        settings = TrainSettings(
+            args.steps,
+            args.lr,
+            32,
+            seed,
+            warmup=0.1,
+            length_buckets=True,
+            distill=0.7,
+            precision=args.precision,
+        )
         joint_finetune(model, data, plan, settings, teacher, level_weights)
         accuracy = [
             100 * evaluate(model, test, layer_masks(plan.layers, level))["accuracy"] for level in levels
@@ -145,6 +156,7 @@ def main() -> None:
             {
                 "steps": args.steps,
                 "lr": args.lr,
+                "precision": args.precision,
                 "level_weights": level_weights,
                 "densest": args.densest,
                 "sparsity": [plan.sparsity(level) for level in levels],

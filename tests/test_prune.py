@@ -248,3 +248,25 @@ def test_teacher_runs_each_training_row_once_and_gives_its_own_logits() -> None:
     inputs, _ = data.test.batch(first)
     assert torch.allclose(teacher.logits(data.test, first, inputs), run(teacher.module, inputs), atol=1e-5)
     assert rows_run[5:] == [8, 8]
+
+
+def test_bfloat16_training_runs_the_linear_layers_in_bfloat16_and_learns_like_float32() -> None:
+    def trained(precision: str) -> tuple[set[torch.dtype], set[torch.dtype], float]:
+        torch.manual_seed(0)
+        model = load_model("bert-tiny")
+        data = load_dataset("synthetic", model)
+        before = evaluate(model, data.validation)["accuracy"]
+        outputs: set[torch.dtype] = set()
+        layer = model.module.bert.encoder.layer[0].intermediate.dense
+        hook = layer.register_forward_hook(lambda module, inputs, output: outputs.add(output.dtype))
+        train(model, data.train, TrainSettings(60, 1e-3, precision=precision), precision)
+        hook.remove()
+        weights = {p.dtype for p in model.module.parameters()}
+        gained = evaluate(model, data.validation)["accuracy"] - before
+        return outputs, weights, gained
+
+    float32_outputs, float32_weights, float32_gain = trained("float32")
+    bfloat16_outputs, bfloat16_weights, bfloat16_gain = trained("bfloat16")
+    assert float32_outputs == {torch.float32} and bfloat16_outputs == {torch.bfloat16}
+    assert float32_weights == bfloat16_weights == {torch.float32}  # the weights themselves stay float32
+    assert float32_gain > 0.2 and bfloat16_gain > float32_gain - 0.05

@@ -222,6 +222,7 @@ def test_ray_backend_matches_local_processes(searched: tuple[Path, Path]) -> Non
         (["--validation-size", "2000000"], None, "--validation-size"),
         (["--seq-len", "100000"], None, "--seq-len"),
         (["--workers", "5000"], None, "--workers"),
+        (["--precision", "float16"], None, "--precision"),
         (["--objective", "energy"], "two-levels", "--max-loss"),
         ([], "impossible", "L2"),
     ],

@@ -169,6 +169,14 @@ def search_command(
     distill: Annotated[
         float, typer.Option("--distill", help="Weight of distillation from the dense model, in [0, 1].")
     ] = 0.7,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="Of the training stages after the dense baseline: bfloat16 (CPU autocast; about 2.5x "
+            "faster on a CPU with AVX-512 BF16) or float32. Evaluation is always float32.",
+        ),
+    ] = "bfloat16",
     latency: Annotated[
         str | None, typer.Option("--latency", help="qemu (count) or host (time); default by target.")
     ] = None,
@@ -213,6 +221,7 @@ def search_command(
             densities=tuple(floats(densities, "--densities")),
             pattern_counts=tuple(integers(pattern_choices, "--pattern-choices")),
             distill=distill,
+            precision=precision,
             latency=latency,
             backend=backend,
             workers=workers,

@@ -22,6 +22,7 @@ from rt3c.stages.datasets import Split
 from rt3c.stages.models.base import LoadedModel
 
 Masks = dict[str, torch.Tensor]
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass
@@ -34,6 +35,11 @@ class TrainSettings:
     length_buckets: bool = False  # batches of similar lengths (`Split.length_bucketed_batches`)
     distill: float = 0.0  # weight of the distillation loss against the teacher (the rest: cross entropy)
     temperature: float = 2.0  # of the distillation loss's softmaxes
+    precision: str = "float32"
+    """Of the training forwards and backwards, one of `PRECISIONS`: "bfloat16" runs them under CPU autocast
+    (matmuls in bfloat16, weights, optimizer state, softmaxes and losses in float32); evaluation stays
+    float32. Measured on minilm-l6, batch 32: a training step 2.4x faster at 2 threads and 2.7x at 1 on a CPU
+    with AVX-512 BF16 (docs/SEARCH.md); on a CPU without it, bfloat16 is emulated and slower."""
 
 
 def learning_rate_factor(step: int, settings: TrainSettings) -> float:
@@ -178,7 +184,11 @@ def train(
     levels = level_masks or [{}]
     weights = level_weights or [1.0 / len(levels)] * len(levels)
     parameters = dict(module.named_parameters())
-    optimizer = torch.optim.AdamW(module.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    # fused: one kernel over all parameters; the per-tensor loop took about a tenth of a minilm-l6 step
+    # (0.12-0.18 s of AdamW against 0.014 s fused, one thread).
+    optimizer = torch.optim.AdamW(
+        module.parameters(), lr=settings.learning_rate, weight_decay=0.0, fused=True
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, settings))
     if keep:
         apply_masks(module, keep)
@@ -188,10 +198,11 @@ def train(
         for step, index in enumerate(_batches(split, settings)):
             inputs, targets = split.batch(index)
             teacher_logits = teacher.logits(split, index, inputs) if teacher is not None else None
-            loss = sum(
-                w * _level_loss(run(module, inputs, masks), targets, teacher_logits, settings)
-                for w, masks in zip(weights, levels, strict=True)
-            )
+            with torch.autocast("cpu", torch.bfloat16, enabled=settings.precision == "bfloat16"):
+                loss = sum(
+                    w * _level_loss(run(module, inputs, masks).float(), targets, teacher_logits, settings)
+                    for w, masks in zip(weights, levels, strict=True)
+                )
             total = loss + penalty() if penalty is not None else loss
             optimizer.zero_grad(set_to_none=True)
             total.backward()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rt3c.core.errors import SettingError
 from rt3c.stages.prune.layers import DEFAULT_LAYERS
-from rt3c.stages.prune.training import TrainSettings
+from rt3c.stages.prune.training import PRECISIONS, TrainSettings
 from rt3c.stages.search.evaluate import BACKENDS
 from rt3c.stages.search.objective import OBJECTIVES
 
@@ -82,6 +82,8 @@ class SearchConfig:
     level_weights: tuple[float, ...] | None = None
     batch_size: int = 32
     """Examples per training step."""
+    precision: str = "bfloat16"
+    """Of every training stage after the dense baseline (`TrainSettings.precision`, one of `PRECISIONS`)."""
     seed: int = 0
 
     def settings(self) -> dict:
@@ -106,6 +108,8 @@ def check_config(config: SearchConfig) -> None:
         raise SettingError(
             "loss_reference", f"choose one of {', '.join(LOSS_REFERENCES)}", repr(config.loss_reference)
         )
+    if config.precision not in PRECISIONS:
+        raise SettingError("precision", f"choose one of {', '.join(PRECISIONS)}", repr(config.precision))
     if config.backend not in BACKENDS:
         raise SettingError("backend", f"choose one of {', '.join(BACKENDS)}", config.backend)
     _check_range("episodes", config.episodes, 1, MAX_EPISODES)
@@ -153,4 +157,5 @@ def train_settings(config: SearchConfig, steps: int, learning_rate: float | None
         warmup=0.1,
         length_buckets=True,
         distill=config.distill,
+        precision=config.precision,
     )

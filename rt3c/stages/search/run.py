@@ -166,6 +166,7 @@ def search_model(config: SearchConfig) -> SearchResult:
             "lasso_strength": config.lasso_strength,
             "distill": config.distill,
             "batch": config.batch_size,
+            "precision": config.precision,
             "seed": config.seed,
         }
 
