@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from rt3c.cli import main
+from rt3c.core.errors import SettingError
 from rt3c.core.files import exclusive_lock
 from rt3c.core.plan import Plan
 from rt3c.stages.datasets import load_dataset
@@ -188,6 +189,15 @@ def test_bad_input_exits_2_without_output(tmp_path: Path, capsys, args: list[str
     out = tmp_path / "out"
     assert run_cli("prune", "--model", "bert-tiny", "--out", str(out), "--steps", "1,1,1,1", *args) == 2
     assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("rate", [0.0, -3e-5, float("nan"), float("inf")])
+def test_a_learning_rate_that_is_not_positive_is_refused(tmp_path: Path, rate: float) -> None:
+    out = tmp_path / "out"
+    config = PruneConfig(model="bert-tiny", data="synthetic", out=out, sparsities=SPARSITIES, joint_lr=rate)
+    with pytest.raises(SettingError, match=r"^joint_lr .*: must be a positive finite number$"):
+        prune_model(config)
     assert not out.exists()
 
 

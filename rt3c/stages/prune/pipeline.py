@@ -44,7 +44,7 @@ from rt3c.stages.prune.stages import (
     model_reference,
     numpy_weights,
 )
-from rt3c.stages.prune.training import Teacher, TrainSettings, evaluate
+from rt3c.stages.prune.training import Teacher, TrainSettings, check_learning_rates, evaluate
 
 STAGES = ("dense", "lasso", "block", "patterns", "joint")
 
@@ -125,6 +125,7 @@ def check_config(config: PruneConfig) -> None:
         raise SettingError("block_ratio", "must be in [0, 1)", config.block_ratio)
     if not 0.0 <= config.distill <= 1.0:
         raise SettingError("distill", "must be in [0, 1]", config.distill)
+    check_learning_rates(config, ("dense_lr", "lasso_lr", "finetune_lr", "joint_lr"))
     if config.level_weights is not None and len(config.level_weights) != len(config.sparsities):
         raise SettingError(
             "level_weights", f"{len(config.level_weights)} values for {len(config.sparsities)} levels"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from rt3c.core.errors import SettingError
 from rt3c.core.progress import console
 from rt3c.stages.datasets import Split
 from rt3c.stages.models.base import LoadedModel
@@ -40,6 +41,15 @@ class TrainSettings:
     (matmuls in bfloat16, weights, optimizer state, softmaxes and losses in float32); evaluation stays
     float32. Measured on minilm-l6, batch 32: a training step 2.4x faster at 2 threads and 2.7x at 1 on a CPU
     with AVX-512 BF16 (docs/SEARCH.md); on a CPU without it, bfloat16 is emulated and slower."""
+
+
+def check_learning_rates(config: object, settings: Iterable[str]) -> None:
+    """Each of `config`'s `settings` a positive finite learning rate (zero, a negative or NaN rate would
+    train silently: nothing, away from the loss, or into NaN weights)."""
+    for setting in settings:
+        rate = getattr(config, setting)
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 < rate < math.inf:
+            raise SettingError(setting, "must be a positive finite number", rate)
 
 
 def learning_rate_factor(step: int, settings: TrainSettings) -> float:
