@@ -260,6 +260,11 @@ def test_teacher_runs_each_training_row_once_and_gives_its_own_logits() -> None:
     assert rows_run[5:] == [8, 8]
 
 
+def test_a_precision_that_is_not_one_of_the_two_is_refused() -> None:
+    with pytest.raises(SettingError, match=r"^precision .*: choose one of float32, bfloat16$"):
+        TrainSettings(10, 1e-3, precision="bf16")
+
+
 def test_bfloat16_training_runs_the_linear_layers_in_bfloat16_and_learns_like_float32() -> None:
     def trained(precision: str) -> tuple[set[torch.dtype], set[torch.dtype], float]:
         torch.manual_seed(0)

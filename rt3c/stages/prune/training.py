@@ -42,6 +42,15 @@ class TrainSettings:
     float32. Measured on minilm-l6, batch 32: a training step 2.4x faster at 2 threads and 2.7x at 1 on a CPU
     with AVX-512 BF16 (docs/SEARCH.md); on a CPU without it, bfloat16 is emulated and slower."""
 
+    def __post_init__(self) -> None:
+        # Any other name would silently train in float32.
+        check_precision(self.precision)
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise SettingError("precision", f"choose one of {', '.join(PRECISIONS)}", repr(precision))
+
 
 def check_learning_rates(config: object, settings: Iterable[str]) -> None:
     """Each of `config`'s `settings` a positive finite learning rate (zero, a negative or NaN rate would

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rt3c.core.errors import SettingError
 from rt3c.stages.prune.layers import DEFAULT_LAYERS
-from rt3c.stages.prune.training import PRECISIONS, TrainSettings, check_learning_rates
+from rt3c.stages.prune.training import TrainSettings, check_learning_rates, check_precision
 from rt3c.stages.search.evaluate import BACKENDS
 from rt3c.stages.search.objective import OBJECTIVES
 
@@ -108,8 +108,7 @@ def check_config(config: SearchConfig) -> None:
         raise SettingError(
             "loss_reference", f"choose one of {', '.join(LOSS_REFERENCES)}", repr(config.loss_reference)
         )
-    if config.precision not in PRECISIONS:
-        raise SettingError("precision", f"choose one of {', '.join(PRECISIONS)}", repr(config.precision))
+    check_precision(config.precision)
     if config.backend not in BACKENDS:
         raise SettingError("backend", f"choose one of {', '.join(BACKENDS)}", config.backend)
     _check_range("episodes", config.episodes, 1, MAX_EPISODES)
