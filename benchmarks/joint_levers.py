@@ -3,7 +3,7 @@ of the joint stage")
 
     .venv/bin/python benchmarks/joint_levers.py DIR [--steps 600] [--level-weights 0.2,0.3,0.5]
                                                 [--seeds 0,1,2] [--lr 2e-4] [--densest 0.5]
-                                                [--precision float32|bfloat16]
+                                                [--precision auto|float32|bfloat16]
 
 DIR is a finished `rt3c search --out DIR` (its `plan.json` and `stages/warm.pt`). For each seed, the joint
 stage trains the plan's levels from the warm start again (distillation 0.7 from the dense model, batch 32,
@@ -34,7 +34,14 @@ from rt3c.stages.datasets import load_dataset
 from rt3c.stages.latency.cost_model import LatencyModel
 from rt3c.stages.models import load_model
 from rt3c.stages.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks
-from rt3c.stages.prune.training import PRECISIONS, Teacher, TrainSettings, evaluate
+from rt3c.stages.prune.training import (
+    AUTO_PRECISION,
+    PRECISIONS,
+    Teacher,
+    TrainSettings,
+    evaluate,
+    resolve_precision,
+)
 from rt3c.stages.search.config import SearchConfig
 from rt3c.stages.search.evaluate import CandidatePlanner
 from rt3c.stages.search.run import shortest_first
@@ -89,9 +96,10 @@ def main() -> None:
     parser.add_argument("--level-weights", default="equal", help="comma-separated, or 'equal'")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--lr", type=float, default=SearchConfig.joint_learning_rate)
-    parser.add_argument("--precision", choices=PRECISIONS, default=SearchConfig.precision)
+    parser.add_argument("--precision", choices=(AUTO_PRECISION, *PRECISIONS), default=SearchConfig.precision)
     parser.add_argument("--densest", type=float, help="train the winner with its level 0 at this density")
     args = parser.parse_args()
+    args.precision = resolve_precision(args.precision)
     seeds = [int(s) for s in args.seeds.split(",")]
     level_weights = (
         None if args.level_weights == "equal" else [float(w) for w in args.level_weights.split(",")]

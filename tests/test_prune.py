@@ -28,6 +28,8 @@ from rt3c.stages.prune.training import (
     distillation_loss,
     evaluate,
     learning_rate_factor,
+    native_bfloat16,
+    resolve_precision,
     run,
     train,
 )
@@ -157,9 +159,10 @@ def test_cli_prune_writes_checkpoint_plan_and_table(tmp_path: Path, monkeypatch,
     code = run_cli(
         "prune", "--model", "bert-tiny", "--data", "synthetic", "--out", str(out),
         "--sparsity", "0.5,0.6,0.7", "--steps", "20,5,5,5", "--layer-ratio", "query=0.1",
-        "--board", "rt3-default",
+        "--board", "rt3-default", "--precision", "bfloat16",
     )  # fmt: skip
     assert code == 0
+    assert json.loads((out / "eval.json").read_text())["settings"]["precision"] == "bfloat16"
     printed = capsys.readouterr().out
     assert "one-shot" in printed and "L2" in printed
     plan = Plan.load(out / "plan.json")
@@ -179,6 +182,7 @@ def test_cli_prune_writes_checkpoint_plan_and_table(tmp_path: Path, monkeypatch,
         (["--data", "synthetic", "--layer-ratio", "query=1.5"], "[0, 1)"),
         (["--data", "synthetic", "--tile", "128x4"], "larger than layer"),
         (["--data", "hamlet"], "language model"),
+        (["--data", "synthetic", "--precision", "float16"], "--precision 'float16': choose one of auto"),
         (
             ["--data", "synthetic", "--levels", "2", "--sparsity", "0.5,0.7", "--board", "rt3-default"],
             "--board",
@@ -263,6 +267,29 @@ def test_teacher_runs_each_training_row_once_and_gives_its_own_logits() -> None:
 def test_a_precision_that_is_not_one_of_the_two_is_refused() -> None:
     with pytest.raises(SettingError, match=r"^precision .*: choose one of float32, bfloat16$"):
         TrainSettings(10, 1e-3, precision="bf16")
+    with pytest.raises(SettingError, match=r"^precision .*: choose one of auto, float32, bfloat16$"):
+        resolve_precision("bf16")
+    with pytest.raises(SettingError, match="precision"):
+        TrainSettings(10, 1e-3, precision="auto")  # a stage runs one arithmetic: auto is resolved first
+
+
+# /proc/cpuinfo lines of three CPUs (flags shortened): bfloat16 instructions on the first and the third.
+ZEN4_FLAGS = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni"
+ZEN3_FLAGS = "flags\t\t: fpu sse2 avx2 fma bmi2 sha_ni"
+NEOVERSE_V1_FEATURES = "Features\t: fp asimd aes sha2 asimddp sve i8mm bf16"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [(ZEN4_FLAGS, True), (ZEN3_FLAGS, False), (NEOVERSE_V1_FEATURES, True), ("processor\t: 0", False)],
+)
+def test_bfloat16_instructions_are_read_from_cpuinfo(cpuinfo: str, native: bool) -> None:
+    assert native_bfloat16("processor\t: 0\n" + cpuinfo + "\n") is native
+
+
+def test_auto_precision_is_bfloat16_only_on_a_cpu_with_bfloat16_instructions() -> None:
+    assert resolve_precision("auto") == ("bfloat16" if native_bfloat16() else "float32")
+    assert [resolve_precision(p) for p in ("float32", "bfloat16")] == ["float32", "bfloat16"]
 
 
 def test_bfloat16_training_runs_the_linear_layers_in_bfloat16_and_learns_like_float32() -> None:

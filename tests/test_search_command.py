@@ -31,7 +31,7 @@ from rt3c.stages.datasets import load_dataset
 from rt3c.stages.models import load_model
 from rt3c.stages.prune.layers import DEFAULT_LAYERS, select_layers
 from rt3c.stages.prune.stages import DenseRecipe, dense_baseline
-from rt3c.stages.prune.training import TrainSettings
+from rt3c.stages.prune.training import TrainSettings, native_bfloat16
 from rt3c.stages.search.evaluate import CandidateEvaluator, EvaluatorSpec, evaluation_pool
 from rt3c.stages.search.space import SearchSpace
 
@@ -76,6 +76,8 @@ def test_eval_json_agrees_with_latency_json(searched: tuple[Path, Path]) -> None
     assert sparsity == sorted(sparsity)
     # Both methods are summarised for the comparison the docs report.
     assert set(search["comparison"]) == {"reinforce", "random"}
+    # The default precision, "auto", is recorded as the arithmetic that ran on this machine.
+    assert search["settings"]["precision"] == ("bfloat16" if native_bfloat16() else "float32")
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from rt3c.cli.options import (
     BATCH_SIZE_HELP,
     LEVELS_HELP,
     PATTERNS_HELP,
+    PRECISION_HELP,
     SPARSITY_HELP,
     floats,
     integers,
@@ -58,6 +59,8 @@ def prune_command(
     board: Annotated[
         str | None, typer.Option("--board", "-b", help="Board whose frequencies the levels get.")
     ] = None,
+    # float32 by default, unlike search: prune's measured accuracies (docs/PRUNING.md) are float32's.
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "float32",
 ) -> None:
     """Prune with training: group lasso BP, PP per level, joint fine-tuning; resumable."""
     from rt3c.core.checks import real_number
@@ -95,6 +98,7 @@ def prune_command(
             joint_steps=joint_steps,
             distill=distill,
             frequencies_khz=frequencies,
+            precision=precision,
         )
     )
     print_evaluation(result.evaluation)
@@ -169,14 +173,7 @@ def search_command(
     distill: Annotated[
         float, typer.Option("--distill", help="Weight of distillation from the dense model, in [0, 1].")
     ] = 0.7,
-    precision: Annotated[
-        str,
-        typer.Option(
-            "--precision",
-            help="Of the training stages after the dense baseline: bfloat16 (CPU autocast; about 2.5x "
-            "faster on a CPU with AVX-512 BF16) or float32. Evaluation is always float32.",
-        ),
-    ] = "bfloat16",
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
     latency: Annotated[
         str | None, typer.Option("--latency", help="qemu (count) or host (time); default by target.")
     ] = None,

@@ -44,7 +44,13 @@ from rt3c.stages.prune.stages import (
     model_reference,
     numpy_weights,
 )
-from rt3c.stages.prune.training import Teacher, TrainSettings, check_learning_rates, evaluate
+from rt3c.stages.prune.training import (
+    Teacher,
+    TrainSettings,
+    check_learning_rates,
+    evaluate,
+    resolve_precision,
+)
 
 STAGES = ("dense", "lasso", "block", "patterns", "joint")
 
@@ -80,6 +86,9 @@ class PruneConfig:
     length_buckets: bool = True  # batches of similar lengths: far less padding on short snippets
     distill: float = 0.5  # weight of distillation from the dense model (0: cross entropy alone)
     temperature: float = 2.0
+    # Of the lasso, fine-tune and joint stages: "auto" or one of `PRECISIONS` (`resolve_precision`). float32
+    # by default, unlike search's "auto": prune's measured accuracies (docs/PRUNING.md) are float32's.
+    precision: str = "float32"
     signed_ranking: bool = False  # RT3 reference's signed-sum pattern ranking, for measurement
     seed: int = 0
 
@@ -126,6 +135,7 @@ def check_config(config: PruneConfig) -> None:
     if not 0.0 <= config.distill <= 1.0:
         raise SettingError("distill", "must be in [0, 1]", config.distill)
     check_learning_rates(config, ("dense_lr", "lasso_lr", "finetune_lr", "joint_lr"))
+    resolve_precision(config.precision)
     if config.level_weights is not None and len(config.level_weights) != len(config.sparsities):
         raise SettingError(
             "level_weights", f"{len(config.level_weights)} values for {len(config.sparsities)} levels"
@@ -194,6 +204,7 @@ def evaluate_one_shot(
 def prune_model(config: PruneConfig) -> PruneResult:
     """Run (or resume) every stage; write `OUT/checkpoint/`, `OUT/plan.json` and `OUT/eval.json`."""
     check_config(config)
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision))
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise SettingError("out", "exists and is not a directory", out)
@@ -223,6 +234,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
                 length_buckets=config.length_buckets,
                 distill=config.distill,
                 temperature=config.temperature,
+                precision=config.precision,
             )
 
         # Every stage depends on all the settings: a changed setting starts over.

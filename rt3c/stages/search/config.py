@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rt3c.core.errors import SettingError
 from rt3c.stages.prune.layers import DEFAULT_LAYERS
-from rt3c.stages.prune.training import TrainSettings, check_learning_rates, check_precision
+from rt3c.stages.prune.training import TrainSettings, check_learning_rates, resolve_precision
 from rt3c.stages.search.evaluate import BACKENDS
 from rt3c.stages.search.objective import OBJECTIVES
 
@@ -82,8 +82,9 @@ class SearchConfig:
     level_weights: tuple[float, ...] | None = None
     batch_size: int = 32
     """Examples per training step."""
-    precision: str = "bfloat16"
-    """Of every training stage after the dense baseline (`TrainSettings.precision`, one of `PRECISIONS`)."""
+    precision: str = "auto"
+    """Of every training stage after the dense baseline: "auto" (bfloat16 on a CPU with bfloat16
+    instructions, float32 elsewhere; `search_model` records the one it ran) or one of `PRECISIONS`."""
     seed: int = 0
 
     def settings(self) -> dict:
@@ -108,7 +109,7 @@ def check_config(config: SearchConfig) -> None:
         raise SettingError(
             "loss_reference", f"choose one of {', '.join(LOSS_REFERENCES)}", repr(config.loss_reference)
         )
-    check_precision(config.precision)
+    resolve_precision(config.precision)
     if config.backend not in BACKENDS:
         raise SettingError("backend", f"choose one of {', '.join(BACKENDS)}", config.backend)
     _check_range("episodes", config.episodes, 1, MAX_EPISODES)
