@@ -35,8 +35,7 @@ from rt3c.stages.latency.cost_model import LatencyModel
 from rt3c.stages.models import load_model
 from rt3c.stages.prune.stages import DenseRecipe, dense_baseline, joint_finetune, layer_masks
 from rt3c.stages.prune.training import (
-    AUTO_PRECISION,
-    PRECISIONS,
+    PRECISION_CHOICES,
     Teacher,
     TrainSettings,
     evaluate,
@@ -96,7 +95,7 @@ def main() -> None:
     parser.add_argument("--level-weights", default="equal", help="comma-separated, or 'equal'")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--lr", type=float, default=SearchConfig.joint_learning_rate)
-    parser.add_argument("--precision", choices=(AUTO_PRECISION, *PRECISIONS), default=SearchConfig.precision)
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default=SearchConfig.precision)
     parser.add_argument("--densest", type=float, help="train the winner with its level 0 at this density")
     args = parser.parse_args()
     args.precision = resolve_precision(args.precision)

@@ -45,9 +45,11 @@ from rt3c.stages.prune.stages import (
     numpy_weights,
 )
 from rt3c.stages.prune.training import (
+    PRECISION_CHOICES,
     Teacher,
     TrainSettings,
     check_learning_rates,
+    check_precision,
     evaluate,
     resolve_precision,
 )
@@ -135,7 +137,7 @@ def check_config(config: PruneConfig) -> None:
     if not 0.0 <= config.distill <= 1.0:
         raise SettingError("distill", "must be in [0, 1]", config.distill)
     check_learning_rates(config, ("dense_lr", "lasso_lr", "finetune_lr", "joint_lr"))
-    resolve_precision(config.precision)
+    check_precision(config.precision, PRECISION_CHOICES)
     if config.level_weights is not None and len(config.level_weights) != len(config.sparsities):
         raise SettingError(
             "level_weights", f"{len(config.level_weights)} values for {len(config.sparsities)} levels"

@@ -26,6 +26,8 @@ Masks = dict[str, torch.Tensor]
 PRECISIONS = ("float32", "bfloat16")
 AUTO_PRECISION = "auto"
 """bfloat16 on a CPU with bfloat16 instructions, float32 elsewhere (`resolve_precision`)."""
+PRECISION_CHOICES = (AUTO_PRECISION, *PRECISIONS)
+"""What a command's precision setting accepts; a training stage runs one of `PRECISIONS`."""
 BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 """/proc/cpuinfo flags of bfloat16 arithmetic: x86 AVX-512 BF16 and AMX-BF16 (`flags`), Arm BF16 (`Features`)."""
 
@@ -51,9 +53,9 @@ class TrainSettings:
         check_precision(self.precision)
 
 
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise SettingError("precision", f"choose one of {', '.join(PRECISIONS)}", repr(precision))
+def check_precision(precision: str, choices: tuple[str, ...] = PRECISIONS) -> None:
+    if precision not in choices:
+        raise SettingError("precision", f"choose one of {', '.join(choices)}", repr(precision))
 
 
 def native_bfloat16(cpuinfo: str | None = None) -> bool:
@@ -76,13 +78,15 @@ def native_bfloat16(cpuinfo: str | None = None) -> bool:
 
 def resolve_precision(precision: str) -> str:
     """The precision a training stage runs in: one of `PRECISIONS`, or for `AUTO_PRECISION` bfloat16 where
-    the CPU has bfloat16 instructions and float32 elsewhere (the choice is recorded with the run's settings)."""
-    if precision == AUTO_PRECISION:
-        return "bfloat16" if native_bfloat16() else "float32"
-    if precision not in PRECISIONS:
-        choices = ", ".join((AUTO_PRECISION, *PRECISIONS))
-        raise SettingError("precision", f"choose one of {choices}", repr(precision))
-    return precision
+    the CPU has bfloat16 instructions and float32 elsewhere, said on the console (the commands record the
+    resolved precision with their settings, so a run names the arithmetic it ran)."""
+    check_precision(precision, PRECISION_CHOICES)
+    if precision != AUTO_PRECISION:
+        return precision
+    native = native_bfloat16()
+    resolved = "bfloat16" if native else "float32"
+    console.print(f"training in {resolved}: this CPU has {'' if native else 'no '}bfloat16 instructions")
+    return resolved
 
 
 def check_learning_rates(config: object, settings: Iterable[str]) -> None:

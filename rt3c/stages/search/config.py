@@ -8,7 +8,12 @@ from pathlib import Path
 
 from rt3c.core.errors import SettingError
 from rt3c.stages.prune.layers import DEFAULT_LAYERS
-from rt3c.stages.prune.training import TrainSettings, check_learning_rates, resolve_precision
+from rt3c.stages.prune.training import (
+    PRECISION_CHOICES,
+    TrainSettings,
+    check_learning_rates,
+    check_precision,
+)
 from rt3c.stages.search.evaluate import BACKENDS
 from rt3c.stages.search.objective import OBJECTIVES
 
@@ -109,7 +114,7 @@ def check_config(config: SearchConfig) -> None:
         raise SettingError(
             "loss_reference", f"choose one of {', '.join(LOSS_REFERENCES)}", repr(config.loss_reference)
         )
-    resolve_precision(config.precision)
+    check_precision(config.precision, PRECISION_CHOICES)
     if config.backend not in BACKENDS:
         raise SettingError("backend", f"choose one of {', '.join(BACKENDS)}", config.backend)
     _check_range("episodes", config.episodes, 1, MAX_EPISODES)

@@ -51,7 +51,7 @@ from rt3c.stages.prune.stages import (
     layer_masks,
     numpy_weights,
 )
-from rt3c.stages.prune.training import AUTO_PRECISION, Teacher, evaluate, resolve_precision
+from rt3c.stages.prune.training import Teacher, evaluate, resolve_precision
 from rt3c.stages.search.config import DEFAULT_MAX_LOSS, SearchConfig, check_config, train_settings
 from rt3c.stages.search.controller import CachedEvaluator, Episode, SearchLog, random_search, reinforce
 from rt3c.stages.search.evaluate import (
@@ -110,10 +110,7 @@ def search_model(config: SearchConfig) -> SearchResult:
     """Run (or resume) every stage and write DIR (see the module docstring)."""
     check_config(config)
     # "auto" becomes what runs, so the stages' cache tags and search.json name the arithmetic itself.
-    if config.precision == AUTO_PRECISION:
-        config = replace(config, precision=resolve_precision(config.precision))
-        has = "has" if config.precision == "bfloat16" else "has no"
-        console.print(f"training in {config.precision}: this CPU {has} bfloat16 instructions")
+    config = replace(config, precision=resolve_precision(config.precision))
     started = time.perf_counter()
     board = load_board(config.board)
     target = get_target(board.target)
