@@ -3,12 +3,15 @@ of the joint stage")
 
     .venv/bin/python benchmarks/joint_levers.py DIR [--steps 600] [--level-weights 0.2,0.3,0.5]
                                                 [--seeds 0,1,2] [--lr 2e-4] [--densest 0.5]
-                                                [--precision auto|float32|bfloat16]
+                                                [--precision auto|float32|bfloat16] [--hidden-distill 1.0]
 
 DIR is a finished `rt3c search --out DIR` (its `plan.json` and `stages/warm.pt`). For each seed, the joint
 stage trains the plan's levels from the warm start again (distillation 0.7 from the dense model, batch 32,
 the search's own settings otherwise), and each level's test accuracy is measured as `rt3c search` measures
 it. Printed: one row per seed, then the mean and the spread (max - min) per level, against dense.
+
+`--hidden-distill W` adds W times the hidden-state loss against the dense model (`hidden_state_loss`: the
+relative squared error of every encoder layer's output) to each level's loss.
 
 `--densest D` trains another plan: the search's winner with its densest level at D (a density of the search
 space: the kept fraction of each kept tile) in every layer where it was sparser, its other levels as they were, the pattern sets
@@ -96,6 +99,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--lr", type=float, default=SearchConfig.joint_learning_rate)
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default=SearchConfig.precision)
+    parser.add_argument("--hidden-distill", type=float, default=0.0)
     parser.add_argument("--densest", type=float, help="train the winner with its level 0 at this density")
     args = parser.parse_args()
     args.precision = resolve_precision(args.precision)
@@ -127,7 +131,10 @@ def main() -> None:
     print(
         f"plan {args.directory / 'plan.json'}: sparsity {sparsity}; dense {dense:.2f} % on {len(test)} test"
     )
-    print(f"joint: {args.steps} steps at {args.lr} in {args.precision}, level weights {args.level_weights}")
+    print(
+        f"joint: {args.steps} steps at {args.lr} in {args.precision}, level weights {args.level_weights}, "
+        f"hidden-state distillation {args.hidden_distill}"
+    )
     print("| seed | " + " | ".join(f"L{level} test % (loss)" for level in levels) + " | minutes |")
     print("|---" * (len(plan.levels) + 2) + "|", flush=True)
     results = []
@@ -143,6 +150,7 @@ def main() -> None:
             length_buckets=True,
             distill=0.7,
             precision=args.precision,
+            hidden_distill=args.hidden_distill,
         )
         joint_finetune(model, data, plan, settings, teacher, level_weights)
         accuracy = [
@@ -166,6 +174,7 @@ def main() -> None:
                 "precision": args.precision,
                 "level_weights": level_weights,
                 "densest": args.densest,
+                "hidden_distill": args.hidden_distill,
                 "sparsity": [plan.sparsity(level) for level in levels],
                 "dense": dense,
                 "seeds": seeds,

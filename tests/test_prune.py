@@ -27,10 +27,12 @@ from rt3c.stages.prune.training import (
     TrainSettings,
     distillation_loss,
     evaluate,
+    hidden_state_loss,
     learning_rate_factor,
     native_bfloat16,
     resolve_precision,
     run,
+    run_with_hidden_states,
     train,
 )
 
@@ -235,6 +237,54 @@ def test_distillation_loss_is_zero_only_when_student_matches_teacher() -> None:
     teacher = torch.randn(8, 2)
     assert float(distillation_loss(teacher.clone(), teacher, temperature=2.0)) == pytest.approx(0.0, abs=1e-6)
     assert float(distillation_loss(torch.randn(8, 2), teacher, temperature=2.0)) > 0.0
+
+
+def test_hidden_state_loss_is_relative_and_ignores_padding() -> None:
+    teacher = (torch.randn(2, 5, 8), torch.randn(2, 5, 8))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert float(hidden_state_loss(teacher, teacher, mask)) == pytest.approx(0.0)
+    zeros = tuple(torch.zeros_like(t) for t in teacher)
+    assert float(hidden_state_loss(zeros, teacher, mask)) == pytest.approx(1.0)
+    # What the student puts at padded positions does not count.
+    padded = tuple(t.clone() for t in teacher)
+    for t in padded:
+        t[0, 3:] += 100.0
+    assert float(hidden_state_loss(padded, teacher, mask)) == pytest.approx(0.0)
+    assert float(hidden_state_loss(padded, teacher, None)) > 1.0
+
+
+def test_hidden_state_distillation_brings_a_pruned_student_closer_to_its_teacher() -> None:
+    def trained(hidden_distill: float) -> float:
+        torch.manual_seed(0)
+        model = load_model("bert-tiny")
+        data = load_dataset("synthetic", model)
+        teacher = Teacher(model.module)
+        masks = {
+            name: torch.rand(weight.shape) < 0.3
+            for name, weight in model.module.named_parameters()
+            if name.startswith("bert.encoder.") and weight.dim() == 2
+        }
+        settings = TrainSettings(40, 1e-3, distill=0.7, hidden_distill=hidden_distill)
+        train(model, data.train, settings, "student", level_masks=[masks], keep=masks, teacher=teacher)
+        inputs, _ = data.validation.batch(torch.arange(64))
+        with torch.no_grad():
+            _, hidden = run_with_hidden_states(model.module, inputs)
+            _, teacher_hidden = teacher.logits_and_hidden_states(inputs)
+        return float(hidden_state_loss(hidden, teacher_hidden, inputs[1]))
+
+    logits_only, with_hidden_states = trained(0.0), trained(1.0)
+    assert with_hidden_states < 0.7 * logits_only
+
+
+def test_hidden_state_distillation_needs_a_teacher_and_a_weight_of_at_least_0() -> None:
+    model = load_model("bert-tiny")
+    data = load_dataset("synthetic", model)
+    with pytest.raises(
+        SettingError, match=r"^hidden_distill .*: cannot distill hidden states without a teacher$"
+    ):
+        train(model, data.train, TrainSettings(2, 1e-3, hidden_distill=1.0), "no teacher")
+    with pytest.raises(SettingError, match=r"^hidden_distill .*: must be >= 0$"):
+        TrainSettings(2, 1e-3, hidden_distill=-1.0)
 
 
 def test_a_second_prune_into_the_same_out_is_refused(tmp_path: Path, capsys) -> None:

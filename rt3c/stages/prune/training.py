@@ -42,6 +42,9 @@ class TrainSettings:
     length_buckets: bool = False  # batches of similar lengths (`Split.length_bucketed_batches`)
     distill: float = 0.0  # weight of the distillation loss against the teacher (the rest: cross entropy)
     temperature: float = 2.0  # of the distillation loss's softmaxes
+    hidden_distill: float = 0.0
+    """Weight of the hidden-state loss against the teacher (`hidden_state_loss`), added to each level's loss;
+    0: the logits alone are distilled. Needs a teacher and a model that returns its hidden states."""
     precision: str = "float32"
     """Of the training forwards and backwards, one of `PRECISIONS`: "bfloat16" runs them under CPU autocast
     (matmuls in bfloat16, weights, optimizer state, softmaxes and losses in float32); evaluation stays
@@ -51,6 +54,8 @@ class TrainSettings:
     def __post_init__(self) -> None:
         # Any other name would silently train in float32.
         check_precision(self.precision)
+        if self.hidden_distill < 0.0:
+            raise SettingError("hidden_distill", "must be >= 0", self.hidden_distill)
 
 
 def check_precision(precision: str, choices: tuple[str, ...] = PRECISIONS) -> None:
@@ -118,16 +123,36 @@ def _progress() -> Progress:
     )
 
 
-def run(module: nn.Module, inputs: tuple[torch.Tensor, ...], masks: Masks | None = None) -> torch.Tensor:
-    """Logits of `module` on `inputs`, with `masks` applied to its weights (None: as it is)."""
+def _call(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], masks: Masks | None, **options: bool
+) -> object:
     if masks:
         weights = dict(module.named_parameters())
-        output = torch.func.functional_call(
-            module, {name: weights[name] * mask for name, mask in masks.items()}, inputs
+        return torch.func.functional_call(
+            module, {name: weights[name] * mask for name, mask in masks.items()}, inputs, options
         )
-    else:
-        output = module(*inputs)
+    return module(*inputs, **options)
+
+
+def run(module: nn.Module, inputs: tuple[torch.Tensor, ...], masks: Masks | None = None) -> torch.Tensor:
+    """Logits of `module` on `inputs`, with `masks` applied to its weights (None: as it is)."""
+    output = _call(module, inputs, masks)
     return output.logits if hasattr(output, "logits") else output
+
+
+def has_hidden_states(module: nn.Module) -> bool:
+    """Whether `module` returns its layers' hidden states when asked: Hugging Face models do (their config
+    has the switch; their forwards may take it only through `**kwargs`)."""
+    return hasattr(getattr(module, "config", None), "output_hidden_states")
+
+
+def run_with_hidden_states(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], masks: Masks | None = None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Logits and the output of every encoder layer (the embeddings' output left out: pruning never
+    changes it) of a module for which `has_hidden_states` holds."""
+    output = _call(module, inputs, masks, output_hidden_states=True)
+    return output.logits, output.hidden_states[1:]
 
 
 def loss_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -145,6 +170,23 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
         log_target=True,
         reduction="batchmean",
     )
+
+
+def hidden_state_loss(
+    hidden: tuple[torch.Tensor, ...],
+    teacher_hidden: tuple[torch.Tensor, ...],
+    attention_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Mean over layers of the squared error between student and teacher hidden states relative to the
+    teacher's mean square, over real tokens (`attention_mask`; None: all), so the loss does not scale with
+    the width or the activations' magnitude: 0 when the student matches the teacher, 1 when it outputs 0."""
+    weight = torch.ones(hidden[0].shape[:2]) if attention_mask is None else attention_mask.float()
+    losses = [
+        (weight * (h.float() - t).pow(2).mean(dim=-1)).sum()
+        / (weight * t.pow(2).mean(dim=-1)).sum().clamp_min(1e-12)
+        for h, t in zip(hidden, teacher_hidden, strict=True)
+    ]
+    return torch.stack(losses).mean()
 
 
 def apply_masks(module: nn.Module, masks: Masks) -> None:
@@ -187,6 +229,14 @@ class Teacher:
         return entry[1][index]
 
     @torch.no_grad()
+    def logits_and_hidden_states(
+        self, inputs: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The teacher's logits and hidden states of `inputs`, computed afresh (hidden states are not kept:
+        a row's are `[layers, seq, hidden]`)."""
+        return run_with_hidden_states(self.module, inputs)
+
+    @torch.no_grad()
     def _run(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return run(self.module, inputs)
 
@@ -199,6 +249,32 @@ def _level_loss(
         return loss
     soft = distillation_loss(logits, teacher_logits, settings.temperature)
     return (1.0 - settings.distill) * loss + settings.distill * soft
+
+
+def _step_loss(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    targets: torch.Tensor,
+    levels: list[Masks],
+    weights: list[float],
+    teacher_logits: torch.Tensor | None,
+    teacher_hidden: tuple[torch.Tensor, ...] | None,
+    settings: TrainSettings,
+) -> torch.Tensor:
+    """Σ_l w_l · level l's loss, plus its hidden-state loss when the teacher's hidden states are given."""
+    if teacher_hidden is None:
+        return sum(
+            w * _level_loss(run(module, inputs, masks).float(), targets, teacher_logits, settings)
+            for w, masks in zip(weights, levels, strict=True)
+        )
+    attention_mask = inputs[1] if len(inputs) > 1 else None
+    loss = torch.zeros(())
+    for w, masks in zip(weights, levels, strict=True):
+        logits, hidden = run_with_hidden_states(module, inputs, masks)
+        level_loss = _level_loss(logits.float(), targets, teacher_logits, settings)
+        hidden_loss = hidden_state_loss(hidden, teacher_hidden, attention_mask)
+        loss = loss + w * (level_loss + settings.hidden_distill * hidden_loss)
+    return loss
 
 
 def _batches(split: Split, settings: TrainSettings) -> Iterator[torch.Tensor]:
@@ -234,9 +310,15 @@ def train(
 ) -> None:
     """AdamW with linear warmup and decay. Loss = Σ_l w_l·loss(level l) (+ penalty), where a level's loss
     is cross entropy, or with a `teacher` (1 - distill)·cross entropy + distill·distillation loss against
-    the teacher's logits. `keep` masks gradients and is re-applied to the weights after every step, so
+    the teacher's logits, plus hidden_distill·`hidden_state_loss` against its hidden states when
+    `settings.hidden_distill` > 0. `keep` masks gradients and is re-applied to the weights after every step, so
     pruned weights stay exactly zero; it is read every step, so `every_step` may change it in place."""
     module = model.module
+    if settings.hidden_distill > 0.0 and (teacher is None or not has_hidden_states(module)):
+        reason = "without a teacher" if teacher is None else f"model {model.name} returns no hidden states"
+        raise SettingError(
+            "hidden_distill", f"cannot distill hidden states {reason}", settings.hidden_distill
+        )
     levels = level_masks or [{}]
     weights = level_weights or [1.0 / len(levels)] * len(levels)
     parameters = dict(module.named_parameters())
@@ -253,11 +335,15 @@ def train(
         task = progress.add_task(description, total=settings.steps, loss=math.nan)
         for step, index in enumerate(_batches(split, settings)):
             inputs, targets = split.batch(index)
-            teacher_logits = teacher.logits(split, index, inputs) if teacher is not None else None
+            # The teacher runs in float32, outside the autocast: its outputs are the targets.
+            teacher_logits, teacher_hidden = None, None
+            if teacher is not None and settings.hidden_distill > 0.0:
+                teacher_logits, teacher_hidden = teacher.logits_and_hidden_states(inputs)
+            elif teacher is not None:
+                teacher_logits = teacher.logits(split, index, inputs)
             with torch.autocast("cpu", torch.bfloat16, enabled=settings.precision == "bfloat16"):
-                loss = sum(
-                    w * _level_loss(run(module, inputs, masks).float(), targets, teacher_logits, settings)
-                    for w, masks in zip(weights, levels, strict=True)
+                loss = _step_loss(
+                    module, inputs, targets, levels, weights, teacher_logits, teacher_hidden, settings
                 )
             total = loss + penalty() if penalty is not None else loss
             optimizer.zero_grad(set_to_none=True)
