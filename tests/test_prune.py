@@ -161,10 +161,11 @@ def test_cli_prune_writes_checkpoint_plan_and_table(tmp_path: Path, monkeypatch,
     code = run_cli(
         "prune", "--model", "bert-tiny", "--data", "synthetic", "--out", str(out),
         "--sparsity", "0.5,0.6,0.7", "--steps", "20,5,5,5", "--layer-ratio", "query=0.1",
-        "--board", "rt3-default", "--precision", "bfloat16",
+        "--board", "rt3-default", "--precision", "bfloat16", "--hidden-distill", "0.5",
     )  # fmt: skip
     assert code == 0
-    assert json.loads((out / "eval.json").read_text())["settings"]["precision"] == "bfloat16"
+    settings = json.loads((out / "eval.json").read_text())["settings"]
+    assert settings["precision"] == "bfloat16" and settings["hidden_distill"] == 0.5
     printed = capsys.readouterr().out
     assert "one-shot" in printed and "L2" in printed
     plan = Plan.load(out / "plan.json")
@@ -185,6 +186,11 @@ def test_cli_prune_writes_checkpoint_plan_and_table(tmp_path: Path, monkeypatch,
         (["--data", "synthetic", "--tile", "128x4"], "larger than layer"),
         (["--data", "hamlet"], "language model"),
         (["--data", "synthetic", "--precision", "float16"], "--precision 'float16': choose one of auto"),
+        (["--data", "synthetic", "--hidden-distill", "-1"], "--hidden-distill -1.0: must be >= 0"),
+        (
+            ["--model", "rt3-lm", "--data", "hamlet", "--hidden-distill", "1"],
+            "--hidden-distill 1.0: model rt3-lm returns no hidden states",
+        ),
         (
             ["--data", "synthetic", "--levels", "2", "--sparsity", "0.5,0.7", "--board", "rt3-default"],
             "--board",

@@ -225,6 +225,8 @@ def test_ray_backend_matches_local_processes(searched: tuple[Path, Path]) -> Non
         (["--seq-len", "100000"], None, "--seq-len"),
         (["--workers", "5000"], None, "--workers"),
         (["--precision", "float16"], None, "--precision"),
+        (["--hidden-distill", "-0.5"], None, "--hidden-distill"),
+        (["--one-shot", "--hidden-distill", "1"], None, "--hidden-distill"),
         (["--objective", "energy"], "two-levels", "--max-loss"),
         ([], "impossible", "L2"),
     ],

@@ -16,6 +16,10 @@ VOCAB_HELP = (
     "training split and the special tokens; a const id map takes the tokenizer's ids to the kept rows."
 )
 BATCH_SIZE_HELP = "Examples per training step (export's --batch is the graph's batch dimension)."
+HIDDEN_DISTILL_HELP = (
+    "Weight of the joint stage's hidden-state loss: every encoder layer's output against the dense "
+    "model's (0: the logits alone are distilled)."
+)
 PRECISION_HELP = (
     "Of the training stages after the dense baseline: bfloat16 (CPU autocast; about 2.5x faster on a CPU "
     "with bfloat16 instructions, several times slower without), float32, or auto (bfloat16 where the CPU "

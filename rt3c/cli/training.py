@@ -11,6 +11,7 @@ from rich.table import Table
 from rt3c.cli.app import ModelOption, app
 from rt3c.cli.options import (
     BATCH_SIZE_HELP,
+    HIDDEN_DISTILL_HELP,
     LEVELS_HELP,
     PATTERNS_HELP,
     PRECISION_HELP,
@@ -56,6 +57,7 @@ def prune_command(
     distill: Annotated[
         float, typer.Option("--distill", help="Weight of distillation from the dense model, in [0, 1].")
     ] = 0.5,
+    hidden_distill: Annotated[float, typer.Option("--hidden-distill", help=HIDDEN_DISTILL_HELP)] = 0.0,
     board: Annotated[
         str | None, typer.Option("--board", "-b", help="Board whose frequencies the levels get.")
     ] = None,
@@ -97,6 +99,7 @@ def prune_command(
             finetune_steps=finetune_steps,
             joint_steps=joint_steps,
             distill=distill,
+            hidden_distill=hidden_distill,
             frequencies_khz=frequencies,
             precision=precision,
         )
@@ -173,6 +176,7 @@ def search_command(
     distill: Annotated[
         float, typer.Option("--distill", help="Weight of distillation from the dense model, in [0, 1].")
     ] = 0.7,
+    hidden_distill: Annotated[float, typer.Option("--hidden-distill", help=HIDDEN_DISTILL_HELP)] = 0.0,
     precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
     latency: Annotated[
         str | None, typer.Option("--latency", help="qemu (count) or host (time); default by target.")
@@ -218,6 +222,7 @@ def search_command(
             densities=tuple(floats(densities, "--densities")),
             pattern_counts=tuple(integers(pattern_choices, "--pattern-choices")),
             distill=distill,
+            hidden_distill=hidden_distill,
             precision=precision,
             latency=latency,
             backend=backend,

@@ -48,6 +48,7 @@ from rt3c.stages.prune.training import (
     PRECISION_CHOICES,
     Teacher,
     TrainSettings,
+    check_hidden_distill,
     check_learning_rates,
     check_precision,
     evaluate,
@@ -87,6 +88,8 @@ class PruneConfig:
     warmup: float = 0.1  # fraction of a stage's steps with a rising learning rate
     length_buckets: bool = True  # batches of similar lengths: far less padding on short snippets
     distill: float = 0.5  # weight of distillation from the dense model (0: cross entropy alone)
+    hidden_distill: float = 0.0
+    """Weight of the joint stage's hidden-state loss against the dense model (`hidden_state_loss`); 0: none."""
     temperature: float = 2.0
     # Of the lasso, fine-tune and joint stages: "auto" or one of `PRECISIONS` (`resolve_precision`). float32
     # by default, unlike search's "auto": prune's measured accuracies (docs/PRUNING.md) are float32's.
@@ -211,6 +214,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
     if out.exists() and not out.is_dir():
         raise SettingError("out", "exists and is not a directory", out)
     model = load_model(config.model)
+    check_hidden_distill(model, config.hidden_distill)
     weights = select_layers(model, config.layers, config.tile)
     ratios = _block_ratios(config, list(weights))
     with step(f"loading {config.data} for {model.name}"):
@@ -226,7 +230,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
             for i in range(len(config.sparsities))
         ]
 
-        def settings(steps: int, lr: float) -> TrainSettings:
+        def settings(steps: int, lr: float, hidden_distill: float = 0.0) -> TrainSettings:
             return TrainSettings(
                 steps,
                 lr,
@@ -236,6 +240,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
                 length_buckets=config.length_buckets,
                 distill=config.distill,
                 temperature=config.temperature,
+                hidden_distill=hidden_distill,
                 precision=config.precision,
             )
 
@@ -249,7 +254,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
                 model, data, weights, config, levels, dense, config.signed_ranking
             )
         # The dense model teaches every later stage (its logits carry more than the labels).
-        teacher = Teacher(model.module) if config.distill > 0.0 else None
+        teacher = Teacher(model.module) if config.distill > 0.0 or config.hidden_distill > 0.0 else None
         lasso = settings(config.lasso_steps, config.lasso_lr)
         stages.run(
             "lasso",
@@ -283,7 +288,7 @@ def prune_model(config: PruneConfig) -> PruneResult:
             ),
             "stages/patterns.pt",
         )
-        joint = settings(config.joint_steps, config.joint_lr)
+        joint = settings(config.joint_steps, config.joint_lr, config.hidden_distill)
         stages.run(
             "joint",
             tag,

@@ -94,6 +94,16 @@ def resolve_precision(precision: str) -> str:
     return resolved
 
 
+def check_hidden_distill(model: LoadedModel, weight: float) -> None:
+    """A hidden-state distillation weight the model can train with, checked before any work starts."""
+    if weight < 0.0:
+        raise SettingError("hidden_distill", "must be >= 0", weight)
+    if weight > 0.0 and not has_hidden_states(model.module):
+        raise SettingError(
+            "hidden_distill", f"model {model.name} returns no hidden states to distill", weight
+        )
+
+
 def check_learning_rates(config: object, settings: Iterable[str]) -> None:
     """Each of `config`'s `settings` a positive finite learning rate (zero, a negative or NaN rate would
     train silently: nothing, away from the loss, or into NaN weights)."""

@@ -84,6 +84,8 @@ class SearchConfig:
     and 0.07 / 0.54 / 0.70 on joint seed 1."""
     lasso_strength: float = 1e-5
     distill: float = 0.7
+    hidden_distill: float = 0.0
+    """Weight of the joint stage's hidden-state loss against the dense model (`hidden_state_loss`); 0: none."""
     level_weights: tuple[float, ...] | None = None
     batch_size: int = 32
     """Examples per training step."""
@@ -139,6 +141,8 @@ def check_config(config: SearchConfig) -> None:
     _check_range("joint_steps", config.joint_steps, 0, MAX_STEPS)
     if not 0.0 <= config.distill <= 1.0:
         raise SettingError("distill", "must be in [0, 1]", config.distill)
+    if config.one_shot and config.hidden_distill != 0.0:
+        raise SettingError("hidden_distill", "the one-shot search trains nothing", config.hidden_distill)
     check_learning_rates(config, ("learning_rate", "finetune_learning_rate", "joint_learning_rate"))
     if config.workers is not None:
         _check_range("workers", config.workers, 1, MAX_WORKERS)
@@ -149,7 +153,9 @@ def _check_range(setting: str, value: int, low: int, high: int) -> None:
         raise SettingError(setting, f"must be between {low} and {high}", value)
 
 
-def train_settings(config: SearchConfig, steps: int, learning_rate: float | None = None) -> TrainSettings:
+def train_settings(
+    config: SearchConfig, steps: int, learning_rate: float | None = None, hidden_distill: float = 0.0
+) -> TrainSettings:
     """A training stage of `steps` at `learning_rate` (default: the config's `learning_rate`)."""
     return TrainSettings(
         steps,
@@ -159,5 +165,6 @@ def train_settings(config: SearchConfig, steps: int, learning_rate: float | None
         warmup=0.1,
         length_buckets=True,
         distill=config.distill,
+        hidden_distill=hidden_distill,
         precision=config.precision,
     )

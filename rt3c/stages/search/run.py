@@ -51,7 +51,7 @@ from rt3c.stages.prune.stages import (
     layer_masks,
     numpy_weights,
 )
-from rt3c.stages.prune.training import Teacher, evaluate, resolve_precision
+from rt3c.stages.prune.training import Teacher, check_hidden_distill, evaluate, resolve_precision
 from rt3c.stages.search.config import DEFAULT_MAX_LOSS, SearchConfig, check_config, train_settings
 from rt3c.stages.search.controller import CachedEvaluator, Episode, SearchLog, random_search, reinforce
 from rt3c.stages.search.evaluate import (
@@ -129,6 +129,7 @@ def search_model(config: SearchConfig) -> SearchResult:
     if out.exists() and not out.is_dir():
         raise SettingError("out", "exists and is not a directory", out)
     model = load_model(config.model)
+    check_hidden_distill(model, config.hidden_distill)
     with step(f"loading {config.data} for {model.name}"):
         data = load_dataset(config.data, model, config.max_len)
     parameters = select_layers(model, config.layers, config.tile)
@@ -155,7 +156,7 @@ def search_model(config: SearchConfig) -> SearchResult:
         out.mkdir(parents=True, exist_ok=True)
         stages = StageFiles(out)
         teacher = None
-        if config.distill > 0.0 and not config.one_shot:
+        if (config.distill > 0.0 or config.hidden_distill > 0.0) and not config.one_shot:
             teacher = Teacher(model.module)
         trains = 0 if config.one_shot else 1
         backbone_tag = {
@@ -283,12 +284,15 @@ def search_model(config: SearchConfig) -> SearchResult:
                 "choices": setup.space.describe(best.choices),
             },
         )
-        joint = train_settings(config, config.joint_steps * trains, config.joint_learning_rate)
+        joint = train_settings(
+            config, config.joint_steps * trains, config.joint_learning_rate, config.hidden_distill
+        )
         joint_tag = {
             "search": search_tag,
             "best": best.choices,
             "steps": joint.steps,
             "lr": joint.learning_rate,
+            "hidden_distill": joint.hidden_distill,
             "weights": config.level_weights,
         }
         with step(
