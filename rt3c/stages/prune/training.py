@@ -272,18 +272,18 @@ def _step_loss(
     settings: TrainSettings,
 ) -> torch.Tensor:
     """Σ_l w_l · level l's loss, plus its hidden-state loss when the teacher's hidden states are given."""
-    if teacher_hidden is None:
-        return sum(
-            w * _level_loss(run(module, inputs, masks).float(), targets, teacher_logits, settings)
-            for w, masks in zip(weights, levels, strict=True)
-        )
     attention_mask = inputs[1] if len(inputs) > 1 else None
     loss = torch.zeros(())
     for w, masks in zip(weights, levels, strict=True):
-        logits, hidden = run_with_hidden_states(module, inputs, masks)
-        level_loss = _level_loss(logits.float(), targets, teacher_logits, settings)
-        hidden_loss = hidden_state_loss(hidden, teacher_hidden, attention_mask)
-        loss = loss + w * (level_loss + settings.hidden_distill * hidden_loss)
+        if teacher_hidden is None:
+            level_loss = _level_loss(run(module, inputs, masks).float(), targets, teacher_logits, settings)
+        else:
+            logits, hidden = run_with_hidden_states(module, inputs, masks)
+            level_loss = _level_loss(logits.float(), targets, teacher_logits, settings)
+            level_loss = level_loss + settings.hidden_distill * hidden_state_loss(
+                hidden, teacher_hidden, attention_mask
+            )
+        loss = loss + w * level_loss
     return loss
 
 
@@ -349,7 +349,7 @@ def train(
             teacher_logits, teacher_hidden = None, None
             if teacher is not None and settings.hidden_distill > 0.0:
                 teacher_logits, teacher_hidden = teacher.logits_and_hidden_states(inputs)
-            elif teacher is not None:
+            elif teacher is not None and settings.distill > 0.0:  # else its logits would go unused
                 teacher_logits = teacher.logits(split, index, inputs)
             with torch.autocast("cpu", torch.bfloat16, enabled=settings.precision == "bfloat16"):
                 loss = _step_loss(
